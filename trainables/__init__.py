@@ -1,0 +1,1 @@
+"""Ray Tune glue: the only Ray code besides ``launch.py``. ``src/`` stays plain torch/Lightning."""

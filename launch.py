@@ -1,0 +1,69 @@
+"""Search a space from ``search_spaces/`` with Optuna (TPE) + ASHA on Ray Tune, logging to MLflow.
+
+    python launch.py --space segmentation      # search segmenters, promote the champion
+    python launch.py --space masked_cls        # classify lesions masked by the champion
+    python launch.py --space whole_cls --smoke # a tiny run of any space
+
+Everything the trials need (dataset checks, decoded image caches, the champion's masks, the MLflow
+experiment and parent run) is prepared here once, before Ray starts; trials receive constants.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs: no token notice (see STACK.md)
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_DATA = PROJECT_DIR / "data" / "synthetic"
+DEFAULT_CACHE = PROJECT_DIR / ".cache"
+DEFAULT_STORAGE = PROJECT_DIR / "runs"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", required=True, help="search space name in search_spaces/ or a YAML path")
+    p.add_argument("--data", type=Path, help=f"dataset folder (train/val/test.json) or one COCO file [{DEFAULT_DATA}]")
+    p.add_argument("--num-samples", type=int, help="trials to sample (overrides the space's budget)")
+    p.add_argument("--max-epochs", type=int, help="epoch budget per trial (overrides the space's budget)")
+    p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler, the splits and every trial")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed [1 if a GPU is visible, else 0]")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once [as many as resources allow]")
+    p.add_argument("--max-failures", type=int, default=0, help="retries per failing trial")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
+    p.add_argument("--storage-path", type=Path, default=DEFAULT_STORAGE, help="Ray results (shared storage on clusters)")
+    p.add_argument("--experiment", help="MLflow experiment [the space name]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
+    p.add_argument("--segmenter", help="segmenter for masked tasks: models:/<name>/<version> [the dataset's champion]")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded images and segmenter masks")
+    p.add_argument("--precision", default="16-mixed", help="Lightning precision on GPU (CPU always uses 32-true)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment's interrupted latest launch")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from src.prepare import USER_ERRORS
+    from trainables.driver import run
+
+    try:
+        return run(args, default_data=DEFAULT_DATA)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python launch.py --space {args.space} --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    started = time.time()
+    code = main()
+    print(f"[launch] finished in {time.time() - started:.0f} s (exit {code})", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,87 @@
+"""Turn a flat trial configuration into a Lightning system and data module.
+
+A configuration is a flat dict of dotted keys, one group per constructor it feeds:
+
+* ``model.name`` + ``model.<arg>``: a factory in the task's model registry;
+* ``loss.name`` + ``loss.<arg>``: a factory in the task's loss registry;
+* ``train.<arg>``: the task system (optimizer, lr, scheduler, ...);
+* ``data.<arg>``: the data module (batch_size, augment, mask_mode, ...) and ``data.image_size``.
+
+``accepted_args`` tells which ``<arg>`` each group takes, so search spaces are validated against
+the real constructor signatures before anything runs.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from torch import nn
+
+from src.data.datasets import CachedDataModule
+from src.losses import CLS_LOSSES, SEG_LOSSES
+from src.models import CLS_MODELS, SEG_MODELS
+from src.registry import lookup
+from src.tasks import TASKS, TaskSpec
+from src.tasks.base import BaseTask
+
+GROUPS = ("model", "loss", "train", "data")
+DRIVER_DATA_ARGS = {"image_size"}  # used by the driver to build caches, not by the data module
+PROVIDED = {"caches", "pred_masks", "num_classes", "epochs"}  # set by the platform, never searched
+
+
+def task_spec(task: str) -> TaskSpec:
+    return lookup(TASKS, "task", task)
+
+
+def registry(task: str, group: str) -> dict[str, Callable[..., nn.Module]]:
+    """The model or loss registry of ``task``."""
+    kind = task_spec(task).model_kind
+    if group == "model":
+        return SEG_MODELS if kind == "segmentation" else CLS_MODELS
+    return SEG_LOSSES if kind == "segmentation" else CLS_LOSSES
+
+
+def _keyword_args(fn: Callable) -> set[str]:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"self"}
+
+
+def accepted_args(task: str, group: str, name: str | None = None) -> set[str]:
+    """Keyword arguments a group accepts; ``name`` picks the model or loss factory."""
+    if group in ("model", "loss"):
+        return _keyword_args(lookup(registry(task, group), group, name)) - PROVIDED
+    if group == "train":
+        system = task_spec(task).system
+        return (_keyword_args(BaseTask.__init__) | _keyword_args(system.__init__)) - {"model", "loss"} - PROVIDED
+    if group == "data":
+        return (_keyword_args(CachedDataModule.__init__) | DRIVER_DATA_ARGS) - PROVIDED
+    raise ValueError(f"unknown parameter group '{group}'; valid: {', '.join(GROUPS)}")
+
+
+def group_args(config: dict, group: str) -> dict:
+    """The ``group.*`` entries of ``config`` without the prefix (``name`` included)."""
+    prefix = f"{group}."
+    return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
+
+
+def build_part(task: str, group: str, config: dict, **provided) -> nn.Module:
+    """Build the model or loss named by ``config['<group>.name']``."""
+    args = group_args(config, group)
+    factory = lookup(registry(task, group), group, args.pop("name"))
+    wanted = _keyword_args(factory)
+    return factory(**args, **{k: v for k, v in provided.items() if k in wanted})
+
+
+def build_system(task: str, config: dict, *, num_classes: int, epochs: int) -> BaseTask:
+    """The Lightning system for one trial configuration."""
+    spec = task_spec(task)
+    model = build_part(task, "model", config, num_classes=num_classes)
+    loss = build_part(task, "loss", config)
+    extra = {"num_classes": num_classes} if spec.model_kind == "classification" else {}
+    return spec.system(model, loss, epochs=epochs, **extra, **group_args(config, "train"))
+
+
+def build_datamodule(config: dict, *, caches: dict[str, str], pred_masks: dict[str, str] | None = None) -> CachedDataModule:
+    """The data module over the driver-built caches for one trial configuration."""
+    args = {k: v for k, v in group_args(config, "data").items() if k not in DRIVER_DATA_ARGS}
+    return CachedDataModule(caches=caches, pred_masks=pred_masks, **args)

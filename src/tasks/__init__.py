@@ -1,0 +1,29 @@
+"""Task registry: what a search space's ``task:`` names, and how its parts are built.
+
+To add a task, add one ``TaskSpec`` here. ``model_kind``/``loss_kind`` select the model and loss
+registries; ``needs_segmenter`` makes the launcher resolve the champion segmenter and cache its masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from src.tasks.base import BaseTask
+from src.tasks.classification import ClassificationTask
+from src.tasks.segmentation import SegmentationTask
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to build one task: its system class, registries, and data requirements."""
+
+    system: type[BaseTask]
+    model_kind: str  # "segmentation" or "classification"
+    needs_segmenter: bool = False
+    single_label: bool = True
+
+
+TASKS: dict[str, TaskSpec] = {
+    "segmentation": TaskSpec(SegmentationTask, "segmentation"),
+    "classification": TaskSpec(ClassificationTask, "classification"),
+    "masked_classification": TaskSpec(ClassificationTask, "classification", needs_segmenter=True),
+}

@@ -1,0 +1,135 @@
+"""The launch, driver side: prepare once, run (or resume) the Tune search, publish the winner."""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from ray.tune import ResultGrid
+
+from src.leaderboard import counts, format_table, leaderboard
+from src.prepare import Prepared, prepare, start_parent_run
+from src.publish import BestTrial, champion_summary, publish_best
+from src.tracking import PROJECT_DIR, TRIAL_TAG, TrackingError, experiment_id, latest_launch, segmenter_name, trial_runs
+from trainables.mlflow_trials import MLflowTrials
+from trainables.search import Resources, can_restore, make_tuner, restore_tuner
+from trainables.trial import CHECKPOINT_FILE, TrialContext
+
+
+def _context(prepared: Prepared, args: argparse.Namespace) -> TrialContext:
+    return TrialContext(
+        task=prepared.space.task, caches=prepared.caches, pred_masks=prepared.pred_masks,
+        num_classes=prepared.dataset.num_classes, max_epochs=prepared.space.budget["max_epochs"], seed=args.seed,
+        threads=max(1, int(args.cpus_per_trial)), precision=args.precision,
+    )
+
+
+def _resources(args: argparse.Namespace) -> Resources:
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    return Resources(args.cpus_per_trial, gpus, args.max_concurrent, args.max_failures)
+
+
+def _parent(client: MlflowClient, prepared: Prepared, args: argparse.Namespace) -> tuple[str, Path]:
+    """The parent run and Ray experiment folder: a new launch, or the one ``--resume`` continues."""
+    if not args.resume:
+        path = args.storage_path.resolve() / f"{prepared.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return start_parent_run(client, prepared, args, path), path
+    run = latest_launch(client, experiment_id(client, prepared.experiment, create=False))
+    path = Path(run.data.tags["ray_path"])
+    if not can_restore(path):
+        raise TrackingError(f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {path}")
+    client.update_run(run.info.run_id, "RUNNING")
+    return run.info.run_id, path
+
+
+def run(args: argparse.Namespace, *, default_data: Path) -> int:
+    """The whole launch; returns the process exit code."""
+    prepared = prepare(args, default_data=default_data)
+    client = MlflowClient(prepared.tracking_uri)
+    parent_run_id, path = _parent(client, prepared, args)
+    space = prepared.space
+    tags = {"segmenter_version": f"{prepared.segmenter.name}/{prepared.segmenter.version}"} if prepared.segmenter else {}
+    logger = MLflowTrials(
+        tracking_uri=prepared.tracking_uri, experiment_id=experiment_id(client, prepared.experiment, create=False),
+        parent_run_id=parent_run_id, max_epochs=space.budget["max_epochs"], searched=[p.name for p in space.params], tags=tags,
+    )
+    context, resources = _context(prepared, args), _resources(args)
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}})
+    try:
+        if args.resume:
+            tuner = restore_tuner(path, context=context, resources=resources)
+        else:
+            tuner = make_tuner(space, context=context, resources=resources, storage_path=path.parent, name=path.name,
+                               seed=args.seed, callbacks=[logger])
+        grid = tuner.fit()
+    except BaseException:
+        _close_runs(client, parent_run_id, prepared, "FAILED")
+        raise
+    finally:
+        ray.shutdown()
+    if grid.num_terminated + grid.num_errors < len(grid) or len(grid) < space.budget["num_samples"]:
+        _close_runs(client, parent_run_id, prepared, "KILLED")
+        raise KeyboardInterrupt
+    return _finish(client, prepared, parent_run_id, grid)
+
+
+def _close_runs(client: MlflowClient, parent_run_id: str, prepared: Prepared, status: str) -> None:
+    """Mark the parent run and any trial run still RUNNING as ``status`` (never left RUNNING)."""
+    exp_id = experiment_id(client, prepared.experiment, create=False)
+    for run in trial_runs(client, exp_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.set_terminated(parent_run_id, status)
+
+
+def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid) -> BestTrial | None:
+    """The trial with the best checkpoint score over all its epochs (failed trials excluded)."""
+    space = prepared.space
+    sign = 1.0 if space.mode == "max" else -1.0
+    best = None  # (signed score, result, checkpoint, score)
+    for result in grid:
+        for checkpoint, metrics in (result.best_checkpoints or []) if result.error is None else []:
+            score = float(metrics.get(space.metric, math.nan))
+            if math.isfinite(score) and (best is None or sign * score > best[0]):
+                best = (sign * score, result, checkpoint, score)
+    if best is None:
+        return None
+    _, result, checkpoint, score = best
+    trial_id = result.metrics["trial_id"]
+    exp_id = experiment_id(client, prepared.experiment, create=False)
+    run_id = next(r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
+    local = Path(checkpoint.to_directory()) / CHECKPOINT_FILE
+    return BestTrial(run_id, dict(result.config), local, score)
+
+
+def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid) -> int:
+    space, size_caches = prepared.space, prepared.caches
+    best = _best_trial(client, prepared, parent_run_id, grid)
+    exp_id = experiment_id(client, prepared.experiment, create=False)
+    rows = leaderboard(client, exp_id, parent_run_id, space.metric, space.mode)
+    print(f"\n== {prepared.experiment}: {len(rows)} trials {counts(rows)} ==\n{format_table(rows, space.metric)}")
+    if best is None:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise TrackingError(f"every trial of '{prepared.experiment}' failed; see the errors above and in mlflow ui")
+    size = int(best.config["data.image_size"])
+    is_seg = space.task == "segmentation"
+    name = segmenter_name(prepared.dataset.name, prepared.dataset.fingerprint) if is_seg else None
+    published = publish_best(
+        client, parent_run_id=parent_run_id, task=space.task, best=best, caches=size_caches[size],
+        pred_masks=(prepared.pred_masks or {}).get(size), num_classes=prepared.dataset.num_classes,
+        epochs=space.budget["max_epochs"], metric=space.metric, mode=space.mode, register_as=name,
+        version_tags={"dataset": str(prepared.dataset.root), "dataset_fingerprint": prepared.dataset.fingerprint},
+    )
+    client.set_terminated(parent_run_id, "FINISHED")
+    print(f"best trial: {best.run_id} {space.metric}={best.val_score:.4f}")
+    print("test split: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(published.test.items())))
+    if name:
+        verb = "promoted to champion" if published.promoted else "registered (champion kept: not better)"
+        print(f"segmenter {published.registered} {verb}; {champion_summary(client, name)}")
+    print(f"see every trial: mlflow ui --backend-store-uri {prepared.tracking_uri}  (experiment '{prepared.experiment}')")
+    return 0

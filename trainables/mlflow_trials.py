@@ -1,0 +1,116 @@
+"""Driver-side Tune callback: one MLflow child run per trial, under the launch's parent run.
+
+All MLflow writes happen in the driver (one writer, so sqlite never sees concurrent trials). A
+trial stopped by ASHA is a run too: it ends FINISHED with ``stopped_early=true`` and the epoch it
+reached. A trial that raises ends FAILED with its error message in the ``error`` tag. On resume the
+callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from src.tracking import PARENT_TAG, TRIAL_TAG, run_name
+
+ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
+
+
+class MLflowTrials(tune.Callback):
+    """Log every trial to MLflow as a child of ``parent_run_id``.
+
+    Args:
+        tracking_uri: absolute MLflow tracking URI.
+        experiment_id: the experiment, created by the driver before trials start.
+        parent_run_id: the launch's parent run.
+        max_epochs: the epoch budget, to tell ASHA-stopped trials from complete ones.
+        searched: names of searched parameters (used for readable run names).
+        tags: extra tags for every child run (e.g. the segmenter version).
+    """
+
+    def __init__(
+        self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+        searched: list[str], tags: dict[str, str] | None = None,
+    ) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.max_epochs, self.searched, self.tags = max_epochs, searched, dict(tags or {})
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+
+    def __getstate__(self) -> dict:  # the Tuner pickles its callbacks; never the client
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+            self._reattach()
+        return self._client
+
+    def _reattach(self) -> None:
+        runs = self._client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
+        )
+        self._runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+
+    def _run_id(self, trial: Any) -> str:
+        self.client  # connects and re-attaches existing runs on first use
+        if trial.trial_id not in self._runs:
+            self._start(trial)
+        return self._runs[trial.trial_id]
+
+    def _start(self, trial: Any) -> None:
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "trial_dir": str(trial.path or ""), **self.tags}
+        run = self.client.create_run(self.experiment_id, run_name=run_name(trial.config, self.searched, trial.trial_id), tags=tags)
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(trial.config.items())]
+        self.client.log_batch(run.info.run_id, params=params)
+        self._runs[trial.trial_id] = run.info.run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        resumed = trial.trial_id in self._runs or (self.client and trial.trial_id in self._runs)
+        run_id = self._run_id(trial)
+        if resumed:  # a trial continuing after --resume: its run was closed as KILLED
+            self.client.update_run(run_id, "RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        step = int(result.get("training_iteration", 0))
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [
+            Metric(key, float(value), ts, step)
+            for key, value in result.items()
+            if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        metrics.append(Metric("epoch", float(step), ts, step))
+        tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("hostname", str(result.get("hostname", "")))]
+        self.client.log_batch(self._run_id(trial), metrics=[m for m in metrics if math.isfinite(m.value)], tags=tags)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = int(trial.last_result.get("training_iteration", 0))
+        tags = {"epochs_run": str(epochs), "stopped_early": str(epochs < self.max_epochs).lower(), "status": "completed"}
+        if epochs < self.max_epochs:
+            tags["status"] = "stopped"
+        self._end(trial, tags, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        tags = {"epochs_run": str(epochs), "stopped_early": "false", "status": "failed", "error": _error_text(trial)}
+        self._end(trial, tags, "FAILED")
+
+    def _end(self, trial: Any, tags: dict[str, str], status: str) -> None:
+        run_id = self._run_id(trial)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status)
+
+
+def _error_text(trial: Any) -> str:
+    """The last meaningful line of the trial's error (the exception message), then the tail."""
+    path = trial.error_file
+    text = Path(path).read_text(errors="replace") if path and Path(path).is_file() else "unknown error"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown error"
+    return f"{last}\n{text[-ERROR_TAG_LIMIT:]}" if len(text) > len(last) else last
+

@@ -1,0 +1,68 @@
+"""The Ray Tune function trainable: build the task from the sampled config and train it.
+
+Each epoch ends with one ``tune.report`` of every logged metric plus a Lightning checkpoint, so ASHA
+can stop the trial after any epoch and ``--resume`` continues from the last checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from ray import tune
+from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+
+from src.build import build_datamodule, build_system
+
+CHECKPOINT_FILE = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Constants every trial receives from the driver (absolute paths, prepared once)."""
+
+    task: str
+    caches: dict[int, dict[str, str]]  # image size -> split -> cache file
+    pred_masks: dict[int, dict[str, str]] | None  # image size -> split -> segmenter probabilities
+    num_classes: int
+    max_epochs: int
+    seed: int
+    threads: int
+    precision: str  # Lightning precision, e.g. "32-true" or "16-mixed"
+
+
+def make_trainer(*, max_epochs: int, precision: str, callbacks: list) -> pl.Trainer:
+    """A quiet Trainer on the GPU Ray assigned to this trial, if any, else the CPU."""
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="gpu" if torch.cuda.is_available() else "cpu",
+        devices=1,
+        precision=precision if torch.cuda.is_available() else "32-true",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def run_trial(config: dict, context: TrialContext) -> None:
+    """Train one configuration, reporting validation metrics and a checkpoint every epoch."""
+    torch.set_num_threads(context.threads)
+    pl.seed_everything(context.seed, workers=True, verbose=False)
+    size = int(config["data.image_size"])
+    system = build_system(context.task, config, num_classes=context.num_classes, epochs=context.max_epochs)
+    data = build_datamodule(
+        config, caches=context.caches[size], pred_masks=(context.pred_masks or {}).get(size)
+    )
+    # "train_epoch_end" runs after the epoch's validation, so both train and val metrics are in.
+    report = TuneReportCheckpointCallback(filename=CHECKPOINT_FILE, on="train_epoch_end")
+    trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=[report])
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(system, datamodule=data)
+        return
+    with checkpoint.as_directory() as folder:
+        trainer.fit(system, datamodule=data, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
