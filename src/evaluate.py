@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from src.build import build_datamodule, build_system
+from src.data.cache import load_cache
 from src.tasks.base import BaseTask
 
 
@@ -32,3 +34,39 @@ def test_metrics(
     )
     results = trainer.test(system, datamodule=data, verbose=False)
     return {k: float(v) for k, v in results[0].items()}
+
+
+@torch.no_grad()
+def test_predictions(
+    system: BaseTask, config: dict, *, caches: dict[str, str], pred_masks: dict[str, str] | None = None,
+    max_overlays: int = 16,
+) -> dict[str, np.ndarray]:
+    """Per-image test predictions, saved as ``test_predictions.npz`` for reports and comparisons.
+
+    Classification: ``image_ids``, ``labels`` [N], ``probs`` [N,K]. Segmentation: ``image_ids``,
+    ``iou`` [N] (per image; NaN when both mask and prediction are empty) and, for the first
+    ``max_overlays`` images, ``images`` uint8 [M,3,S,S], ``masks`` uint8 [M,1,S,S], ``probs`` [M,1,S,S].
+    """
+    data = build_datamodule(config, caches=caches, pred_masks=pred_masks)
+    dataset = data.dataset("test")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size)
+    model = system.model.eval()
+    outputs, labels, masks = [], [], []
+    for batch in loader:
+        outputs.append(model(batch["image"]))
+        labels.append(batch["label"])
+        masks.append(batch["mask"])
+    logits, mask = torch.cat(outputs), torch.cat(masks)
+    out = {"image_ids": load_cache(caches["test"])["image_ids"].numpy()}
+    if logits.ndim == 2:  # classification
+        return {**out, "labels": torch.cat(labels).numpy(), "probs": torch.softmax(logits, 1).numpy()}
+    probs = torch.sigmoid(logits)
+    pred = probs >= 0.5
+    inter = (pred & (mask > 0)).flatten(1).sum(1).float()
+    union = (pred | (mask > 0)).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan")))
+    m = min(max_overlays, len(dataset))
+    return {
+        **out, "iou": iou.numpy(), "images": dataset.images[:m].numpy(), "masks": mask[:m].to(torch.uint8).numpy(),
+        "probs": probs[:m].numpy().astype(np.float16),
+    }

@@ -64,7 +64,7 @@ def format_table(rows: list[Row], metric: str, *, max_rows: int = 30) -> str:
     body = []
     for rank, row in enumerate(rows[:max_rows], start=1):
         value = "-" if math.isnan(row.objective) else f"{row.objective:.4f}"
-        body.append([str(rank), row.name[:40], row.status, str(row.epochs), value] + [_short(row.params.get(k, "")) for k in keys])
+        body.append([str(rank), row.name[:60], row.status, str(row.epochs), value] + [_short(row.params.get(k, "")) for k in keys])
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [header] + body]
     if len(rows) > max_rows:

@@ -71,7 +71,8 @@ class BCELoss(nn.Module):
         self.register_buffer("pos_weight", torch.tensor(pos_weight), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=self.pos_weight)
+        target = target.to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
 
 
 class FocalLoss(nn.Module):

@@ -1,6 +1,7 @@
 """After the search: test the best trial once, log the model, register and promote segmenters."""
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import torchvision
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from src.evaluate import load_system, test_metrics
+from src.evaluate import load_system, test_metrics, test_predictions
 from src.tracking import CHAMPION, champion, promote_if_better
 
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
@@ -44,6 +45,7 @@ def publish_best(
     """Evaluate ``best`` on the test split and record it on the parent run (and registry)."""
     system = load_system(task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs)
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
+    _log_predictions(client, parent_run_id, test_predictions(system, best.config, caches=caches, pred_masks=pred_masks))
     client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in test.items()])
     client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
     client.set_tag(parent_run_id, "best_run_id", best.run_id)
@@ -67,6 +69,13 @@ def publish_best(
     client.set_tag(parent_run_id, "registered_model", f"{register_as}/{version}")
     client.set_tag(parent_run_id, "promoted_to_champion", str(promoted).lower())
     return Published(test, info.model_uri, f"{register_as}/{version}", promoted)
+
+
+def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "test_predictions.npz"
+        np.savez_compressed(path, **arrays)
+        client.log_artifact(run_id, str(path))
 
 
 def _metric(key: str, value: float) -> Metric:

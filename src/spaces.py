@@ -133,22 +133,24 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
 
 
 def _param(path: Path, key: str, spec: Any, fixed: dict) -> Param:
-    where = f"{path}: key 'params.{key}'"
+    def where(suffix: str = "") -> str:
+        return f"{path}: key 'params.{key}{suffix}'"
+
     if key in fixed:
-        raise SpaceError(f"{where}: also in 'fixed'; a parameter is either fixed or searched")
+        raise SpaceError(f"{where()}: also in 'fixed'; a parameter is either fixed or searched")
     if not isinstance(spec, dict):
-        raise SpaceError(f"{where}: expected a mapping like {{choice: [...]}} or {{uniform: [low, high]}}")
+        raise SpaceError(f"{where()}: expected a mapping like {{choice: [...]}} or {{uniform: [low, high]}}")
     kinds = [k for k in spec if k != "when"]
     if len(kinds) != 1 or kinds[0] not in KINDS:
-        raise SpaceError(f"{where}: expected exactly one of {', '.join(KINDS)} (plus optional 'when'), got {kinds}")
+        raise SpaceError(f"{where()}: expected exactly one of {', '.join(KINDS)} (plus optional 'when'), got {kinds}")
     kind, values = kinds[0], spec[kinds[0]]
     if not isinstance(values, list) or not values:
-        raise SpaceError(f"{where}.{kind}: expected a non-empty list")
+        raise SpaceError(f"{where('.' + kind)}: expected a non-empty list")
     if kind != "choice":
-        _check_range(f"{where}.{kind}", kind, values)
+        _check_range(where("." + kind), kind, values)
     when = spec.get("when") or {}
     if not isinstance(when, dict):
-        raise SpaceError(f"{where}.when: expected a mapping like {{model.name: unet}}")
+        raise SpaceError(f"{where('.when')}: expected a mapping like {{model.name: unet}}")
     return Param(key, kind, tuple(values), {k: tuple(v if isinstance(v, list) else [v]) for k, v in when.items()})
 
 
@@ -189,7 +191,7 @@ def _check_keys(space: SearchSpace) -> None:
         if param:
             for ref in param.when:
                 if ref not in seen:
-                    raise SpaceError(f"{where}.when: '{ref}' must be fixed or a parameter listed before '{key}'")
+                    raise SpaceError(f"{space.path}: key 'params.{key}.when': '{ref}' must be fixed or a parameter listed before '{key}'")
             seen.add(key)
         _check_arg(space, where, group, arg, param)
 

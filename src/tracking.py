@@ -32,20 +32,24 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 
 
+SHORT_KEYS = {"weight_decay": "wd", "augment": "aug", "mask_threshold": "thr", "bce_weight": "bcew", "width": "w", "depth": "d"}
+
+
 def run_name(config: dict, searched: list[str], trial_id: str) -> str:
-    """A short readable summary of a trial's key choices, e.g. ``unet_w16_bce_dice_lr3e-04``."""
+    """A short readable summary of a trial's key choices, e.g. ``unet_w16_bce_dice_lr3e-04_1a2b``."""
     parts = []
     for key in searched:
         if key not in config:
             continue
-        value, short = config[key], key.split(".")[-1]
+        value, last = config[key], key.split(".")[-1]
+        short = SHORT_KEYS.get(last, last[:5])
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, float):
             parts.append(f"{short}{value:.0e}" if abs(value) < 1e-2 else f"{short}{value:.2g}")
         else:
             parts.append(f"{short}{value}")
-    return "_".join(parts + [trial_id.split("_")[-1]])[:250]
+    return "_".join(parts + [trial_id[:4]])[:250]
 
 
 def code_version() -> str:

@@ -133,7 +133,8 @@ def test_missing_pretrained_weights_fail_fast_offline(
     message = str(info.value)
     # One line that names the empty cache and tells what to set instead.
     assert "\n" not in message and str(tmp_path) in message and "none, or pre-download" in message
-    assert f"use {'weights_backbone' if 'weights_backbone' in kwargs else 'weights'}: none" in message
+    arg = "weights_backbone" if "weights_backbone" in kwargs else "weights"
+    assert f"use {arg}: none" in message
 
 
 def test_failed_download_becomes_runtime_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,8 +146,18 @@ def test_failed_download_becomes_runtime_error(tmp_path, monkeypatch: pytest.Mon
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("MEDTUNE_OFFLINE", raising=False)
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match="pretrained weights 'DEFAULT' for squeezenet1_0 are not"):
+    with pytest.raises(RuntimeError, match="weights 'DEFAULT' for squeezenet1_0 are not available"):
         build(CLS_MODELS, "classification model", "squeezenet1_0", num_classes=2, weights="DEFAULT")
+
+
+def _offline_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, weights: object,
+                   state_dict: dict) -> None:
+    """Put ``state_dict`` where torch hub looks for ``weights``, and forbid downloads."""
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state_dict, checkpoints / weights.url.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDTUNE_OFFLINE", "1")
 
 
 def test_cached_pretrained_weights_load_and_head_is_replaced(
@@ -155,13 +166,29 @@ def test_cached_pretrained_weights_load_and_head_is_replaced(
     from torchvision.models import SqueezeNet1_0_Weights, squeezenet1_0
 
     saved = squeezenet1_0().state_dict()
-    checkpoints = tmp_path / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save(saved, checkpoints / SqueezeNet1_0_Weights.DEFAULT.url.rsplit("/", 1)[1])
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("MEDTUNE_OFFLINE", "1")
+    _offline_cache(tmp_path, monkeypatch, SqueezeNet1_0_Weights.DEFAULT, saved)
     model = build(CLS_MODELS, "classification model", "squeezenet1_0", num_classes=2,
                   weights="IMAGENET1K_V1")
     # The backbone comes from the cached file; the head is a fresh 2-class 1x1 conv.
     assert torch.equal(model.features[0].weight, saved["features.0.weight"])
     assert model.classifier[1].out_channels == 2
+
+
+def test_cached_segmentation_weights_get_a_one_class_head(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchvision.models.segmentation import (
+        DeepLabV3_MobileNet_V3_Large_Weights,
+        deeplabv3_mobilenet_v3_large,
+    )
+
+    # Pretrained DeepLab weights have 21 VOC classes and an auxiliary head.
+    saved = deeplabv3_mobilenet_v3_large(weights_backbone=None, num_classes=21, aux_loss=True)
+    _offline_cache(tmp_path, monkeypatch, DeepLabV3_MobileNet_V3_Large_Weights.DEFAULT,
+                   saved.state_dict())
+    model = build(SEG_MODELS, "segmentation model", "deeplabv3_mobilenet_v3_large",
+                  weights="DEFAULT")
+    # Backbone loaded, aux head dropped, and one logit channel at the input size.
+    assert torch.equal(model.net.backbone["0"][0].weight, saved.backbone["0"][0].weight)
+    assert model.net.aux_classifier is None
+    assert model(torch.randn(BATCH, 3, SIZE, SIZE)).shape == (BATCH, 1, SIZE, SIZE)

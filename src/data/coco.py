@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data.cocoio import DataError  # noqa: F401 - re-exported: one error type for all data problems
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A dataset problem the user must fix; its message is one line naming the file and key."""
 
 
 @dataclass(frozen=True)

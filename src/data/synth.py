@@ -66,10 +66,11 @@ def _lesion_polygon(rng: np.random.Generator, size: int, traits: dict[str, float
     irregularity) with random phases; the shape is then scaled to a random share of the image area.
     """
     theta = np.linspace(0.0, 2.0 * np.pi, 64, endpoint=False)
-    radius = np.ones_like(theta)
-    for h in range(2, 17):
-        amp = traits["asymmetry"] * rng.uniform(0.5, 1.0) if h <= 3 else traits["irregularity"] * rng.uniform(0.2, 1.0) * 4 / h
-        radius += amp * np.cos(h * theta + rng.uniform(0.0, 2.0 * np.pi))
+    h = np.arange(2, 17)[:, None]  # harmonics 2-3 make the outline asymmetric, 4-16 the border irregular
+    asym = traits["asymmetry"] * rng.uniform(0.5, 1.0, h.shape)
+    irreg = traits["irregularity"] * rng.uniform(0.2, 1.0, h.shape) * 4 / h  # 1 / h: wavy rather than spiky
+    phase = rng.uniform(0.0, 2.0 * np.pi, h.shape)
+    radius = 1.0 + (np.where(h <= 3, asym, irreg) * np.cos(h * theta + phase)).sum(0)
     xy = np.stack([np.cos(theta), np.sin(theta)], axis=1) * np.clip(radius, 0.35, None)[:, None]
     scale = np.sqrt(rng.uniform(*AREA_SHARE) * size**2 / _shoelace(xy))
     xy *= min(scale, 0.9 * size / float((xy.max(0) - xy.min(0)).max()))  # keep the extent <= 90% of the side
@@ -213,15 +214,13 @@ def _write_split(folder: Path, split: str, items: list[tuple[int, int]], first_i
         )
         coco["annotations"].append(_annotation(image_id, label, poly))
     coco["categories"] = [{"id": i + 1, "name": name, "supercategory": "lesion"} for i, name in enumerate(CLASSES)]
-    (folder / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
+    (folder / f"{split}.json").write_text(json.dumps(coco) + "\n")
 
 
 def _readme(info: dict, counts: dict[str, dict[str, int]]) -> str:
     """README.md text: how the folder was made, what the classes and the spurious cue are, the layout."""
-    traits = "\n".join(
-        f"| {name} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in dist) + " |" for name, dist in TRAITS.items()
-    )
-    split_lines = "\n".join(f"- `{s}.json`: {sum(c.values())} images ({', '.join(f'{k} {v}' for k, v in c.items())})" for s, c in counts.items())
+    traits = "\n".join(f"| {k} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in v) + " |" for k, v in TRAITS.items())
+    splits = "\n".join(f"- `{s}.json`: {', '.join(f'{k} {v}' for k, v in c.items())}" for s, c in counts.items())
     return f"""# Synthetic dermoscopy-like lesions
 
 Made by `python -m src.data synth` (`src/data/synth.py`) with seed {info['seed']}, {info['n']} images
@@ -248,21 +247,22 @@ A model that reads the marker scores well in train and near chance in val/test.
 
 ## Layout
 - `images/<split>_<image id>.png`; `file_name` in the JSON is relative to `images/`.
-{split_lines}
+{splits}
 - Image (and annotation) ids are unique across the three files.
 """
 
 
 def _check_args(n: int, size: int, train_share: float, val_share: float, cue_agreement: float) -> None:
     """Raise ValueError naming the first argument out of range."""
-    if n < len(CLASSES):
-        raise ValueError(f"--n must be at least {len(CLASSES)}, got {n}")
-    if size < 16:
-        raise ValueError(f"--size must be at least 16 px, got {size}")
-    if not (0 < train_share and 0 <= val_share and train_share + val_share <= 1):
-        raise ValueError(f"need 0 < train_share, 0 <= val_share, sum <= 1; got {train_share}, {val_share}")
-    if not 0 <= cue_agreement <= 1:
-        raise ValueError(f"cue_agreement must be in [0, 1], got {cue_agreement}")
+    for ok, message in [
+        (n >= len(CLASSES), f"n must be at least {len(CLASSES)}, got {n}"),
+        (size >= 16, f"size must be at least 16 px, got {size}"),
+        (0 < train_share and 0 <= val_share and train_share + val_share <= 1,
+         f"need 0 < train_share, 0 <= val_share, train_share + val_share <= 1; got {train_share}, {val_share}"),
+        (0 <= cue_agreement <= 1, f"cue_agreement must be in [0, 1], got {cue_agreement}"),
+    ]:
+        if not ok:
+            raise ValueError(message)
 
 
 def _move_into(staging: Path, out: Path) -> None:
@@ -280,15 +280,8 @@ def _move_into(staging: Path, out: Path) -> None:
 
 
 def generate(
-    out: Path,
-    *,
-    n: int = 300,
-    size: int = 64,
-    seed: int = 0,
-    train_share: float = 0.6,
-    val_share: float = 0.2,
-    cue_agreement: float = 0.9,
-    force: bool = False,
+    out: Path, *, n: int = 300, size: int = 64, seed: int = 0, train_share: float = 0.6, val_share: float = 0.2,
+    cue_agreement: float = 0.9, force: bool = False,
 ) -> dict:
     """Write the synthetic dataset to ``out`` (see the module docstring and the README it writes).
 

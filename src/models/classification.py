@@ -26,7 +26,7 @@ def resolve_weights(weights_enum: Any, value: str, *, model: str, arg: str = "we
 
     Args:
         weights_enum: the torchvision ``WeightsEnum`` class of the model (or of its backbone).
-        value: ``"none"`` (any case), ``"DEFAULT"`` (any case) or a member name like ``IMAGENET1K_V2``.
+        value: ``"none"``, ``"DEFAULT"`` or a member name like ``IMAGENET1K_V2``, in any case.
         model: model name, for the error message.
         arg: the config argument (``weights`` or ``weights_backbone``), for the error message.
 
@@ -104,7 +104,7 @@ CLS_SPECS: dict[str, ClassifierSpec] = {
     "densenet121": ClassifierSpec("densenet121", "classifier", "features", 29),
     # Stride-4 stem, then three unpadded 2x2 downsamplings: below 32 px the last one gets a 1x1 map.
     "convnext_small": ClassifierSpec("convnext_small", "classifier.2", "features", 32),
-    # The head is Dropout, Conv2d(512, K, 1), ReLU, AvgPool: its logits are >= 0 (torchvision's design).
+    # Head: Dropout, Conv2d(512, K, 1), ReLU, AvgPool; its logits are >= 0 (torchvision design).
     "squeezenet1_0": ClassifierSpec("squeezenet1_0", "classifier.1", "features", 21),
     # ViT takes exactly image_size (224 unless the factory is given another multiple of 16).
     "vit_b_16": ClassifierSpec("vit_b_16", "heads.head", "encoder.ln", 16, "vit_tokens"),
@@ -127,7 +127,8 @@ def _replace_head(model: nn.Module, path: str, num_classes: int) -> nn.Module:
 
 
 def _build(
-    name: str, *, num_classes: int, weights: str, freeze_backbone: bool, builder_args: dict[str, Any]
+    name: str, *, num_classes: int, weights: str, freeze_backbone: bool,
+    builder_args: dict[str, Any],
 ) -> nn.Module:
     """Build ``CLS_SPECS[name]`` with (optional) pretrained weights and a ``num_classes`` head."""
     from torchvision import models as tvm

@@ -36,7 +36,7 @@ class SegNet(nn.Module):
     ):
         super().__init__()
         if depth < 1 or width < 1:
-            raise ValueError(f"SegNet needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+            raise ValueError(f"SegNet needs depth >= 1 and width >= 1, got {depth=}, {width=}")
         channels = [width * 2**level for level in range(depth)]
         self.encoders = nn.ModuleList(
             ConvBlock(c_in, c_out, dropout=dropout)
@@ -88,7 +88,9 @@ TORCHVISION_BACKBONES: dict[str, str] = {
 }
 
 
-def torchvision_segmenter(name: str, *, weights: str = "none", weights_backbone: str = "none") -> nn.Module:
+def torchvision_segmenter(
+    name: str, *, weights: str = "none", weights_backbone: str = "none"
+) -> nn.Module:
     """Build a torchvision segmentation model with one output channel and no auxiliary head.
 
     Args:
@@ -115,7 +117,8 @@ def torchvision_segmenter(name: str, *, weights: str = "none", weights_backbone:
     base = resolve_weights(tvm.get_model_weights(backbone), weights_backbone, model=name,
                            arg="weights_backbone")
     net = load_pretrained(
-        lambda: tvm.get_model(name, weights=None, weights_backbone=base, num_classes=1, aux_loss=False),
+        lambda: tvm.get_model(name, weights=None, weights_backbone=base, num_classes=1,
+                              aux_loss=False),
         base, model=name, arg="weights_backbone", value=weights_backbone,
     )
     return OutOnly(net)

@@ -19,7 +19,9 @@ class ConvBlock(nn.Sequential):
         dropout: Dropout2d probability after the block; 0 disables it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1, dropout: float = 0.0):
+    def __init__(
+        self, in_channels: int, out_channels: int, *, dilation: int = 1, dropout: float = 0.0
+    ):
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
             layers += [
@@ -88,7 +90,7 @@ class UNet(nn.Module):
         if down not in ("pool", "strided"):
             raise ValueError(f"unknown U-Net down '{down}'; valid: pool, strided")
         if depth < 1 or width < 1:
-            raise ValueError(f"U-Net needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+            raise ValueError(f"U-Net needs depth >= 1 and width >= 1, got {depth=}, {width=}")
         channels = [width * 2**level for level in range(depth + 1)]
         scales = [2 if level == 1 or not dilated else 1 for level in range(1, depth + 1)]
         self.multiple = 2 ** scales.count(2)

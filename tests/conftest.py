@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny synthetic datasets, and a runner for the real launch.py / analyze.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 synthetic images at 32 px (train 28 / val 10 / test 10), generated once per session."""
+    from src.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, n=48, size=32, seed=0)
+    return out
+
+
+class Workspace:
+    """A temporary MLflow store, Ray storage and cache, and a way to run the real CLIs in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    def launch(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        common = ["--tracking-uri", self.tracking_uri, "--storage-path", str(self.root / "runs"),
+                  "--cache-dir", str(self.root / "cache")]
+        return self._run(["launch.py", *args, *common], timeout)
+
+    def analyze(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        return self._run(["analyze.py", *args, "--tracking-uri", self.tracking_uri], timeout)
+
+    def _run(self, argv: list[str], timeout: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+        return subprocess.run([sys.executable, *argv], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("workspace"))

@@ -1,0 +1,72 @@
+"""End to end through the real CLIs: segmentation -> champion -> masked_cls -> analyze.
+
+Ray, Optuna (TPE), ASHA, Lightning, MLflow tracking and the model registry are all real; only the
+sizes are tiny (48 images at 32 px, 2 trials of at most 2 epochs per search).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from src.data.coco import resolve_dataset
+from src.tracking import LAUNCH_TAG, PARENT_TAG, champion, segmenter_name
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(LAUNCH_TAG) == "true"]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    return parents, children
+
+
+def test_masked_cls_without_champion_fails_fast(workspace, synth_dir: Path) -> None:
+    result = workspace.launch("--space", "masked_cls", "--smoke", "--data", str(synth_dir), timeout=120)
+    # One clear line naming the command that creates a champion, no traceback, nothing logged.
+    assert result.returncode == 2, result.stderr
+    assert "python launch.py --space segmentation" in result.stderr
+    assert "Traceback" not in result.stderr
+    client = MlflowClient(workspace.tracking_uri)
+    assert client.get_experiment_by_name("masked_cls") is None
+
+
+def test_segmentation_then_masked_cls_then_analyze(workspace, synth_dir: Path) -> None:
+    seg = workspace.launch("--space", "segmentation", "--smoke", "--data", str(synth_dir))
+    assert seg.returncode == 0, seg.stdout[-3000:] + seg.stderr[-3000:]
+    client = MlflowClient(workspace.tracking_uri)
+    parents, children = _runs(client, "segmentation")
+    # One parent per launch and one child per trial (smoke: 2 samples), none left RUNNING.
+    assert len(parents) == 1 and len(children) == 2
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in parents + children)
+    assert "test/iou" in parents[0].data.metrics
+    assert all("epochs_run" in r.data.tags and "ray_trial_id" in r.data.tags for r in children)
+
+    dataset = resolve_dataset(synth_dir, cache_root=workspace.root / "cache")
+    name = segmenter_name(dataset.name, dataset.fingerprint)
+    version = champion(client, name)
+    # The first segmenter of a dataset always becomes its champion.
+    assert version is not None and version.tags["run_id"] == parents[0].data.tags["best_run_id"]
+
+    masked = workspace.launch("--space", "masked_cls", "--smoke", "--data", str(synth_dir))
+    assert masked.returncode == 0, masked.stdout[-3000:] + masked.stderr[-3000:]
+    parents, children = _runs(client, "masked_cls")
+    assert len(parents) == 1 and len(children) == 2
+    # Every masked trial records which segmenter version produced its masks.
+    assert {r.data.tags.get("segmenter_version") for r in children} == {f"{name}/{version.version}"}
+    assert "test/balanced_acc" in parents[0].data.metrics
+    assert (workspace.root / "cache" / "masks" / f"{name}-v{version.version}").is_dir()
+
+    report = workspace.analyze("--experiment", "masked_cls", "--out", str(workspace.root / "report"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    # The leaderboard names both trials and the objective.
+    assert "val/balanced_acc" in report.stdout
+    assert all(r.info.run_name[:30] in report.stdout for r in children)
+
+    nope = workspace.analyze("--experiment", "nope")
+    assert nope.returncode != 0 and "Traceback" not in nope.stderr
+    # The error lists the experiments that exist.
+    assert "segmentation" in nope.stderr and "masked_cls" in nope.stderr

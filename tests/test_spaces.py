@@ -1,0 +1,106 @@
+"""Search-space schema: every shipped file validates; bad files fail with the file and key named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.spaces import SpaceError, available, load_space
+from trainables.sampling import DefineByRun
+
+GOOD = """
+task: segmentation
+metric: val/iou
+mode: max
+fixed: {data.image_size: 32}
+params:
+  model.name: {choice: [unet, deeplabv3_mobilenet_v3_large]}
+  model.width: {int: [4, 8], when: {model.name: unet}}
+  loss.name: {choice: [bce]}
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+budget: {num_samples: 2, max_epochs: 2}
+smoke:
+  budget: {num_samples: 1}
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_shipped_space_validates(name: str, smoke: bool) -> None:
+    space = load_space(name, smoke=smoke)
+    assert space.params and space.budget["num_samples"] >= 1
+
+
+def test_smoke_block_overrides_budget(tmp_path: Path) -> None:
+    assert load_space(write(tmp_path, GOOD), smoke=True).budget["num_samples"] == 1
+    assert load_space(write(tmp_path, GOOD)).budget["num_samples"] == 2
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("{loguniform: [1.0e-4, 1.0e-2]}", "{loguniform: [1.0e-2, 1.0e-4]}", "key 'params.train.lr.loguniform': low 0.01 > high"),
+        ("{loguniform: [1.0e-4, 1.0e-2]}", "{gaussian: [0, 1]}", "key 'params.train.lr': expected exactly one of"),
+        ("{loguniform: [1.0e-4, 1.0e-2]}", "{loguniform: [0, 1]}", "loguniform needs low > 0"),
+        ("{int: [4, 8], when: {model.name: unet}}", "{int: [4, 8]}", "deeplabv3_mobilenet_v3_large' takes no argument 'width'"),
+        ("train.lr:", "train.learning_rate:", "key 'train.learning_rate': unknown argument 'learning_rate'"),
+        ("task: segmentation", "task: segmentaton", "key 'task': expected one of"),
+        ("mode: max", "mode: maximise", "key 'mode': expected max or min"),
+        ("budget: {num_samples: 2, max_epochs: 2}", "budget: {num_samples: 0}", "key 'budget.num_samples': expected a positive integer"),
+        ("loss.name: {choice: [bce]}", "loss.name: {choice: [bce, nope]}", "unknown loss 'nope'; valid: bce"),
+        ("model.width: {int: [4, 8], when: {model.name: unet}}", "model.width: {int: [4, 8], when: {train.lr: 1}}", "must be fixed or a parameter listed before"),
+        ("fixed: {data.image_size: 32}", "fixed: {data.image_size: 32}\ncolour: red", "unknown key 'colour'"),
+    ],
+)
+def test_bad_space_names_file_and_key(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    # One line that starts with the file and says what was expected.
+    assert str(err.value).startswith(path) and expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_space_lists_valid_names() -> None:
+    with pytest.raises(SpaceError, match="unknown search space 'nope'; valid: .*segmentation"):
+        load_space("nope")
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="not valid YAML") as err:
+        load_space(write(tmp_path, "task: [unclosed"))
+    assert "\n" not in str(err.value)
+
+
+class FakeTrial:
+    """Records suggestions the way optuna.Trial would, always picking the first choice / low end."""
+
+    def __init__(self, pick: int = 0) -> None:
+        self.pick, self.params = pick, {}
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = choices[self.pick % len(choices)]
+        return self.params[name]
+
+    def suggest_float(self, name, low, high, log=False):
+        self.params[name] = low
+        return low
+
+    def suggest_int(self, name, low, high):
+        self.params[name] = low
+        return low
+
+
+def test_conditional_parameter_exists_only_under_its_choice(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, GOOD))
+    unet, deeplab = FakeTrial(0), FakeTrial(1)
+    assert DefineByRun(space)(unet) == {"data.image_size": 32}
+    DefineByRun(space)(deeplab)
+    # model.width is sampled for unet only; TPE never sees a phantom width for deeplab.
+    assert unet.params["model.width"] == 4 and "model.width" not in deeplab.params
