@@ -170,7 +170,8 @@ def assign_splits(
 
     Classes are balanced (``n // 3`` each, the remainder to the first classes) and split per class.
     In train exactly ``round(cue_agreement * n_train)`` markers agree with the class and the others
-    name a different class; in val and test the marker is uniform and independent of the class.
+    name another class at random; in val and test the marker is the class shifted by a random offset,
+    balanced so that a third of the markers agree and each class gets each marker colour about equally.
     """
     rng = np.random.default_rng(seed)
     labels: dict[str, list[int]] = {split: [] for split in SPLITS}
@@ -183,11 +184,12 @@ def assign_splits(
     plan = {}
     for split in SPLITS:
         y = rng.permutation(np.array(labels[split], dtype=np.int64))
-        if split == "train":
+        if split == "train":  # exactly round(cue_agreement * n) offsets are 0, the others 1 or 2 at random
             agree = rng.permutation(len(y)) < round(cue_agreement * len(y))
-            markers = np.where(agree, y, (y + rng.integers(1, len(CLASSES), len(y))) % len(CLASSES))
-        else:
-            markers = rng.integers(0, len(CLASSES), len(y))
+            offset = np.where(agree, 0, rng.integers(1, len(CLASSES), len(y)))
+        else:  # offsets 0, 1, 2 equally often, shuffled: the marker carries no information on the class
+            offset = rng.permutation(np.arange(len(y)) % len(CLASSES))
+        markers = (y + offset) % len(CLASSES)
         plan[split] = list(zip(y.tolist(), markers.tolist()))
     return plan
 
@@ -217,10 +219,11 @@ def _write_split(folder: Path, split: str, items: list[tuple[int, int]], first_i
     (folder / f"{split}.json").write_text(json.dumps(coco) + "\n")
 
 
-def _readme(info: dict, counts: dict[str, dict[str, int]]) -> str:
+def _readme(info: dict, counts: dict[str, dict[str, int]], agreement: dict[str, float]) -> str:
     """README.md text: how the folder was made, what the classes and the spurious cue are, the layout."""
     traits = "\n".join(f"| {k} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in v) + " |" for k, v in TRAITS.items())
     splits = "\n".join(f"- `{s}.json`: {', '.join(f'{k} {v}' for k, v in c.items())}" for s, c in counts.items())
+    agree = ", ".join(f"{s} {a:.2f}" for s, a in agreement.items())
     return f"""# Synthetic dermoscopy-like lesions
 
 Made by `python -m src.data synth` (`src/data/synth.py`) with seed {info['seed']}, {info['n']} images
@@ -240,9 +243,10 @@ irregularity/asymmetry: border harmonics; dark_share: black or blue-grey blotche
 share of them; blotch: internal texture and dark dots; darkness: brown shade.
 
 ## Spurious cue
-A small square marker in a corner, red/green/blue for {'/'.join(CLASSES)}. In train it agrees with
-the class for {info['cue_agreement']:.0%} of images (the rest name another class); in val and test
-its colour is uniformly random. The image entry's `marker_class` gives the category it names.
+A small square marker in a corner, red/green/blue for {'/'.join(CLASSES)}; the image entry's
+`marker_class` is the category it names. In train it names the class for {info['cue_agreement']:.0%} of
+images (the others name another class); in val and test it is independent of the class (a balanced
+random shift, so a third agree). Share of images whose marker names their class: {agree}.
 A model that reads the marker scores well in train and near chance in val/test.
 
 ## Layout
@@ -315,6 +319,7 @@ def generate(
         "n": n, "cue_agreement": cue_agreement, "train_share": train_share, "val_share": val_share,
     }
     counts = {s: {c: sum(label == i for label, _ in plan[s]) for i, c in enumerate(CLASSES)} for s in SPLITS}
+    agreement = {s: float(np.mean([y == m for y, m in plan[s]])) if plan[s] else float("nan") for s in SPLITS}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -323,11 +328,10 @@ def generate(
         for split in SPLITS:
             _write_split(staging, split, plan[split], first_id, size, info)
             first_id += len(plan[split])
-        (staging / "README.md").write_text(_readme(info, counts))
+        (staging / "README.md").write_text(_readme(info, counts, agreement))
         _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    agreement = {s: float(np.mean([y == m for y, m in plan[s]])) if plan[s] else float("nan") for s in SPLITS}
     return {"path": str(out), "counts": counts, "marker_agreement": agreement}
 
 

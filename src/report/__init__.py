@@ -1,0 +1,7 @@
+"""Reports read from MLflow alone: what ``analyze.py`` prints, draws and writes after a search.
+
+``load`` turns a launch (parent run and its trial runs) into plain values; ``plots`` and
+``predictions`` draw them; ``importance`` runs Optuna's fANOVA; ``html`` writes a self-contained
+page; ``compare`` puts the best trials of several experiments side by side. Nothing here needs
+Ray or the trial checkpoints, so a report works on a laptop against a remote tracking server.
+"""

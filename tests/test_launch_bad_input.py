@@ -1,0 +1,98 @@
+"""Bad input to launch.py: one clear line, a non-zero exit, no traceback, nothing in MLflow."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import launch
+
+
+def edit_json(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        path = folder / name
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+
+    return apply
+
+
+def _set_first(key: str, field: str, value) -> Callable[[dict], None]:
+    def change(data: dict) -> None:
+        data[key][0][field] = value
+
+    return change
+
+
+DATA_CASES = {
+    "malformed_json": (lambda d: (d / "train.json").write_text('{"images": [1, 2'), "not valid JSON"),
+    "missing_image_folder": (lambda d: shutil.rmtree(d / "images"), "missing_file"),
+    "escaping_file_name": (edit_json("val.json", _set_first("images", "file_name", "../../etc/passwd")), "escaping_file_name"),
+    "unknown_category": (edit_json("test.json", _set_first("annotations", "category_id", 99)), "unknown_category"),
+    "empty_split": (edit_json("val.json", lambda d: d.update(images=[], annotations=[])), "'images' is empty"),
+}
+
+
+def run_launch(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = launch.main([*args, "--tracking-uri", uri, "--storage-path", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    return code, capsys.readouterr().err
+
+
+def assert_clean_refusal(tmp_path: Path, code: int, err: str, expected: str) -> None:
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err
+    # The first line is the error itself; extra lines (at most 20) each name one problem.
+    assert err.startswith("error: ") and len(err.strip().splitlines()) <= 21
+    if (tmp_path / "mlflow.db").exists():
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert [e.name for e in client.search_experiments()] in ([], ["Default"])
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_bad_dataset(case: str, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    damage, expected = DATA_CASES[case]
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    damage(data)
+    code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--smoke", "--data", str(data))
+    assert_clean_refusal(tmp_path, code, err, expected)
+
+
+SPACE = """
+task: classification
+metric: val/acc
+mode: max
+fixed: {data.image_size: 32, loss.name: ce}
+params:
+  model.name: {choice: [resnet18]}
+  train.lr: LR
+"""
+
+
+@pytest.mark.parametrize(
+    "lr, expected",
+    [("{loguniform: [1.0e-2, 1.0e-4]}", "low 0.01 > high 0.0001"), ("{normal: [0, 1]}", "expected exactly one of")],
+)
+def test_bad_space(lr: str, expected: str, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("LR", lr))
+    code, err = run_launch(tmp_path, capsys, "--space", str(space), "--data", str(synth_dir))
+    assert_clean_refusal(tmp_path, code, err, expected)
+    assert str(space) in err  # names the file
+
+
+def test_unknown_space(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, err = run_launch(tmp_path, capsys, "--space", "nope", "--data", str(synth_dir))
+    assert_clean_refusal(tmp_path, code, err, "unknown search space 'nope'; valid:")
+
+
+def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--data", str(tmp_path / "absent"))
+    assert_clean_refusal(tmp_path, code, err, "no such file or folder")
