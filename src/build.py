@@ -19,14 +19,15 @@ from torch import nn
 
 from src.data.datasets import CachedDataModule
 from src.losses import CLS_LOSSES, SEG_LOSSES
-from src.models import CLS_MODELS, SEG_MODELS
+from src.models import CLS_MODELS, CLS_SPECS, SEG_MODELS
 from src.registry import lookup
 from src.tasks import TASKS, TaskSpec
 from src.tasks.base import BaseTask
 
 GROUPS = ("model", "loss", "train", "data")
 DRIVER_DATA_ARGS = {"image_size"}  # used by the driver to build caches, not by the data module
-PROVIDED = {"caches", "pred_masks", "num_classes", "epochs"}  # set by the platform, never searched
+# set by the platform, never searched (cam_*: the HiResCAM layer of the backbone, from CLS_SPECS)
+PROVIDED = {"caches", "pred_masks", "num_classes", "epochs", "cam_layer", "cam_reshape"}
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -77,7 +78,10 @@ def build_system(task: str, config: dict, *, num_classes: int, epochs: int) -> B
     spec = task_spec(task)
     model = build_part(task, "model", config, num_classes=num_classes)
     loss = build_part(task, "loss", config)
-    extra = {"num_classes": num_classes} if spec.model_kind == "classification" else {}
+    extra = {}
+    if spec.model_kind == "classification":
+        cam = lookup(CLS_SPECS, "classification model", config["model.name"])
+        extra = {"num_classes": num_classes, "cam_layer": cam.cam_layer, "cam_reshape": cam.cam_reshape}
     return spec.system(model, loss, epochs=epochs, **extra, **group_args(config, "train"))
 
 

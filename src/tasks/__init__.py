@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from src.tasks.base import BaseTask
 from src.tasks.classification import ClassificationTask
+from src.tasks.saliency import SaliencyClassificationTask
 from src.tasks.segmentation import SegmentationTask
 
 
@@ -26,4 +27,5 @@ TASKS: dict[str, TaskSpec] = {
     "segmentation": TaskSpec(SegmentationTask, "segmentation"),
     "classification": TaskSpec(ClassificationTask, "classification"),
     "masked_classification": TaskSpec(ClassificationTask, "classification", needs_segmenter=True),
+    "saliency_classification": TaskSpec(SaliencyClassificationTask, "classification"),
 }

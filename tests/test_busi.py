@@ -1,0 +1,44 @@
+"""The real breast-ultrasound set (BUSI) in ../shared: skipped with a reason when it is absent."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from src.data.check import check_coco
+from src.data.split import split_coco
+
+BUSI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "busi"
+pytestmark = pytest.mark.skipif(not (BUSI / "coco_all.json").is_file(), reason=f"BUSI not present at {BUSI}")
+
+
+def test_check_reports_the_known_cross_class_duplicate() -> None:
+    report = check_coco(BUSI / "coco_all.json", BUSI / "images")
+    # SOURCE.md: BUSI has duplicates; the one exact pixel copy is filed as benign and as malignant.
+    assert report.counts() == {"duplicate_content": 1}
+    names = sorted(name for group in report.duplicate_groups for _, name in group)
+    assert names == ["benign_0433.png", "malignant_0145.png"]
+
+
+def test_split_is_stratified_and_keeps_normal_images(tmp_path: Path) -> None:
+    split_coco(BUSI / "coco_all.json", tmp_path, val=0.15, test=0.15, seed=0, images_dir=BUSI / "images")
+    counts = {}
+    for split in ("train", "val", "test"):
+        data = json.loads((tmp_path / f"{split}.json").read_text())
+        counts[split] = len(data["images"])
+        # Every split holds images without a lesion (normal: empty segmentation).
+        assert any(a["segmentation"] == [] for a in data["annotations"])
+    assert counts == {"train": 544, "val": 118, "test": 118}
+
+
+@pytest.mark.slow
+def test_segmentation_smoke_on_busi_trains_on_empty_masks(workspace) -> None:
+    result = workspace.launch("--space", "segmentation", "--smoke", "--data", str(BUSI / "coco_all.json"), "--num-samples", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(workspace.tracking_uri)
+    parent = client.search_runs([client.get_experiment_by_name("segmentation").experiment_id],
+                                filter_string="tags.`medtune.launch` = 'true'")[0]
+    # The champion of the real set was tested on held-out images, normal ones (empty masks) included.
+    assert 0.0 <= parent.data.metrics["test/iou"] <= 1.0
