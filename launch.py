@@ -26,7 +26,9 @@ DEFAULT_STORAGE = PROJECT_DIR / "runs"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--space", required=True, help="search space name in search_spaces/ or a YAML path")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--space", help="search space name in search_spaces/ or a YAML path")
+    what.add_argument("--config", type=Path, help="train one configuration (analyze.py --export-best) and test it")
     p.add_argument("--data", type=Path, help=f"dataset folder (train/val/test.json) or one COCO file [{DEFAULT_DATA}]")
     p.add_argument("--num-samples", type=int, help="trials to sample (overrides the space's budget)")
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (overrides the space's budget)")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python launch.py --space {args.space} --resume", file=sys.stderr)
+        print(f"interrupted; continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume", file=sys.stderr)
         return 130
 
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from src import build
 from src.data.cache import build_cache, cache_path
 from src.data.coco import SPLITS, DataError, Dataset, resolve_dataset
-from src.spaces import SearchSpace, SpaceError, load_space
+from src.spaces import SearchSpace, SpaceError, load_config, load_space
 from src.tracking import LAUNCH_TAG, TrackingError, code_version, default_tracking_uri, experiment_id, segmenter_name
 
 USER_ERRORS = (SpaceError, DataError, TrackingError)
@@ -49,7 +49,7 @@ class Prepared:
 
 def load_and_override(args: argparse.Namespace) -> SearchSpace:
     """The space with ``--num-samples`` / ``--max-epochs`` applied over its budget."""
-    space = load_space(args.space, smoke=args.smoke)
+    space = load_config(args.config) if args.config else load_space(args.space, smoke=args.smoke)
     for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)):
         if value is not None:
             if value < 1:

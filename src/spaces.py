@@ -107,6 +107,29 @@ def load_space(name: str, *, smoke: bool = False) -> SearchSpace:
     return _validate(path, raw)
 
 
+def load_config(path: Path) -> SearchSpace:
+    """A single configuration to train once (``analyze.py --export-best``), as a one-trial space.
+
+    The file holds ``space`` (whose task, metric and mode are used), ``config`` (flat dotted keys,
+    all fixed) and optionally ``budget`` (e.g. more ``max_epochs`` than the search used).
+    """
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SpaceError(f"{path}: cannot read config ({' '.join(str(err).split())})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or "space" not in raw:
+        raise SpaceError(f"{path}: expected keys 'space' (a search space name) and 'config' (a mapping)")
+    base = load_space(str(raw["space"]))
+    budget = {**base.budget, **_mapping(path, raw, "budget"), "num_samples": 1}
+    space = SearchSpace(
+        name=base.name, path=path, task=base.task, metric=base.metric, mode=base.mode, fixed=dict(raw["config"]),
+        params=(), budget=_budget(path, budget),
+    )
+    _check_keys(space)
+    return space
+
+
 def _mapping(path: Path, raw: dict, key: str) -> dict:
     value = raw.get(key) or {}
     if not isinstance(value, dict):

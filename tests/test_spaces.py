@@ -104,3 +104,17 @@ def test_conditional_parameter_exists_only_under_its_choice(tmp_path: Path) -> N
     DefineByRun(space)(deeplab)
     # model.width is sampled for unet only; TPE never sees a phantom width for deeplab.
     assert unet.params["model.width"] == 4 and "model.width" not in deeplab.params
+
+
+def test_config_file_is_a_one_trial_space(tmp_path: Path) -> None:
+    from src.spaces import load_config
+
+    path = tmp_path / "best.yaml"
+    path.write_text("space: whole_cls\nconfig: {model.name: resnet18, loss.name: ce, data.image_size: 32, train.lr: 0.001}\nbudget: {max_epochs: 20}\n")
+    space = load_config(path)
+    # Everything is fixed, one sample, the longer epoch budget, the space's objective.
+    assert space.params == () and space.budget["num_samples"] == 1 and space.budget["max_epochs"] == 20
+    assert space.metric == "val/balanced_acc" and space.fixed["train.lr"] == 0.001
+    path.write_text("space: whole_cls\nconfig: {model.name: resnet18, train.learning_rate: 0.1}\n")
+    with pytest.raises(SpaceError, match="unknown argument 'learning_rate'"):
+        load_config(path)

@@ -135,10 +135,11 @@ def test_cli_writes_then_refuses_a_non_empty_folder(
     assert len(err.splitlines()) == 1 and str(out) in err and "--force" in err
     assert _files(out) == before
     (out / "notes.txt").write_text("kept")
+    (out / "defects").mkdir()  # as left by an earlier --defects run, now stale
     assert data_cli.main([*argv[:-1], "3", "--force"]) == 0
-    # --force replaces the generated files and leaves unrelated ones alone
+    # --force replaces what a run writes (stale defects/ included) and leaves unrelated files alone
     assert _files(out)["images/train_00001.png"] != before["images/train_00001.png"]
-    assert (out / "notes.txt").read_text() == "kept"
+    assert (out / "notes.txt").read_text() == "kept" and not (out / "defects").exists()
 
 
 def test_cli_rejects_bad_arguments(synth_only_cli: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -35,6 +35,8 @@ SKIN_LIGHT, SKIN_DARK = np.array([238.0, 204.0, 182.0]), np.array([198.0, 148.0,
 BROWN_LIGHT, BROWN_DARK = np.array([178.0, 118.0, 82.0]), np.array([98.0, 60.0, 42.0])
 BLACK, BLUE_GREY = np.array([46.0, 34.0, 32.0]), np.array([104.0, 110.0, 128.0])
 AREA_SHARE = (0.08, 0.35)  # lesion area as a share of the image area, drawn uniformly
+# What a run writes in --out (defects/ comes from --defects); --force replaces these and nothing else.
+GENERATED = ("images", "train.json", "val.json", "test.json", "README.md", "defects")
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -270,17 +272,18 @@ def _check_args(n: int, size: int, train_share: float, val_share: float, cue_agr
 
 
 def _move_into(staging: Path, out: Path) -> None:
-    """Move the staged files into ``out``, replacing same-named entries and leaving any others."""
+    """Move the staged files into ``out``, first removing what an earlier run wrote (``GENERATED``)."""
     if not out.exists():
         staging.rename(out)
         return
-    for item in staging.iterdir():
-        target = out / item.name
+    for name in GENERATED:
+        target = out / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
-        item.rename(target)
+    for item in staging.iterdir():
+        item.rename(out / item.name)
 
 
 def generate(
@@ -300,18 +303,20 @@ def generate(
         train_share: share of each class in train.
         val_share: share of each class in val; test gets the rest.
         cue_agreement: share of train images whose marker names their class.
-        force: overwrite the generated files (``images/``, the JSONs, README.md) in a non-empty ``out``.
+        force: in a non-empty ``out``, replace what an earlier run wrote (``GENERATED``), keep the rest.
 
     Returns:
         ``{"path": str, "counts": {split: {class: count}}, "marker_agreement": {split: share}}``.
 
     Raises:
-        FileExistsError: ``out`` is not empty and ``force`` is false.
+        FileExistsError: ``out`` is a file, or is not empty and ``force`` is false.
         ValueError: an argument is out of range.
     """
     _check_args(n, size, train_share, val_share, cue_agreement)
     out = Path(out).absolute()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to overwrite it")
     plan = assign_splits(n, seed=seed, train_share=train_share, val_share=val_share, cue_agreement=cue_agreement)
     info = {

@@ -78,6 +78,9 @@ class ClassificationTask(BaseTask):
     def cam(self, images: Tensor, labels: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
         """``(logits [B, K], cams [B, H, W])``: HiResCAM of the true ``labels`` at ``cam_layer``."""
         layer = self.model.get_submodule(self.cam_layer)
+        if labels.is_inference():  # Trainer.test/validate: hirescam clones the images, not the targets
+            with torch.inference_mode(False):
+                labels = labels.clone()
         return hirescam(self.model, layer, images, labels, create_graph=create_graph, reshape=self.cam_reshape)
 
     def objective(self, logits: Tensor, batch: dict, cams: Tensor | None) -> Tensor:
