@@ -17,6 +17,9 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs: no token notice (see STACK.md)
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# num_to_keep=1 forces an experiment snapshot after each checkpoint (what makes --resume exact);
+# Ray warns about it on every short epoch.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = PROJECT_DIR / "data" / "synthetic"

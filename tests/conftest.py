@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 synthetic images at 32 px (train 28 / val 10 / test 10), generated once per session."""
+    """48 synthetic images at 32 px (train 30 / val 9 / test 9), generated once per session."""
     from src.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth") / "data"

@@ -18,6 +18,7 @@ TASK_CONFIGS = {
     "segmentation": {"model.name": "unet", "model.width": 4, "model.depth": 2, "loss.name": "bce_dice"},
     "classification": {"model.name": "resnet18", "loss.name": "ce"},
     "masked_classification": {"model.name": "resnet18", "loss.name": "ce", "data.mask_mode": "soft"},
+    "saliency_classification": {"model.name": "resnet18", "loss.name": "ce", "train.ce_weight": 0.5},
 }
 
 

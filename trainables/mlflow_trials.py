@@ -100,6 +100,22 @@ class MLflowTrials(tune.Callback):
         tags = {"epochs_run": str(epochs), "stopped_early": "false", "status": "failed", "error": _error_text(trial)}
         self._end(trial, tags, "FAILED")
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Retire runs of trials Ray no longer knows.
+
+        A trial started after Ray's last experiment snapshot and before a SIGKILL is unknown to the
+        restored search, which samples its configuration again under a new trial id. Its run would
+        be a duplicate left RUNNING forever: it is marked KILLED, tagged ``status=lost`` and deleted
+        (MLflow keeps deleted runs restorable).
+        """
+        self.client  # re-attaches runs when no trial started in this session
+        known = {t.trial_id for t in trials}
+        for trial_id, run_id in self._runs.items():
+            if trial_id not in known:
+                self.client.set_tag(run_id, "status", "lost")
+                self.client.set_terminated(run_id, "KILLED")
+                self.client.delete_run(run_id)
+
     def _end(self, trial: Any, tags: dict[str, str], status: str) -> None:
         run_id = self._run_id(trial)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

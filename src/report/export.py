@@ -55,7 +55,7 @@ def export_best(launch: Launch, path: Path) -> Path:
     config = best_config(launch)
     header = (
         f"# best trial {best.name} (run {best.run_id}) of launch {launch.run_id} ({launch.experiment}):\n"
-        f"# {launch.metric} = {best.objective:.4f}. Train it once: python launch.py --config {path.name}\n"
+        f"# {launch.metric} = {best.objective:.4f}. Train it once: python launch.py --config {path}\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))

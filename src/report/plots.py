@@ -7,6 +7,7 @@ solid and coloured, trials stopped early by ASHA dashed and grey, failed trials 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -49,7 +50,7 @@ def history(launch: Launch, path: Path) -> Path:
     xs = list(range(1, len(rows) + 1))
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    for status, style in (("completed", {"color": "C0"}), ("stopped", {"color": "0.6", "facecolors": "none"})):
+    for status, style in (("completed", {"color": "C0"}), ("stopped", {"facecolors": "none", "edgecolors": "0.4"})):
         points = [(x, r.objective) for x, r in zip(xs, rows) if r.status == status]
         if points:
             ax.scatter(*zip(*points), label=f"{status}" + (" (ASHA, truncated)" if status == "stopped" else ""), zorder=3, **style)
@@ -76,7 +77,7 @@ def curves(launch: Launch, path: Path) -> Path:
         if best is not None and row.run_id == best.run_id:
             style = {"color": "black", "linewidth": 2.5}
         ax.plot(*zip(*points), marker="o", markersize=3, **style)
-    handles = [Line2D([], [], color="C0", label="completed"), Line2D([], [], label="stopped by ASHA", **STOPPED)]
+    handles = [Line2D([], [], color="C0", label="completed (a colour each)"), Line2D([], [], label="stopped by ASHA", **STOPPED)]
     if best is not None:
         handles.append(Line2D([], [], color="black", linewidth=2.5, label=f"best: {best.name[:30]}"))
     ax.legend(handles=handles, fontsize=8)
@@ -91,8 +92,8 @@ def importance(result: Importance, path: Path, *, title: str) -> Path:
     fig = Figure(figsize=(7, 1.2 + 0.4 * len(names)))
     ax = fig.add_subplot()
     ax.barh(names, [result.values[n] for n in names], color="C2")
-    ax.set(xlabel="importance (fANOVA, sums to 1)", xlim=(0, 1), title=title)
-    ax.text(0, -0.35 - 0.25 / max(1, len(names)) ** 0.5, result.note, transform=ax.transAxes, fontsize=8, va="top", wrap=True)
+    ax.set(xlim=(0, 1), title=title)
+    ax.set_xlabel("importance (fANOVA, sums to 1)\n" + textwrap.fill(result.note, 90), fontsize=9)
     return save(fig, path)
 
 
@@ -134,6 +135,8 @@ def parallel(launch: Launch, names: list[str], log_names: set[str], path: Path) 
         for label, y in zip(labels, spots):
             ax.text(i + 0.03, y, label[:14], fontsize=7, va="center")
     ax.axvline(len(names), color="0.3", linewidth=0.8)
+    for y, value in ((0.0, lo), (1.0, hi)):
+        ax.text(len(names) + 0.03, y, f"{value:.3g}", fontsize=7, va="center")
     ax.set_xticks(range(len(axes)), axes, rotation=20, fontsize=8)
     ax.set_yticks([])
     ax.set(ylim=(-0.05, 1.05), title=f"{launch.experiment}: parameters vs {launch.metric} (dashed: stopped by ASHA)")

@@ -14,6 +14,7 @@ with grad and a backward down to the CAM layer per evaluation batch).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -61,6 +62,7 @@ class ClassificationTask(BaseTask):
         self.saliency_metric, self.cam_layer = saliency_metric, cam_layer
         self.cam_reshape = lookup(CAM_RESHAPES, "CAM reshape", cam_reshape)
         self.saliency_iou = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self._cam_checked = False
 
     def make_metrics(self, prefix: str) -> MetricCollection:
         k = self.num_classes
@@ -81,7 +83,14 @@ class ClassificationTask(BaseTask):
         if labels.is_inference():  # Trainer.test/validate: hirescam clones the images, not the targets
             with torch.inference_mode(False):
                 labels = labels.clone()
-        return hirescam(self.model, layer, images, labels, create_graph=create_graph, reshape=self.cam_reshape)
+        logits, cams = hirescam(self.model, layer, images, labels, create_graph=create_graph, reshape=self.cam_reshape)
+        if not self._cam_checked:  # once: a CAM layer with a 1x1 map (e.g. resnet18 at 32 px) is useless
+            self._cam_checked = True
+            if not cams.detach().amax() > 0:
+                warnings.warn(f"every HiResCAM of the first batch is zero (is '{self.cam_layer}' a 1x1 map at "
+                              f"{images.shape[-1]} px?): saliency_iou is 0 and the IoU term has no gradient; "
+                              "use a larger data.image_size", stacklevel=2)
+        return logits, cams
 
     def objective(self, logits: Tensor, batch: dict, cams: Tensor | None) -> Tensor:
         """The loss of a batch; ``cams`` are unused here (the saliency task adds a term)."""
