@@ -15,6 +15,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from src.leaderboard import Row
+    from src.report.load import Launch
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars between our lines
 
@@ -39,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _client(uri: str | None):
+def _client(uri: str | None) -> MlflowClient:
     """A client of the tracking store; a missing sqlite file is an error, not a new empty store."""
     from mlflow.tracking import MlflowClient
 
@@ -51,7 +58,7 @@ def _client(uri: str | None):
     return MlflowClient(uri)
 
 
-def _counts_line(rows: list) -> str:
+def _counts_line(rows: list[Row]) -> str:
     from src.leaderboard import counts
 
     found = counts(rows)
@@ -59,7 +66,7 @@ def _counts_line(rows: list) -> str:
     return ", ".join(parts + [f"{n} {status}" for status, n in sorted(found.items())])
 
 
-def print_summary(launch) -> None:
+def print_summary(launch: Launch) -> None:
     """The terminal view: leaderboard, failed trials' errors, best trial and its test metrics."""
     from src.leaderboard import format_table
 
@@ -79,7 +86,7 @@ def print_summary(launch) -> None:
     print(f"test split: {test or 'no test metrics on the parent run'}")
 
 
-def report_launch(client, args: argparse.Namespace) -> int:
+def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:
     """Print, draw and write the report of one launch; log it to the parent run."""
     from mlflow.exceptions import MlflowException
 
@@ -107,7 +114,7 @@ def report_launch(client, args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_experiments(client, args: argparse.Namespace) -> int:
+def compare_experiments(client: MlflowClient, args: argparse.Namespace) -> int:
     """Print and write the comparison of the experiments' best trials on their common test split."""
     from src.report.compare import compare, format_text, open_entries, write_page
 

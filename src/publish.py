@@ -13,6 +13,7 @@ import torchvision
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from src.build import build_datamodule
 from src.evaluate import load_system, test_metrics, test_predictions
 from src.tracking import CHAMPION, champion, promote_if_better
 
@@ -46,6 +47,8 @@ def publish_best(
     system = load_system(task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs)
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
     _log_predictions(client, parent_run_id, test_predictions(system, best.config, caches=caches, pred_masks=pred_masks))
+    if getattr(system, "cam_layer", None):
+        _log_cam_overlays(client, parent_run_id, system, best.config, caches=caches, pred_masks=pred_masks)
     client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in test.items()])
     client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
     client.set_tag(parent_run_id, "best_run_id", best.run_id)
@@ -76,6 +79,18 @@ def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.nda
         path = Path(folder) / "test_predictions.npz"
         np.savez_compressed(path, **arrays)
         client.log_artifact(run_id, str(path))
+
+
+def _log_cam_overlays(
+    client: MlflowClient, run_id: str, system, config: dict, *, caches: dict[str, str], pred_masks: dict[str, str] | None
+) -> None:
+    """HiResCAM overlays of a sample of test images (what the classifier looks at)."""
+    from src.overlays import save_cam_overlays
+
+    data = build_datamodule(config, caches=caches, pred_masks=pred_masks)
+    with tempfile.TemporaryDirectory() as folder:
+        save_cam_overlays(system, data.dataset("test"), Path(folder), n=8)
+        client.log_artifacts(run_id, folder, "cam_overlays")
 
 
 def _metric(key: str, value: float) -> Metric:

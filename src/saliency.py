@@ -168,6 +168,8 @@ def hirescam(
     with torch.inference_mode(False), torch.enable_grad():
         if images.is_inference():
             images = images.clone()
+        if targets is not None and targets.is_inference():  # gather saves them for backward
+            targets = targets.clone()
         logits, acts = _forward_with_hook(model, target_layer, images)
         if targets is None:
             targets = logits.argmax(dim=1)

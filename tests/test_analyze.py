@@ -263,3 +263,18 @@ def test_importance_leaves_out_conditional_params() -> None:
     # model.width exists only under model.name=a, so it is left out and named; the rest sum to 1.
     assert result.left_out == ["model.width"] and set(result.values) == {"model.name", "train.lr"}
     assert sum(result.values.values()) == pytest.approx(1.0) and "truncated" in result.note
+
+
+def test_overlays_draw_from_arrays(tmp_path: Path) -> None:
+    """Segmentation and saliency overlays from arrays in the ``test_predictions.npz`` layout."""
+    from src.report.predictions import saliency_overlays, segmentation_overlays
+
+    yy, xx = np.mgrid[:16, :16]
+    disc = (((yy - 8) ** 2 + (xx - 8) ** 2) < 16).astype(np.uint8)[None, None].repeat(3, 0)  # [3,1,16,16]
+    preds = {
+        "images": np.full((3, 3, 16, 16), 128, np.uint8), "masks": disc, "probs": (disc * 0.9).astype(np.float16),
+        "iou": np.array([1.0, np.nan, 0.5]), "cams": disc[:, 0].astype(float), "labels": np.arange(3),
+    }
+    for draw, name in ((segmentation_overlays, "seg.png"), (saliency_overlays, "cam.png")):
+        path = draw(preds, tmp_path / name, title="t")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from src.build import build_datamodule, build_system
 from src.data.cache import build_cache, load_cache
 from src.data.coco import resolve_dataset
 from src.overlays import save_cam_overlays
 from src.saliency import CEntIoULoss
+from src.tasks.classification import ClassificationTask
 from trainables.trial import make_trainer
 
 SIZE = 64
@@ -34,14 +36,15 @@ def data(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"caches": caches, "empty_val": str(root / "val-empty.pt"), "num_classes": dataset.num_classes}
 
 
-def system(task: str, data: dict, **train: object):
+def system(task: str, data: dict, **train: object) -> ClassificationTask:
     torch.manual_seed(0)
     config = {**CONFIG, **{f"train.{k}": v for k, v in train.items()}}
     return build_system(task, config, num_classes=data["num_classes"], epochs=1)
 
 
 def first_batch(data: dict, split: str = "train") -> dict:
-    return next(iter(build_datamodule(CONFIG, caches=data["caches"])._loader(split)))
+    dataset = build_datamodule(CONFIG, caches=data["caches"]).dataset(split)
+    return next(iter(DataLoader(dataset, batch_size=CONFIG["data.batch_size"])))
 
 
 def test_saliency_term_changes_the_loss_and_the_backbone_gradient(data: dict) -> None:
@@ -49,7 +52,7 @@ def test_saliency_term_changes_the_loss_and_the_backbone_gradient(data: dict) ->
     batch = first_batch(data)
     loss, logits = sal.step(batch)
     ce = sal.loss(logits, batch["label"])
-    logits_again, cams = sal.cam(batch["image"], batch["label"], create_graph=True)
+    _, cams = sal.cam(batch["image"], batch["label"], create_graph=True)  # the CAMs step used
     # With loss.name ce the objective is exactly CEntIoULoss of src.saliency, and not plain CE.
     assert torch.allclose(loss, CEntIoULoss(ce_weight=0.5)(logits, batch["label"], cams, batch["mask"]), atol=1e-6)
     assert not torch.allclose(loss, ce)
@@ -73,17 +76,28 @@ def test_val_and_test_saliency_iou_in_a_real_trainer(data: dict) -> None:
     assert 0.0 <= test["test/saliency_iou"] <= 1.0
 
 
-def test_empty_masks_give_no_nan(data: dict) -> None:
+def test_batch_without_lesion_gives_no_nan_and_no_weight(data: dict) -> None:
     batch = first_batch(data)
     batch["mask"] = torch.zeros_like(batch["mask"])
     sal = system("saliency_classification", data, ce_weight=0.7)
     loss, logits = sal.step(batch)
     # No lesion in the batch: the saliency term is 0, so the loss is the weighted CE, finite.
     assert torch.isfinite(loss) and torch.allclose(loss, 0.7 * sal.loss(logits, batch["label"]))
+    whole = system("classification", data).eval()
+    whole.log = lambda *args, **kwargs: None  # no Trainer here
+    with torch.inference_mode():
+        whole.validation_step(first_batch(data, "val"), 0)
+        alone = whole.saliency_iou["val"].compute()
+        whole.validation_step(batch, 1)
+        # The lesion-free batch contributes nothing: the average is not pulled towards 0.
+        assert alone > 0 and torch.equal(whole.saliency_iou["val"].compute(), alone)
+
+
+def test_split_without_lesion_logs_no_saliency_iou(data: dict) -> None:
     whole = system("classification", data)
     empty = build_datamodule(CONFIG, caches={**data["caches"], "val": data["empty_val"]})
     metrics = make_trainer(max_epochs=1, precision="32-true", callbacks=[]).validate(whole, datamodule=empty, verbose=False)[0]
-    # A split without any lesion logs no saliency_iou (rather than NaN); the rest is unaffected.
+    # Nothing to localise: no saliency_iou rather than NaN; the other metrics are unaffected.
     assert "val/saliency_iou" not in metrics and torch.isfinite(torch.tensor(metrics["val/loss"]))
 
 

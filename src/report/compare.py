@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from src.report import html
@@ -61,7 +62,7 @@ def open_entries(client: MlflowClient, experiments: list[str]) -> list[Entry]:
     return [_entry(client, name, run) for name, run in parents]
 
 
-def _entry(client: MlflowClient, name: str, run) -> Entry:
+def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
     preds = load_predictions(client, run.info.run_id)
     if preds is None or not {"labels", "probs"} <= set(preds) or preds["probs"].ndim != 2:
         raise CompareError(f"cannot compare: the latest launch of '{name}' ({run.info.run_id}) has no per-image classification predictions ({PREDICTIONS})")
@@ -149,7 +150,7 @@ def bar_chart(result: Comparison, path: Path) -> Path:
         ax.bar(xs, heights, width, yerr=np.nan_to_num(errors), capsize=3, label=entry.experiment)
     ax.set_xticks(range(len(names)), names)
     ax.set(ylim=(0, 1.05), ylabel="test split", title=f"best trial of each experiment ({len(result.entries[0].labels)} test images)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save(fig, path)
 
 

@@ -31,14 +31,14 @@ def image(path: Path, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    """A plain HTML table; ``classes`` gives each body row a CSS class (e.g. its status)."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+def table(header: list[str] | None, rows: list[list[str]], classes: list[str] | None = None) -> str:
+    """A plain HTML table (no header row when ``header`` is None); ``classes``: a CSS class per body row."""
+    head = f"<tr>{''.join(f'<th>{escape(h)}</th>' for h in header)}</tr>" if header else ""
     body = []
     for i, row in enumerate(rows):
         css = f' class="{escape(classes[i])}"' if classes and classes[i] else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<table>{head}{''.join(body)}</table>"
 
 
 def note(text: str) -> str:
@@ -59,15 +59,25 @@ def page(title: str, parts: list[str]) -> str:
 
 def leaderboard_table(rows: list[Row], metric: str, best_run_id: str | None) -> str:
     """The leaderboard: rank, trial, status, epochs, objective, varying parameters, error of failed trials."""
-    keys = varying_params(rows)
-    header = ["rank", "trial", "status", "epochs", metric] + keys + ["error"]
+    keys, errors = varying_params(rows), any(row.error for row in rows)
+    header = ["rank", "trial", "status", "epochs", metric] + keys + (["error"] if errors else [])
     body, classes = [], []
     for rank, row in enumerate(rows, start=1):
         value = "-" if math.isnan(row.objective) else f"{row.objective:.4f}"
         status = row.status + (" (ASHA)" if row.status == "stopped" else "")
-        body.append([str(rank), row.name, status, str(row.epochs), value] + [row.params.get(k, "") for k in keys] + [row.error])
+        params = [_number(row.params.get(k, "")) for k in keys]
+        body.append([str(rank), row.name, status, str(row.epochs), value] + params + ([row.error] if errors else []))
         classes.append("best" if row.run_id == best_run_id else row.status)
     return table(header, body, classes)
+
+
+def _number(text: str) -> str:
+    """Logged floats at 4 significant digits (``0.3875364678399937`` -> ``0.3875``); other values as they are."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if text.lstrip("-").isdigit() else f"{value:.4g}"
 
 
 def metrics_table(metrics: dict[str, float]) -> str:

@@ -32,6 +32,7 @@ class Importance:
     trials: int  # finished trials used
     left_out: list[str] = field(default_factory=list)  # conditional parameters absent from some trials
     note: str = ""
+    constant: list[str] = field(default_factory=list)  # searched, but one value in every finished trial
 
 
 def distributions(space: dict) -> dict[str, BaseDistribution]:
@@ -81,16 +82,18 @@ def param_importance(launch: Launch) -> Importance:
         return Importance({}, len(rows), note=f"not available: {len(rows)} finished trial(s); fANOVA needs at least {MIN_TRIALS}")
     dists = distributions(launch.space) or inferred(rows)
     searched = [n for n, d in dists.items() if not d.single()]
-    used = [n for n in searched if all(n in r.params for r in rows)]
-    left_out = [n for n in searched if n not in used]
+    present = [n for n in searched if all(n in r.params for r in rows)]
+    left_out = [n for n in searched if n not in present]
+    constant = [n for n in present if len({r.params[n] for r in rows}) == 1]  # fANOVA would give exactly 0
+    used = [n for n in present if n not in constant]
     if not used:
-        return Importance({}, len(rows), left_out, "not available: no searched parameter is present in every finished trial")
+        return Importance({}, len(rows), left_out, "not available: no searched parameter varies across every finished trial", constant)
     try:
         study = _study(rows, {n: dists[n] for n in used}, launch.mode)
         values = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), normalize=True)
     except (ValueError, RuntimeError) as err:
-        return Importance({}, len(rows), left_out, f"not available: {str(err).splitlines()[0]}")
-    return Importance(dict(values), len(rows), left_out, _note(rows, left_out))
+        return Importance({}, len(rows), left_out, f"not available: {str(err).splitlines()[0]}", constant)
+    return Importance(dict(values), len(rows), left_out, _note(rows, left_out, constant), constant)
 
 
 def _study(rows: list[Row], dists: dict[str, BaseDistribution], mode: str) -> optuna.Study:
@@ -102,11 +105,13 @@ def _study(rows: list[Row], dists: dict[str, BaseDistribution], mode: str) -> op
     return study
 
 
-def _note(rows: list[Row], left_out: list[str]) -> str:
+def _note(rows: list[Row], left_out: list[str], constant: list[str]) -> str:
     stopped = sum(r.status == "stopped" for r in rows)
     parts = [f"fANOVA over {len(rows)} finished trials"]
     if stopped:
         parts.append(f"{stopped} stopped early by ASHA enter with their truncated objective")
     if left_out:
         parts.append(f"left out (absent from some trials): {', '.join(left_out)}")
+    if constant:
+        parts.append(f"one value in every trial: {', '.join(constant)}")
     return "; ".join(parts)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -108,7 +109,7 @@ def open_launch(client: MlflowClient, experiment: str, launch: str | None = None
     )
 
 
-def _parent(client: MlflowClient, exp_id: str, experiment: str, launch: str | None):
+def _parent(client: MlflowClient, exp_id: str, experiment: str, launch: str | None) -> Run:
     if launch is None:
         return latest_launch(client, exp_id)
     try:

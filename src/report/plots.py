@@ -25,6 +25,7 @@ from src.report.importance import Importance
 from src.report.load import Launch
 
 STOPPED = {"color": "0.6", "linestyle": "--"}
+ABSENT = -0.12  # where a trial without a parameter (its ``when:`` did not hold) crosses that axis
 DPI = 110
 
 
@@ -60,7 +61,7 @@ def history(launch: Launch, path: Path) -> Path:
     ax.step(xs, _running_best([r.objective for r in rows], launch.mode), where="post", color="C1", label="running best")
     ax.set(xlabel="trial (start order)", ylabel=launch.metric, title=f"{launch.experiment}: optimisation history ({launch.mode})")
     ax.set_xticks(xs)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save(fig, path)
 
 
@@ -80,7 +81,7 @@ def curves(launch: Launch, path: Path) -> Path:
     handles = [Line2D([], [], color="C0", label="completed (a colour each)"), Line2D([], [], label="stopped by ASHA", **STOPPED)]
     if best is not None:
         handles.append(Line2D([], [], color="black", linewidth=2.5, label=f"best: {best.name[:30]}"))
-    ax.legend(handles=handles, fontsize=8)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set(xlabel="epoch", ylabel=launch.metric, title=f"{launch.experiment}: learning curves of {len(launch.rows)} trials")
     ax.xaxis.get_major_locator().set_params(integer=True)
     return save(fig, path)
@@ -97,23 +98,35 @@ def importance(result: Importance, path: Path, *, title: str) -> Path:
     return save(fig, path)
 
 
-def _axis_values(rows: list[Row], name: str, log: bool) -> tuple[list[float], list[str], list[float]]:
-    """Positions in [0, 1] of each row's value of ``name``, with tick labels and tick positions."""
-    texts = [r.params.get(name) for r in rows]
-    present = sorted({t for t in texts if t is not None})
+def _spots(present: list[str], log: bool) -> tuple[dict[str, float], list[str]]:
+    """Position in [0, 1] of each distinct value, and the values worth a label (ends, or all categories)."""
     try:
         numbers = {t: float(t) for t in present}
-    except ValueError:
-        numbers = {}
-    if not numbers:  # categorical: evenly spaced in sorted order
-        spots = {t: (i / (len(present) - 1) if len(present) > 1 else 0.5) for i, t in enumerate(present)}
-        return [spots.get(t, math.nan) for t in texts], present, list(spots.values())
-    scale = (lambda v: math.log10(v)) if log and min(numbers.values()) > 0 else (lambda v: v)
+    except ValueError:  # categorical: evenly spaced in sorted order
+        step = 1 / max(1, len(present) - 1)
+        return {t: (i * step if len(present) > 1 else 0.5) for i, t in enumerate(present)}, present
+    scale = math.log10 if log and min(numbers.values()) > 0 else float
     lo, hi = min(scale(v) for v in numbers.values()), max(scale(v) for v in numbers.values())
-    spread = hi - lo or 1.0
-    positions = [(scale(numbers[t]) - lo) / spread if t is not None else math.nan for t in texts]
-    low, high = min(numbers.values()), max(numbers.values())
-    return positions, [f"{low:.3g}", f"{high:.3g}"], [0.0, 1.0 if hi > lo else 0.0]
+    spots = {t: (scale(v) - lo) / (hi - lo) if hi > lo else 0.5 for t, v in numbers.items()}
+    ends = [min(numbers, key=numbers.get), max(numbers, key=numbers.get)]
+    return spots, list(dict.fromkeys(ends))
+
+
+def _axis_values(rows: list[Row], name: str, log: bool) -> tuple[list[float], list[tuple[str, float]]]:
+    """Each row's position on the axis of ``name`` and the axis labels; absent values sit below 0."""
+    texts = [r.params.get(name) for r in rows]
+    spots, labelled = _spots(sorted({t for t in texts if t is not None}), log)
+    ticks = [(_label(t), spots[t]) for t in labelled]
+    if None in texts:
+        ticks.append(("absent", ABSENT))
+    return [spots[t] if t is not None else ABSENT for t in texts], ticks
+
+
+def _label(text: str) -> str:
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text[:14]
 
 
 def parallel(launch: Launch, names: list[str], log_names: set[str], path: Path) -> Path:
@@ -127,18 +140,18 @@ def parallel(launch: Launch, names: list[str], log_names: set[str], path: Path) 
     lo, hi = (min(objective), max(objective)) if objective else (0.0, 1.0)
     norm, cmap = Normalize(lo, hi if hi > lo else lo + 1e-9), colormaps["viridis"]
     for j, row in enumerate(rows):
-        ys = [column[0][j] for column in columns] + [norm(row.objective)]
+        ys = [positions[j] for positions, _ in columns] + [norm(row.objective)]
         style = {"linestyle": "--"} if row.status == "stopped" else {}
         ax.plot(range(len(axes)), ys, color=cmap(norm(row.objective)), alpha=0.85, **style)
-    for i, (_, labels, spots) in enumerate(columns):
+    for i, (_, ticks) in enumerate(columns):
         ax.axvline(i, color="0.3", linewidth=0.8)
-        for label, y in zip(labels, spots):
-            ax.text(i + 0.03, y, label[:14], fontsize=7, va="center")
+        for label, y in ticks:
+            ax.text(i + 0.03, y, label, fontsize=7, va="center")
     ax.axvline(len(names), color="0.3", linewidth=0.8)
     for y, value in ((0.0, lo), (1.0, hi)):
         ax.text(len(names) + 0.03, y, f"{value:.3g}", fontsize=7, va="center")
     ax.set_xticks(range(len(axes)), axes, rotation=20, fontsize=8)
     ax.set_yticks([])
-    ax.set(ylim=(-0.05, 1.05), title=f"{launch.experiment}: parameters vs {launch.metric} (dashed: stopped by ASHA)")
+    ax.set(ylim=(ABSENT - 0.05, 1.05), title=f"{launch.experiment}: parameters vs {launch.metric} (dashed: stopped by ASHA)")
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=launch.metric)
     return save(fig, path)

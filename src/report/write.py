@@ -53,8 +53,6 @@ def write_report(launch: Launch, out: Path) -> Report:
     if result.values:
         title = f"{launch.experiment}: parameter importance for {launch.metric}"
         pngs["importance"] = plots.importance(result, out / FILES["importance"], title=title)
-    else:
-        notes.append(f"parameter importance {result.note}")
     finished = [r for r in launch.rows if not math.isnan(r.objective)]
     names = varying_params(finished)
     if names and finished:
@@ -108,7 +106,9 @@ def _summary(launch: Launch) -> str:
         ["budget", ", ".join(f"{k[7:]}={v}" for k, v in sorted(launch.params.items()) if k.startswith("budget."))],
         ["trials", ", ".join(f"{n} {s}" for s, n in sorted(status.items())) or "none"],
     ]
-    return html.heading("Launch") + html.table(["", ""], facts)
+    extra = {"segmenter_version": "segmenter", "registered_model": "registered model", "promoted_to_champion": "promoted to champion"}
+    facts += [[label, tags[key]] for key, label in extra.items() if key in tags]
+    return html.heading("Launch") + html.table(None, facts)
 
 
 def _best(launch: Launch) -> str:
@@ -135,7 +135,8 @@ def _page(launch: Launch, report: Report) -> str:
         _best(launch),
         _figure(report, "history", "Optimisation history", "Objective of each trial in start order; the line is the best so far."),
         _figure(report, "curves", "Learning curves", "Dashed grey: stopped by ASHA; bold black: the best trial."),
-        _figure(report, "importance", "Parameter importance", report.importance.note),
+        _figure(report, "importance", "Parameter importance", report.importance.note)
+        or html.heading("Parameter importance") + html.note(report.importance.note),
         _figure(report, "parallel", "Parallel coordinates", "Finished trials; colour is the objective; dashed: stopped by ASHA."),
         _figure(report, "test", "Best trial on the test split", ""),
         _figure(report, "saliency", "Saliency", ""),

@@ -9,8 +9,9 @@ HiResCAM of the backbone's CAM layer and the ground-truth lesion mask. The CAM e
 class, so the question is "when the model explains the right answer, is the evidence on the
 lesion?", independent of whether it predicted that answer. Images without a lesion are left out
 (the ``valid`` convention of ``src.saliency``); a split with no lesion at all logs no
-``saliency_iou`` rather than NaN. ``saliency_metric=False`` turns the extra cost off (one forward
-with grad and a backward down to the CAM layer per evaluation batch).
+``saliency_iou`` rather than NaN. ``saliency_metric=False`` turns the extra cost off: the forward
+runs with grad, plus a backward down to the CAM layer (measured per validation step at 64 px,
+batch 16, CPU, 1 thread: about 1.05x on resnet18, 1.3x on mobilenet_v3_small).
 """
 from __future__ import annotations
 
@@ -80,16 +81,13 @@ class ClassificationTask(BaseTask):
     def cam(self, images: Tensor, labels: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
         """``(logits [B, K], cams [B, H, W])``: HiResCAM of the true ``labels`` at ``cam_layer``."""
         layer = self.model.get_submodule(self.cam_layer)
-        if labels.is_inference():  # Trainer.test/validate: hirescam clones the images, not the targets
-            with torch.inference_mode(False):
-                labels = labels.clone()
         logits, cams = hirescam(self.model, layer, images, labels, create_graph=create_graph, reshape=self.cam_reshape)
-        if not self._cam_checked:  # once: a CAM layer with a 1x1 map (e.g. resnet18 at 32 px) is useless
+        if not self._cam_checked:  # once, e.g. resnet18 at 32 px: layer4 is 1x1, its scaled CAM all 0
             self._cam_checked = True
             if not cams.detach().amax() > 0:
-                warnings.warn(f"every HiResCAM of the first batch is zero (is '{self.cam_layer}' a 1x1 map at "
-                              f"{images.shape[-1]} px?): saliency_iou is 0 and the IoU term has no gradient; "
-                              "use a larger data.image_size", stacklevel=2)
+                warnings.warn(f"every HiResCAM of the first batch is zero ('{self.cam_layer}' is a 1x1 map at "
+                              f"{images.shape[-1]} px, or the head is all zero as in a fresh torchvision ViT): "
+                              "saliency_iou is 0 and the IoU term has no gradient while it lasts", stacklevel=2)
         return logits, cams
 
     def objective(self, logits: Tensor, batch: dict, cams: Tensor | None) -> Tensor:
