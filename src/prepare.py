@@ -148,7 +148,9 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, args: argparse.Na
         client.log_param(run.info.run_id, key, value)
     client.log_text(run.info.run_id, space.path.read_text(), "search_space.yaml")
     client.log_dict(run.info.run_id, _versions(), "versions.json")
-    client.log_text(run.info.run_id, json.dumps({"budget": space.budget, "fixed": space.fixed}, indent=2), "resolved_space.json")
+    params = [{"name": p.name, "kind": p.kind, "values": list(p.values), "when": {k: list(v) for k, v in p.when.items()}} for p in space.params]
+    resolved = {"task": space.task, "metric": space.metric, "mode": space.mode, "budget": space.budget, "fixed": space.fixed, "params": params}
+    client.log_text(run.info.run_id, json.dumps(resolved, indent=2), "resolved_space.json")
     return run.info.run_id
 
 
