@@ -27,7 +27,8 @@ from src import build
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 KINDS = ("choice", "uniform", "loguniform", "int")
-TOP_KEYS = {"task", "metric", "mode", "fixed", "params", "budget", "smoke"}
+TOP_KEYS = {"task", "metric", "mode", "search", "fixed", "params", "budget", "smoke"}
+SEARCHES = ("tpe", "grid")  # tpe: Optuna TPE + ASHA; grid: every combination, no early stopping
 BUDGET_DEFAULTS = {"num_samples": 8, "max_epochs": 5, "grace_period": 1, "reduction_factor": 2}
 
 
@@ -57,6 +58,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     params: tuple[Param, ...]
     budget: dict[str, int]
+    search: str = "tpe"
 
     def possible_values(self, key: str) -> tuple:
         """Every value ``key`` can take (fixed value or choice list); empty if continuous or absent."""
@@ -145,14 +147,38 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
         raise SpaceError(f"{path}: key 'mode': expected max or min, got {raw.get('mode')!r}")
     if not isinstance(raw.get("metric"), str) or "/" not in raw["metric"]:
         raise SpaceError(f"{path}: key 'metric': expected a metric name like val/iou, got {raw.get('metric')!r}")
+    search = raw.get("search", "tpe")
+    if search not in SEARCHES:
+        raise SpaceError(f"{path}: key 'search': expected one of {', '.join(SEARCHES)}, got {search!r}")
     fixed = _mapping(path, raw, "fixed")
     params = tuple(_param(path, key, spec, fixed) for key, spec in _mapping(path, raw, "params").items())
+    if search == "grid":
+        for param in params:
+            if param.kind != "choice":
+                raise SpaceError(f"{path}: key 'params.{param.name}': a grid search needs choice lists, got {param.kind}")
     space = SearchSpace(
         name=path.stem, path=path, task=task, metric=raw["metric"], mode=raw["mode"], fixed=fixed,
-        params=params, budget=_budget(path, _mapping(path, raw, "budget")),
+        params=params, budget=_budget(path, _mapping(path, raw, "budget")), search=search,
     )
     _check_keys(space)
+    if search == "grid":
+        space.budget["num_samples"] = len(grid_points(space))
     return space
+
+
+def grid_points(space: SearchSpace) -> list[dict]:
+    """Every combination of the choice lists, in file order; a ``when`` parameter varies only
+    where its condition holds (so tversky's alpha is crossed with tversky alone)."""
+    points = [dict(space.fixed)]
+    for param in space.params:
+        grown = []
+        for point in points:
+            if all(point.get(ref) in allowed for ref, allowed in param.when.items()):
+                grown += [{**point, param.name: value} for value in param.values]
+            else:
+                grown.append(point)
+        points = grown
+    return points
 
 
 def _param(path: Path, key: str, spec: Any, fixed: dict) -> Param:

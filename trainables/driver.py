@@ -16,6 +16,7 @@ from src.prepare import Prepared, prepare, start_parent_run
 from src.publish import BestTrial, champion_summary, publish_best
 from src.tracking import PROJECT_DIR, TRIAL_TAG, TrackingError, experiment_id, latest_launch, segmenter_name, trial_runs
 from trainables.mlflow_trials import MLflowTrials
+from trainables.sampling import flat_config
 from trainables.search import Resources, can_restore, make_tuner, restore_tuner
 from trainables.trial import CHECKPOINT_FILE, TrialContext
 
@@ -104,7 +105,7 @@ def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, gr
     exp_id = experiment_id(client, prepared.experiment, create=False)
     run_id = next(r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
     local = Path(checkpoint.to_directory()) / CHECKPOINT_FILE
-    return BestTrial(run_id, dict(result.config), local, score)
+    return BestTrial(run_id, flat_config(result.config), local, score)
 
 
 def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid) -> int:

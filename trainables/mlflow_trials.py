@@ -1,8 +1,8 @@
 """Driver-side Tune callback: one MLflow child run per trial, under the launch's parent run.
 
 All MLflow writes happen in the driver (one writer, so sqlite never sees concurrent trials). A
-trial stopped by ASHA is a run too: it ends FINISHED with ``stopped_early=true`` and the epoch it
-reached. A trial that raises ends FAILED with its error message in the ``error`` tag. On resume the
+trial stopped by ASHA is a run too: it ends FINISHED with ``status=stopped``, ``stopped_early=true``
+and the epoch it reached (``status=early_stopped`` when the task's own patience ended it). A trial that raises ends FAILED with its error message in the ``error`` tag. On resume the
 callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from src.tracking import PARENT_TAG, TRIAL_TAG, run_name
+from trainables.sampling import flat_config
 
 ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
 
@@ -64,9 +65,10 @@ class MLflowTrials(tune.Callback):
         return self._runs[trial.trial_id]
 
     def _start(self, trial: Any) -> None:
+        config = flat_config(trial.config)
         tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "trial_dir": str(trial.path or ""), **self.tags}
-        run = self.client.create_run(self.experiment_id, run_name=run_name(trial.config, self.searched, trial.trial_id), tags=tags)
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(trial.config.items())]
+        run = self.client.create_run(self.experiment_id, run_name=run_name(config, self.searched, trial.trial_id), tags=tags)
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
         self.client.log_batch(run.info.run_id, params=params)
         self._runs[trial.trial_id] = run.info.run_id
 
@@ -85,14 +87,16 @@ class MLflowTrials(tune.Callback):
             if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         metrics.append(Metric("epoch", float(step), ts, step))
-        tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("hostname", str(result.get("hostname", "")))]
+        tags = [RunTag(k, str(result.get(k, ""))) for k in ("node_id", "node_ip", "hostname")]
         self.client.log_batch(self._run_id(trial), metrics=[m for m in metrics if math.isfinite(m.value)], tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        epochs = int(trial.last_result.get("training_iteration", 0))
-        tags = {"epochs_run": str(epochs), "stopped_early": str(epochs < self.max_epochs).lower(), "status": "completed"}
-        if epochs < self.max_epochs:
-            tags["status"] = "stopped"
+        last = trial.last_result
+        epochs = int(last.get("training_iteration", 0))
+        patience = bool(last.get("early_stopped"))
+        by_asha = epochs < self.max_epochs and not patience
+        status = "stopped" if by_asha else "early_stopped" if patience else "completed"
+        tags = {"epochs_run": str(epochs), "stopped_early": str(by_asha).lower(), "status": status}
         self._end(trial, tags, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from src.spaces import Param, SearchSpace
+from src.spaces import Param, SearchSpace, grid_points
 
 
 def _suggest(trial: Any, param: Param) -> Any:
@@ -36,3 +36,18 @@ class DefineByRun:
             if all(values.get(ref) in allowed for ref, allowed in param.when.items()):
                 values[param.name] = _suggest(trial, param)
         return dict(self.fixed)
+
+
+GRID_KEY = "grid_point"
+
+
+def grid_param_space(space: SearchSpace) -> dict:
+    """A grid search as one Tune grid over whole configurations (conditional keys included)."""
+    from ray import tune
+
+    return {GRID_KEY: tune.grid_search(grid_points(space))}
+
+
+def flat_config(config: dict) -> dict:
+    """The flat dotted configuration of a trial, whichever search produced it."""
+    return dict(config[GRID_KEY]) if GRID_KEY in config else dict(config)

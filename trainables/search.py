@@ -6,11 +6,12 @@ from pathlib import Path
 
 from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from src.spaces import SearchSpace
-from trainables.sampling import DefineByRun
+from trainables.sampling import DefineByRun, grid_param_space
 from trainables.trial import TrialContext, run_trial
 
 
@@ -40,6 +41,11 @@ def make_tuner(
 ) -> Tuner:
     """A fresh Tuner for ``space``; results go to ``storage_path/name``."""
     budget = space.budget
+    if space.search == "grid":
+        # Every combination once, each trained for the full budget: no sampler, no early stopping.
+        tuner = _tuner(space, BasicVariantGenerator(), FIFOScheduler(), context=context, resources=resources,
+                       storage_path=storage_path, name=name, callbacks=callbacks, param_space=grid_param_space(space))
+        return tuner
     scheduler = ASHAScheduler(
         time_attr="training_iteration", max_t=budget["max_epochs"],
         grace_period=min(budget["grace_period"], budget["max_epochs"]), reduction_factor=budget["reduction_factor"],
@@ -47,9 +53,16 @@ def make_tuner(
     # A define-by-run space never receives TuneConfig's metric/mode (Ray only forwards them along
     # with a param_space), so the searcher is told here; the scheduler gets them from TuneConfig.
     searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, seed=seed)
+    return _tuner(space, searcher, scheduler, context=context, resources=resources, storage_path=storage_path,
+                  name=name, callbacks=callbacks)
+
+
+def _tuner(space: SearchSpace, searcher, scheduler, *, context: TrialContext, resources: Resources,
+           storage_path: Path, name: str, callbacks: list, param_space: dict | None = None) -> Tuner:
+    budget = space.budget
     tune_config = TuneConfig(
         metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
-        num_samples=budget["num_samples"], max_concurrent_trials=resources.max_concurrent or None, reuse_actors=True,
+        num_samples=1 if param_space else budget["num_samples"], max_concurrent_trials=resources.max_concurrent or None, reuse_actors=True,
         trial_dirname_creator=trial_dirname,
     )
     run_config = RunConfig(
@@ -59,7 +72,7 @@ def make_tuner(
         ),
         failure_config=FailureConfig(max_failures=resources.max_failures),
     )
-    return Tuner(_trainable(context, resources), tune_config=tune_config, run_config=run_config)
+    return Tuner(_trainable(context, resources), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
 def restore_tuner(path: Path, *, context: TrialContext, resources: Resources) -> Tuner:

@@ -9,13 +9,30 @@ import os
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
+import ray
 import torch
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from src.build import build_datamodule, build_system
+from trainables.sampling import flat_config
 
 CHECKPOINT_FILE = "checkpoint"
+
+
+class EpochReport(TuneReportCheckpointCallback):
+    """Tune's Lightning callback plus two facts the driver records on the trial's MLflow run.
+
+    ``early_stopped`` (1.0 when the task's own patience ended training, so the driver can tell it
+    from an ASHA stop) and ``node_id`` (the Ray node the trial ran on, for multi-node clusters).
+    """
+
+    def _get_report_dict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict | None:
+        report = super()._get_report_dict(trainer, pl_module)
+        if report is not None:
+            report["early_stopped"] = float(trainer.should_stop)
+            report["node_id"] = ray.get_runtime_context().get_node_id()
+        return report
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ def make_trainer(*, max_epochs: int, precision: str, callbacks: list) -> pl.Trai
 
 def run_trial(config: dict, context: TrialContext) -> None:
     """Train one configuration, reporting validation metrics and a checkpoint every epoch."""
+    config = flat_config(config)
     torch.set_num_threads(context.threads)
     pl.seed_everything(context.seed, workers=True, verbose=False)
     size = int(config["data.image_size"])
@@ -58,7 +76,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
         config, caches=context.caches[size], pred_masks=(context.pred_masks or {}).get(size)
     )
     # "train_epoch_end" runs after the epoch's validation, so both train and val metrics are in.
-    report = TuneReportCheckpointCallback(filename=CHECKPOINT_FILE, on="train_epoch_end")
+    report = EpochReport(filename=CHECKPOINT_FILE, on="train_epoch_end")
     trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=[report])
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

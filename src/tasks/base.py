@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -25,6 +26,8 @@ class BaseTask(pl.LightningModule):
         momentum: SGD momentum (ignored by adam/adamw).
         scheduler: a name from ``src.optim.SCHEDULERS``.
         epochs: the epoch budget the scheduler spans.
+        patience: stop after this many epochs without a lower ``val/loss`` (0: never). The trial
+            then ends before ``epochs`` and is recorded as ``early_stopped``, not as stopped by ASHA.
     """
 
     def __init__(
@@ -38,11 +41,12 @@ class BaseTask(pl.LightningModule):
         momentum: float = 0.9,
         scheduler: str = "cosine",
         epochs: int = 10,
+        patience: int = 0,
     ) -> None:
         super().__init__()
         self.model, self.loss = model, loss
         self.optimizer, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
-        self.scheduler, self.epochs = scheduler, epochs
+        self.scheduler, self.epochs, self.patience = scheduler, epochs, patience
         self.metrics = nn.ModuleDict({"val": self.make_metrics("val/"), "test": self.make_metrics("test/")})
 
     def make_metrics(self, prefix: str) -> MetricCollection:
@@ -83,6 +87,11 @@ class BaseTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.metrics["test"].compute())
         self.metrics["test"].reset()
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        if self.patience <= 0:
+            return []
+        return [EarlyStopping(monitor="val/loss", mode="min", patience=self.patience)]
 
     def configure_optimizers(self) -> dict:
         steps = self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs or 1)
