@@ -10,11 +10,17 @@ import torch
 from src.build import build_datamodule, build_system
 from src.data.cache import load_cache
 from src.tasks.base import BaseTask
+from src.tasks.multilabel import MultiLabelTask
 
 
-def load_system(task: str, config: dict, checkpoint_file: Path, *, num_classes: int, epochs: int) -> BaseTask:
-    """Rebuild the system from its config and load weights, refusing arbitrary pickles."""
-    system = build_system(task, config, num_classes=num_classes, epochs=epochs)
+def load_system(
+    task: str, config: dict, checkpoint_file: Path, *, num_classes: int, epochs: int, train_cache: str | None = None
+) -> BaseTask:
+    """Rebuild the system from its config and load weights, refusing arbitrary pickles.
+
+    ``train_cache`` (the training split's cache) is needed when a loss weight is ``balanced``.
+    """
+    system = build_system(task, config, num_classes=num_classes, epochs=epochs, train_cache=train_cache)
     try:
         state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means: do not trust this file
@@ -27,7 +33,7 @@ def test_metrics(
     system: BaseTask, config: dict, *, caches: dict[str, str], pred_masks: dict[str, str] | None = None
 ) -> dict[str, float]:
     """Run the test split once and return its ``test/*`` metrics."""
-    data = build_datamodule(config, caches=caches, pred_masks=pred_masks)
+    data = build_datamodule(config, caches=caches, pred_masks=pred_masks, num_classes=getattr(system, "num_classes", None))
     trainer = pl.Trainer(
         accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -43,21 +49,26 @@ def test_predictions(
 ) -> dict[str, np.ndarray]:
     """Per-image test predictions, saved as ``test_predictions.npz`` for reports and comparisons.
 
-    Classification: ``image_ids``, ``labels`` [N], ``probs`` [N,K]. Segmentation: ``image_ids``,
+    Classification: ``image_ids``, ``labels`` [N], ``probs`` [N,K] (softmax). Multi-label:
+    ``image_ids``, ``labels`` uint8 [N,K] (multi-hot, 1 = label present), ``probs`` [N,K] (sigmoid, one
+    per label). Segmentation: ``image_ids``,
     ``iou`` [N] (per image; NaN when both mask and prediction are empty) and, for the first
     ``max_overlays`` images, ``images`` uint8 [M,3,S,S], ``masks`` uint8 [M,1,S,S], ``probs`` [M,1,S,S].
     """
-    data = build_datamodule(config, caches=caches, pred_masks=pred_masks)
+    multilabel = isinstance(system, MultiLabelTask)
+    data = build_datamodule(config, caches=caches, pred_masks=pred_masks, num_classes=getattr(system, "num_classes", None))
     dataset = data.dataset("test")
     loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size)
     model = system.model.eval()
     outputs, labels, masks = [], [], []
     for batch in loader:
         outputs.append(model(batch["image"]))
-        labels.append(batch["label"])
+        labels.append(batch["targets"] if multilabel else batch["label"])
         masks.append(batch["mask"])
     logits, mask = torch.cat(outputs), torch.cat(masks)
     out = {"image_ids": load_cache(caches["test"])["image_ids"].numpy()}
+    if multilabel:
+        return {**out, "labels": torch.cat(labels).to(torch.uint8).numpy(), "probs": torch.sigmoid(logits).numpy()}
     if logits.ndim == 2:  # classification
         return {**out, "labels": torch.cat(labels).numpy(), "probs": torch.softmax(logits, 1).numpy()}
     probs = torch.sigmoid(logits)

@@ -1,11 +1,17 @@
-"""Loss registries: ``SEG_LOSSES`` for lesion masks and ``CLS_LOSSES`` for image labels.
+"""Loss registries: ``SEG_LOSSES`` for lesion masks, ``CLS_LOSSES`` for image labels, ``ML_LOSSES``
+for label sets (multi-label); ``LOSSES_BY_KIND`` maps a task's ``loss_kind`` to its registry.
 
 Segmentation losses take (logits [B, 1, H, W], target float {0, 1} [B, 1, H, W]); classification
-losses take (logits [B, K], target long [B]). All return a scalar. Each entry is an ``nn.Module``
-class whose keyword-only ``__init__`` arguments are what search spaces set (``loss.gamma: 2.0``).
+losses take (logits [B, K], target long [B]); multi-label losses take (logits [B, K], multi-hot
+target float [B, K]). All return a scalar. Each entry is an ``nn.Module`` class whose keyword-only
+``__init__`` arguments are what search spaces set (``loss.gamma: 2.0``).
 Build one with ``src.registry.build(SEG_LOSSES, "segmentation loss", "dice", smooth=1.0)``.
+
+``BALANCED``: loss arguments a space may set to ``balanced`` (``loss.class_weights: balanced``,
+``loss.pos_weight: balanced``); ``src.build`` replaces the word by weights computed from the
+training split's label sets with the function listed there.
 """
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +41,14 @@ class TverskyLoss(nn.Module):
 
     Args:
         alpha: weight of false positives.
-        beta: weight of false negatives (raise it to favour recall on small lesions).
+        beta: weight of false negatives (raise it to favour recall on small lesions); None means
+            ``1 - alpha``, the one-parameter family of the published loss grid.
         smooth: added to numerator and denominator; keeps empty masks defined.
     """
 
-    def __init__(self, *, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0):
+    def __init__(self, *, alpha: float = 0.5, beta: float | None = None, smooth: float = 1.0):
         super().__init__()
-        self.alpha, self.beta, self.smooth = alpha, beta, smooth
+        self.alpha, self.beta, self.smooth = alpha, 1.0 - alpha if beta is None else beta, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         index = tversky_index(logits, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth)
@@ -76,10 +83,10 @@ class BCELoss(nn.Module):
 
 
 class FocalLoss(nn.Module):
-    """Sigmoid focal loss (Lin et al. 2017), averaged over pixels; as ``torchvision.ops``.
+    """Sigmoid focal loss (Lin et al. 2017), averaged over pixels (or labels); as ``torchvision.ops``.
 
     Args:
-        alpha: weight of lesion pixels (background gets 1 - alpha); None weighs both 1.
+        alpha: weight of lesion pixels, or of positive labels (the rest gets 1 - alpha); None weighs both 1.
         gamma: focusing exponent; 0 with ``alpha=None`` is plain BCE.
     """
 
@@ -161,6 +168,49 @@ class FocalCrossEntropyLoss(nn.Module):
         return (weight * loss).sum() / weight.sum()
 
 
+class MultiLabelBCELoss(nn.Module):
+    """Binary cross-entropy of each label on logits [B, K] against multi-hot targets, averaged.
+
+    Args:
+        pos_weight: one weight per label for its positive images (``negatives / positives`` in the
+            training split balances every label: ``loss.pos_weight: balanced``); None weighs all 1.
+    """
+
+    def __init__(self, *, pos_weight: list[float] | None = None):
+        super().__init__()
+        weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
+        self.register_buffer("pos_weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=self.pos_weight)
+
+
+def _label_counts(labels: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Images carrying each class, from label sets (LongTensors of class indices, as in the cache)."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for label_set in labels:
+        counts[label_set] += 1  # a set holds each class at most once
+    return counts
+
+
+def balanced_class_weights(labels: Sequence[torch.Tensor], num_classes: int) -> list[float]:
+    """``n / (K * count_k)`` per class (scikit-learn's "balanced"), n = labels counted (images, if
+    single-label); so the weighted mean over the training images is 1. A class with no image gets 1."""
+    counts = _label_counts(labels, num_classes)
+    return [float(counts.sum() / (num_classes * c)) if c > 0 else 1.0 for c in counts]
+
+
+def balanced_pos_weight(labels: Sequence[torch.Tensor], num_classes: int) -> list[float]:
+    """``negatives / positives`` per label over the training images; a label with no positive gets 1."""
+    pos = _label_counts(labels, num_classes)
+    return [float((len(labels) - p) / p) if p > 0 else 1.0 for p in pos]
+
+
+BALANCED: dict[str, Callable[[Sequence[torch.Tensor], int], list[float]]] = {
+    "class_weights": balanced_class_weights,
+    "pos_weight": balanced_pos_weight,
+}
+
 SEG_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "bce": BCELoss,
     "dice": DiceLoss,
@@ -172,4 +222,15 @@ SEG_LOSSES: dict[str, Callable[..., nn.Module]] = {
 CLS_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "ce": CrossEntropyLoss,
     "focal_ce": FocalCrossEntropyLoss,
+}
+
+ML_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "bce": MultiLabelBCELoss,
+    "focal": FocalLoss,  # elementwise, so it works on [B, K] label logits as on pixels
+}
+
+LOSSES_BY_KIND: dict[str, dict[str, Callable[..., nn.Module]]] = {
+    "segmentation": SEG_LOSSES,
+    "classification": CLS_LOSSES,
+    "multilabel": ML_LOSSES,
 }

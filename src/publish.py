@@ -44,7 +44,8 @@ def publish_best(
     register_as: str | None = None, version_tags: dict[str, str] | None = None,
 ) -> Published:
     """Evaluate ``best`` on the test split and record it on the parent run (and registry)."""
-    system = load_system(task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs)
+    system = load_system(task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs,
+                         train_cache=caches["train"])
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
     _log_predictions(client, parent_run_id, test_predictions(system, best.config, caches=caches, pred_masks=pred_masks))
     if getattr(system, "cam_layer", None):

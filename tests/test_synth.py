@@ -9,7 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from src.data import __main__ as data_cli
-from src.data.synth import CLASSES, SPLITS, assign_splits, generate
+from src.data.synth import CLASSES, FINDING_SHARE, FINDINGS, SPLITS, assign_splits, generate
 
 N, SIZE = 30, 32  # 10 images per class: 6 train, 2 val, 2 test
 
@@ -150,3 +150,30 @@ def test_cli_rejects_bad_arguments(synth_only_cli: None, tmp_path: Path, capsys:
     # the error names the argument, and nothing is written
     assert "size" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_multilabel_adds_findings_and_keeps_the_lesions(synth: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = synth
+    summary = generate(tmp_path / "ml", n=N, size=SIZE, seed=0, multilabel=True)
+    single, multi = _files(out), _files(tmp_path / "ml")
+    for split in SPLITS:
+        coco = json.loads((tmp_path / "ml" / f"{split}.json").read_text())
+        plain = json.loads((out / f"{split}.json").read_text())
+        # the findings are two extra categories after the lesion classes
+        assert [c["name"] for c in coco["categories"]] == list(CLASSES) + list(FINDINGS)
+        findings = [a for a in coco["annotations"] if a["category_id"] > len(CLASSES)]
+        # the lesion annotations are those of the single-label set; findings add no mask
+        assert [a for a in coco["annotations"] if a["category_id"] <= len(CLASSES)] == plain["annotations"]
+        assert all(a["segmentation"] == [] and a["area"] == 0 for a in findings)
+        # each finding is on its share of the split's images (at least one, never all)
+        n = len(coco["images"])
+        counts = [sum(a["category_id"] == len(CLASSES) + 1 + f for a in findings) for f in range(len(FINDINGS))]
+        assert counts == [min(max(round(s * n), 1), n - 1) for s in FINDING_SHARE] == list(summary["findings"][split].values())
+        # an image without findings is pixel for pixel the single-label image; one with findings is not
+        marked = {a["image_id"] for a in findings}
+        for img in coco["images"]:
+            key = f"images/{img['file_name']}"
+            assert (multi[key] == single[key]) == (img["id"] not in marked)
+    # annotation ids stay unique across the three files
+    ids = [a["id"] for s in SPLITS for a in json.loads((tmp_path / "ml" / f"{s}.json").read_text())["annotations"]]
+    assert len(ids) == len(set(ids))

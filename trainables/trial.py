@@ -71,10 +71,11 @@ def run_trial(config: dict, context: TrialContext) -> None:
     torch.set_num_threads(context.threads)
     pl.seed_everything(context.seed, workers=True, verbose=False)
     size = int(config["data.image_size"])
-    system = build_system(context.task, config, num_classes=context.num_classes, epochs=context.max_epochs)
-    data = build_datamodule(
-        config, caches=context.caches[size], pred_masks=(context.pred_masks or {}).get(size)
-    )
+    caches = context.caches[size]
+    system = build_system(context.task, config, num_classes=context.num_classes, epochs=context.max_epochs,
+                          train_cache=caches["train"])
+    data = build_datamodule(config, caches=caches, pred_masks=(context.pred_masks or {}).get(size),
+                            num_classes=context.num_classes)
     # "train_epoch_end" runs after the epoch's validation, so both train and val metrics are in.
     report = EpochReport(filename=CHECKPOINT_FILE, on="train_epoch_end")
     trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=[report])

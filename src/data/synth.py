@@ -5,6 +5,13 @@ classes, told apart by colour mix, border irregularity and internal texture draw
 per-class distributions, plus a spurious coloured corner marker that agrees with the class in the
 train split only. Each image is drawn from a numpy Generator seeded by ``(seed, image_id)`` and the
 split plan from one seeded by ``seed``, so the same arguments give byte-identical files.
+
+``multilabel=True`` (``synth --multilabel``) adds two artefact findings, each a COCO annotation of
+its own category with an empty segmentation (so lesion masks are unchanged): a ``ruler`` strip along
+one edge and an ``ink_mark`` arc around the lesion, in exactly ``FINDING_SHARE`` of each split's
+images, drawn independently of the class. An image's label set is then its lesion class plus its
+findings. They are drawn from generators seeded by ``(seed, 1)`` (which images) and
+``(seed, image_id, 1)`` (where), so the lesions, hairs and markers are those of the single-label set.
 """
 from __future__ import annotations
 
@@ -36,6 +43,11 @@ BROWN_LIGHT, BROWN_DARK = np.array([178.0, 118.0, 82.0]), np.array([98.0, 60.0, 
 BLACK, BLUE_GREY = np.array([46.0, 34.0, 32.0]), np.array([104.0, 110.0, 128.0])
 AREA_SHARE = (0.08, 0.35)  # lesion area as a share of the image area, drawn uniformly
 # What a run writes in --out (defects/ comes from --defects); --force replaces these and nothing else.
+# Multi-label artefact findings (category ids 4, 5) and the share of each split's images showing them:
+# a common and a rare label, so samplers and weights for rare labels have something to fix.
+FINDINGS: tuple[str, ...] = ("ruler", "ink_mark")
+FINDING_SHARE = (0.3, 0.15)
+RULER_RGB, INK_RGB = np.array([232.0, 232.0, 226.0]), np.array([120.0, 50.0, 150.0])  # white plastic, gentian violet
 GENERATED = ("images", "train.json", "val.json", "test.json", "README.md", "defects")
 
 
@@ -144,11 +156,49 @@ def _draw_marker(rng: np.random.Generator, draw: ImageDraw.ImageDraw, inside: np
     draw.rectangle([x, y, x + side - 1, y + side - 1], fill=tuple(int(c) for c in colour))
 
 
-def render(rng: np.random.Generator, size: int, label: int, marker: int) -> tuple[Image.Image, np.ndarray]:
+def _draw_ruler(rng: np.random.Generator, draw: ImageDraw.ImageDraw, inside: np.ndarray) -> list[float]:
+    """Draw a light ruler strip with dark ticks along a random edge; returns its bbox [x, y, w, h]."""
+    size = inside.shape[0]
+    width, step = max(3, round(size * 0.1)), max(3, round(size / 12))  # 3 px strip, tick every 3 px at 32 px
+    edge = int(rng.integers(4))  # top, bottom, left, right
+    low = 0 if edge in (0, 2) else size - width
+    box = [0, low, size - 1, low + width - 1] if edge < 2 else [low, 0, low + width - 1, size - 1]
+    draw.rectangle(box, fill=tuple(int(c) for c in RULER_RGB - rng.uniform(0, 20)))
+    tick = width // 2 + 1
+    for t in range(int(rng.integers(step)), size, step):
+        inner = low + width - tick if edge in (1, 3) else low
+        line = [t, inner, t, inner + tick - 1] if edge < 2 else [inner, t, inner + tick - 1, t]
+        draw.line(line, fill=(40, 40, 40))
+    return [float(box[0]), float(box[1]), float(box[2] - box[0] + 1), float(box[3] - box[1] + 1)]
+
+
+def _draw_ink(rng: np.random.Generator, draw: ImageDraw.ImageDraw, inside: np.ndarray) -> list[float]:
+    """Draw a violet ink arc (240-360 degrees) around the lesion; returns its bbox [x, y, w, h]."""
+    size = inside.shape[0]
+    ys, xs = np.nonzero(inside)
+    gap = rng.uniform(1.0, 3.0) * size / 32
+    box = [max(0.0, xs.min() - gap), max(0.0, ys.min() - gap), min(size - 1.0, xs.max() + gap), min(size - 1.0, ys.max() + gap)]
+    start = rng.uniform(0, 360)
+    colour = tuple(int(c) for c in np.clip(INK_RGB + rng.integers(-15, 16, 3), 0, 255))
+    draw.arc(box, start, start + rng.uniform(240, 360), fill=colour, width=max(2, round(size / 20)))
+    return [round(float(box[0]), 2), round(float(box[1]), 2), round(float(box[2] - box[0]), 2), round(float(box[3] - box[1]), 2)]
+
+
+FINDING_DRAW = (_draw_ruler, _draw_ink)  # parallel to FINDINGS
+
+
+def render(
+    rng: np.random.Generator, size: int, label: int, marker: int, *, findings: tuple[int, ...] = (),
+    finding_rng: np.random.Generator | None = None,
+) -> tuple[Image.Image, np.ndarray, list[list[float]]]:
     """One RGB image with a lesion of class index ``label`` and a marker of class index ``marker``.
 
+    ``findings`` (indices into ``FINDINGS``) are drawn with ``finding_rng`` before the hairs and the
+    marker; ``rng`` makes the same draws with or without them.
+
     Returns:
-        The image and the lesion polygon as an (N, 2) array of (x, y) pixel coordinates.
+        The image, the lesion polygon as an (N, 2) array of (x, y) pixel coordinates, and one
+        bbox [x, y, w, h] per finding.
     """
     traits = _sample_traits(rng, label)
     poly = np.round(_lesion_polygon(rng, size, traits), 2)
@@ -160,9 +210,10 @@ def render(rng: np.random.Generator, size: int, label: int, marker: int) -> tupl
     rgb += rng.normal(0.0, 3.0, (size, size, 1)) + rng.normal(0.0, 1.5, (size, size, 3))  # fine noise
     image = Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
+    boxes = [FINDING_DRAW[f](finding_rng, draw, inside) for f in findings]
     _draw_hairs(rng, draw, size)
     _draw_marker(rng, draw, inside, marker)
-    return image, poly
+    return image, poly, boxes
 
 
 def assign_splits(
@@ -196,6 +247,27 @@ def assign_splits(
     return plan
 
 
+def assign_findings(plan: dict[str, list[tuple[int, int]]], *, seed: int = 0) -> dict[str, list[tuple[int, ...]]]:
+    """The findings (indices into ``FINDINGS``) of every image of each split.
+
+    Finding ``f`` is shown by exactly ``round(FINDING_SHARE[f] * n)`` images of a split of ``n``,
+    clamped to [1, n - 1] so that every split of two or more images has both positives and negatives.
+    """
+    rng = np.random.default_rng([seed, 1])
+    out = {}
+    for split in SPLITS:
+        n = len(plan[split])
+        chosen = [set(rng.permutation(n)[: min(max(round(s * n), 1), n - 1)].tolist()) for s in FINDING_SHARE]
+        out[split] = [tuple(f for f in range(len(FINDINGS)) if i in chosen[f]) for i in range(n)]
+    return out
+
+
+def _finding_annotation(ann_id: int, image_id: int, finding: int, bbox: list[float]) -> dict:
+    """COCO annotation of an artefact finding: its own category, no segmentation (the mask stays the lesion's)."""
+    return {"id": ann_id, "image_id": image_id, "category_id": len(CLASSES) + finding + 1, "segmentation": [],
+            "area": 0, "bbox": bbox, "iscrowd": 0}
+
+
 def _annotation(image_id: int, label: int, poly: np.ndarray) -> dict:
     """COCO annotation of one lesion polygon; area by the shoelace formula, bbox [x, y, w, h]."""
     low, high = poly.min(0), poly.max(0)
@@ -206,18 +278,31 @@ def _annotation(image_id: int, label: int, poly: np.ndarray) -> dict:
     }
 
 
-def _write_split(folder: Path, split: str, items: list[tuple[int, int]], first_id: int, size: int, info: dict) -> None:
-    """Render the images of one split into ``folder/images`` and write ``folder/<split>.json``."""
+def _write_split(
+    folder: Path, split: str, items: list[tuple[int, int]], first_id: int, size: int, info: dict,
+    findings: list[tuple[int, ...]] | None = None,
+) -> None:
+    """Render the images of one split into ``folder/images`` and write ``folder/<split>.json``.
+
+    Finding annotations get ids ``image_id + (f + 1) * n``, unique across the three files.
+    """
     coco: dict = {"info": {**info, "split": split}, "images": [], "annotations": []}
-    for image_id, (label, marker) in enumerate(items, start=first_id):
-        image, poly = render(np.random.default_rng([info["seed"], image_id]), size, label, marker)
+    for i, (image_id, (label, marker)) in enumerate(enumerate(items, start=first_id)):
+        shown = findings[i] if findings else ()
+        image, poly, boxes = render(np.random.default_rng([info["seed"], image_id]), size, label, marker,
+                                    findings=shown, finding_rng=np.random.default_rng([info["seed"], image_id, 1]))
         file_name = f"{split}_{image_id:05d}.png"
         image.save(folder / "images" / file_name, format="PNG")
         coco["images"].append(
             {"id": image_id, "file_name": file_name, "width": size, "height": size, "marker_class": marker + 1}
         )
         coco["annotations"].append(_annotation(image_id, label, poly))
+        for f, box in zip(shown, boxes):
+            coco["annotations"].append(_finding_annotation(image_id + (f + 1) * info["n"], image_id, f, box))
     coco["categories"] = [{"id": i + 1, "name": name, "supercategory": "lesion"} for i, name in enumerate(CLASSES)]
+    if findings is not None:
+        first = len(CLASSES) + 1
+        coco["categories"] += [{"id": first + i, "name": name, "supercategory": "artefact"} for i, name in enumerate(FINDINGS)]
     (folder / f"{split}.json").write_text(json.dumps(coco) + "\n")
 
 
@@ -258,6 +343,20 @@ A model that reads the marker scores well in train and near chance in val/test.
 """
 
 
+def _readme_findings(found: dict[str, dict[str, int]]) -> str:
+    """README.md section of a multi-label set: the artefact findings and their counts per split."""
+    splits = "\n".join(f"- `{s}.json`: {', '.join(f'{k} {v}' for k, v in c.items())}" for s, c in found.items())
+    return f"""
+## Multi-label findings
+Made with `--multilabel`. Two artefacts are extra categories, annotated with an empty
+`segmentation` (masks stay the lesion's): `ruler` (id {len(CLASSES) + 1}, a light strip with dark ticks
+along one edge, {FINDING_SHARE[0]:.0%} of each split) and `ink_mark` (id {len(CLASSES) + 2}, a violet arc
+around the lesion, {FINDING_SHARE[1]:.0%}). They are independent of the class; an image's label set is
+its lesion class plus its findings.
+{splits}
+"""
+
+
 def _check_args(n: int, size: int, train_share: float, val_share: float, cue_agreement: float) -> None:
     """Raise ValueError naming the first argument out of range."""
     for ok, message in [
@@ -288,7 +387,7 @@ def _move_into(staging: Path, out: Path) -> None:
 
 def generate(
     out: Path, *, n: int = 300, size: int = 64, seed: int = 0, train_share: float = 0.6, val_share: float = 0.2,
-    cue_agreement: float = 0.9, force: bool = False,
+    cue_agreement: float = 0.9, multilabel: bool = False, force: bool = False,
 ) -> dict:
     """Write the synthetic dataset to ``out`` (see the module docstring and the README it writes).
 
@@ -303,10 +402,12 @@ def generate(
         train_share: share of each class in train.
         val_share: share of each class in val; test gets the rest.
         cue_agreement: share of train images whose marker names their class.
+        multilabel: add the artefact findings ``FINDINGS`` as extra categories (see the module docstring).
         force: in a non-empty ``out``, replace what an earlier run wrote (``GENERATED``), keep the rest.
 
     Returns:
-        ``{"path": str, "counts": {split: {class: count}}, "marker_agreement": {split: share}}``.
+        ``{"path": str, "counts": {split: {class: count}}, "marker_agreement": {split: share}}``, plus
+        ``"findings": {split: {finding: count}}`` when ``multilabel``.
 
     Raises:
         FileExistsError: ``out`` is a file, or is not empty and ``force`` is false.
@@ -323,6 +424,10 @@ def generate(
         "description": "medtune synthetic dermoscopy-like lesions (src.data.synth)", "seed": seed, "size": size,
         "n": n, "cue_agreement": cue_agreement, "train_share": train_share, "val_share": val_share,
     }
+    if multilabel:
+        info["multilabel"] = True  # only then: the single-label files stay byte-identical
+    findings = assign_findings(plan, seed=seed) if multilabel else None
+    found = {s: {name: sum(f in fs for fs in findings[s]) for f, name in enumerate(FINDINGS)} for s in SPLITS} if findings else None
     counts = {s: {c: sum(label == i for label, _ in plan[s]) for i, c in enumerate(CLASSES)} for s in SPLITS}
     agreement = {s: float(np.mean([y == m for y, m in plan[s]])) if plan[s] else float("nan") for s in SPLITS}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -331,13 +436,14 @@ def generate(
         (staging / "images").mkdir()
         first_id = 1
         for split in SPLITS:
-            _write_split(staging, split, plan[split], first_id, size, info)
+            _write_split(staging, split, plan[split], first_id, size, info, findings[split] if findings else None)
             first_id += len(plan[split])
-        (staging / "README.md").write_text(_readme(info, counts, agreement))
+        (staging / "README.md").write_text(_readme(info, counts, agreement) + (_readme_findings(found) if found else ""))
         _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"path": str(out), "counts": counts, "marker_agreement": agreement}
+    summary = {"path": str(out), "counts": counts, "marker_agreement": agreement}
+    return {**summary, "findings": found} if found else summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -347,6 +453,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cue-agreement", type=float, default=0.9, help="train share whose marker names the class")
+    parser.add_argument("--multilabel", action="store_true", help="add the ruler and ink_mark artefact findings")
     parser.add_argument("--defects", action="store_true", help="then inject known defects (src.data.defects)")
     parser.add_argument("--force", action="store_true", help="overwrite the generated files in a non-empty --out")
 
@@ -355,7 +462,8 @@ def run(args: argparse.Namespace) -> int:
     """Generate the dataset (then inject defects if asked); prints a one-line summary."""
     try:
         summary = generate(
-            args.out, n=args.n, size=args.size, seed=args.seed, cue_agreement=args.cue_agreement, force=args.force
+            args.out, n=args.n, size=args.size, seed=args.seed, cue_agreement=args.cue_agreement,
+            multilabel=args.multilabel, force=args.force,
         )
     except (FileExistsError, ValueError) as err:
         print(f"synth: {err}", file=sys.stderr)

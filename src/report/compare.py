@@ -66,6 +66,8 @@ def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
     preds = load_predictions(client, run.info.run_id)
     if preds is None or not {"labels", "probs"} <= set(preds) or preds["probs"].ndim != 2:
         raise CompareError(f"cannot compare: the latest launch of '{name}' ({run.info.run_id}) has no per-image classification predictions ({PREDICTIONS})")
+    if preds["labels"].ndim != 1:
+        raise CompareError(f"cannot compare: '{name}' is multi-label; --compare covers single-label classifiers")
     tags = run.data.tags
     return Entry(
         experiment=name, run_id=run.info.run_id, dataset=tags.get("dataset", "?"), fingerprint=tags.get("dataset_fingerprint", "?"),

@@ -86,6 +86,8 @@ def _prediction_plots(launch: Launch, out: Path) -> tuple[dict[str, Path], list[
     pngs, title = {}, f"{launch.experiment}: best trial on the test split"
     if {"images", "masks", "probs"} <= set(preds) and preds["probs"].ndim == 4:
         pngs["test"] = predictions.segmentation_overlays(preds, out / FILES["test"], title=title)
+    elif {"labels", "probs"} <= set(preds) and preds["labels"].ndim == 2:
+        return {}, ["test-split plots skipped: multi-label predictions have no confusion matrix (see the per-label AUROC metrics)"]
     elif {"labels", "probs"} <= set(preds) and preds["probs"].ndim == 2:
         names = predictions.class_names(preds, dataset_categories(launch.tags.get("dataset")))
         pngs["test"] = predictions.confusion_and_roc(preds, names, out / FILES["test"], title=title)

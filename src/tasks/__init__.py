@@ -1,7 +1,8 @@
 """Task registry: what a search space's ``task:`` names, and how its parts are built.
 
 To add a task, add one ``TaskSpec`` here. ``model_kind``/``loss_kind`` select the model and loss
-registries; ``needs_segmenter`` makes the launcher resolve the champion segmenter and cache its masks.
+registries; ``needs_segmenter`` makes the launcher resolve the champion segmenter and cache its masks;
+``single_label`` tasks get the HiResCAM layer of their backbone (a CAM explains one class).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 from src.tasks.base import BaseTask
 from src.tasks.classification import ClassificationTask
+from src.tasks.multilabel import MultiLabelTask
 from src.tasks.saliency import SaliencyClassificationTask
 from src.tasks.segmentation import SegmentationTask
 
@@ -21,6 +23,11 @@ class TaskSpec:
     model_kind: str  # "segmentation" or "classification"
     needs_segmenter: bool = False
     single_label: bool = True
+    loss_kind: str = ""  # a key of src.losses.LOSSES_BY_KIND; empty: the same as model_kind
+
+    def __post_init__(self) -> None:
+        if not self.loss_kind:
+            object.__setattr__(self, "loss_kind", self.model_kind)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -28,4 +35,5 @@ TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec(ClassificationTask, "classification"),
     "masked_classification": TaskSpec(ClassificationTask, "classification", needs_segmenter=True),
     "saliency_classification": TaskSpec(SaliencyClassificationTask, "classification"),
+    "multilabel_classification": TaskSpec(MultiLabelTask, "classification", single_label=False, loss_kind="multilabel"),
 }

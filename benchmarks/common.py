@@ -1,0 +1,58 @@
+"""Shared helpers of the benchmarks: machine load, the synthetic dataset's caches, /proc memory.
+
+Benchmarks write only under ``WORK`` (``/tmp/medtune-bench``): data, caches, MLflow store, Ray runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+WORK = Path(os.environ.get("MEDTUNE_BENCH_DIR", "/tmp/medtune-bench"))
+SPLITS = ("train", "val", "test")
+
+
+def load() -> str:
+    """The 1-minute load average and core count, to print next to every measurement."""
+    return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
+def synth_caches(*, n: int = 300, size: int = 64) -> tuple[Path, dict[str, str], int]:
+    """(dataset folder, split -> cache file, num_classes) of the synthetic data at ``size`` px, built once."""
+    from src.data.cache import build_cache
+    from src.data.coco import resolve_dataset
+    from src.data.synth import generate
+
+    data = WORK / f"synth-n{n}"
+    if not (data / "train.json").is_file():
+        generate(data, n=n, size=64, seed=0)
+    dataset = resolve_dataset(data, cache_root=WORK / "cache", seed=0)
+    caches = {s: str(build_cache(dataset, s, size, WORK / "cache")) for s in SPLITS}
+    return data, caches, dataset.num_classes
+
+
+def rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MiB, from /proc; (0, 0) when it is gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0, 0.0
+    kib = lambda key: float(fields.get(key, "0 kB").split()[0])  # noqa: E731
+    return kib("VmRSS") / 1024, kib("VmHWM") / 1024
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
