@@ -80,6 +80,13 @@ def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.nda
         path = Path(folder) / "test_predictions.npz"
         np.savez_compressed(path, **arrays)
         client.log_artifact(run_id, str(path))
+    labels = arrays.get("labels")
+    if labels is not None and labels.ndim == 1:  # single-label: the test confusion matrix, rows = truth
+        k = arrays["probs"].shape[1]
+        matrix = np.zeros((k, k), dtype=int)
+        np.add.at(matrix, (labels.astype(int), arrays["probs"].argmax(1)), 1)
+        client.log_dict(run_id, {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()},
+                        "confusion_matrix.json")
 
 
 def _log_cam_overlays(
