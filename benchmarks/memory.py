@@ -1,7 +1,7 @@
 """Peak memory of a launch: the driver, each trial's worker process, and Ray's own processes.
 
     python benchmarks/memory.py --quick   # whole_cls, 2 trials x 2 epochs at 64 px (~1 min)
-    python benchmarks/memory.py           # whole_cls and segmentation, 4 trials x 3 epochs each
+    python benchmarks/memory.py           # whole_cls and segmentation, 4 trials x 3 epochs, one 60 s trial
 
 Runs the real ``launch.py`` (under ``timed_launch.py``, which also records the driver's own peak,
 VmHWM, at exit) and samples every process of the machine from /proc every 0.2 s: Ray workers are
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from common import PROJECT_DIR, WORK, load, rss_mb, synth_caches
+from trial_overhead import EPOCHS, config_file
 
 
 def descends(pid: int, ancestor: int) -> bool:
@@ -53,8 +54,17 @@ def classify(pid: int, driver: int) -> str | None:
     return None
 
 
-def sample(driver: int, stop: threading.Event, peaks: dict[int, tuple[str, float]], totals: dict[str, float]) -> None:
-    """Record each process's peak (VmHWM) and the peak sum of RSS per kind until ``stop``."""
+def cpu_seconds(pid: str) -> float:
+    """User + system CPU seconds a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sample(driver: int, stop: threading.Event, peaks: dict, totals: dict[str, float], cpu: dict) -> None:
+    """Record each process's peak (VmHWM), CPU seconds, and the peak sum of RSS per kind until ``stop``."""
     while not stop.is_set():
         now: dict[str, float] = {}
         for entry in os.listdir("/proc"):
@@ -65,23 +75,24 @@ def sample(driver: int, stop: threading.Event, peaks: dict[int, tuple[str, float
                 continue
             rss, hwm = rss_mb(entry)
             peaks[int(entry)] = (kind, max(hwm, peaks.get(int(entry), ("", 0.0))[1]))
+            cpu[int(entry)] = (kind, cpu_seconds(entry))
             now[kind] = now.get(kind, 0.0) + rss
         for kind, value in now.items():
             totals[kind] = max(totals.get(kind, 0.0), value)
         stop.wait(0.2)
 
 
-def measure(space: str, samples: int, epochs: int) -> tuple[float, float]:
-    """(largest worker peak, driver peak) in MiB of one launch of ``space``."""
+def measure(space: str, launch_args: list[str]) -> tuple[float, float]:
+    """(largest worker peak, driver peak) in MiB of one launch (``launch_args``)."""
     out = WORK / f"memory-{space}-{time.time():.0f}.json"
-    cmd = [sys.executable, str(PROJECT_DIR / "benchmarks" / "timed_launch.py"), str(out), "--", "--space", space,
-           "--num-samples", str(samples), "--max-epochs", str(epochs), "--data", str(WORK / "synth-n300"),
+    cmd = [sys.executable, str(PROJECT_DIR / "benchmarks" / "timed_launch.py"), str(out), "--", *launch_args,
+           "--data", str(WORK / "synth-n300"),
            "--cache-dir", str(WORK / "cache"), "--tracking-uri", f"sqlite:///{WORK / 'mlflow.db'}",
            "--storage-path", str(WORK / "runs")]
     proc = subprocess.Popen(cmd, cwd=PROJECT_DIR, env={**os.environ, "PYTHONWARNINGS": "ignore"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stop, peaks, totals = threading.Event(), {}, {}
-    thread = threading.Thread(target=sample, args=(proc.pid, stop, peaks, totals))
+    stop, peaks, totals, cpu = threading.Event(), {}, {}, {}
+    thread = threading.Thread(target=sample, args=(proc.pid, stop, peaks, totals, cpu))
     thread.start()
     _, err = proc.communicate()
     stop.set()
@@ -91,10 +102,12 @@ def measure(space: str, samples: int, epochs: int) -> tuple[float, float]:
     driver_hwm = json.loads(out.read_text())["phases"]["driver_peak_rss_mb"]
     workers = sorted(v for kind, v in peaks.values() if kind == "worker")
     trials = len({json.loads(line)["pid"] for line in Path(str(out) + ".trials.jsonl").read_text().splitlines()})
-    print(f"[{space}] {samples} trials x {epochs} epochs ({load()}):")
+    print(f"[{space}] {' '.join(launch_args[:6])} ({load()}):")
     print(f"    driver peak RSS (VmHWM at exit)           {driver_hwm:7.0f} MiB")
     print(f"    worker processes that ran trials          {trials:7d} (of {len(workers)} ray:: processes seen)")
     print(f"    per worker peak RSS, largest / median     {workers[-1]:7.0f} / {workers[len(workers) // 2]:.0f} MiB")
+    used = {kind: sum(c for k, c in cpu.values() if k == kind) for kind in ("driver", "worker", "ray service")}
+    print("    CPU seconds used: " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()))
     print(f"    peak sum of RSS: workers {totals.get('worker', 0):.0f} MiB, Ray services {totals.get('ray service', 0):.0f} MiB")
     return workers[-1], driver_hwm
 
@@ -104,8 +117,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     synth_caches()
-    runs = [("whole_cls", 2, 2)] if args.quick else [("whole_cls", 4, 3), ("segmentation", 4, 3)]
-    peaks = {space: measure(space, n, e) for space, n, e in runs}
+    search = lambda space, n, e: [f"--space", space, "--num-samples", str(n), "--max-epochs", str(e)]  # noqa: E731
+    runs = {"whole_cls": search("whole_cls", 2, 2)}
+    if not args.quick:  # bigger searches, and the 17-epoch (~60 s) resnet18 trial of trial_overhead.py
+        runs = {"whole_cls": search("whole_cls", 4, 3), "segmentation": search("segmentation", 4, 3),
+                "one 60 s trial": ["--config", str(config_file(EPOCHS["60s"]))]}
+    peaks = {label: measure(label, launch_args) for label, launch_args in runs.items()}
     print("RATIO largest worker peak / driver peak = "
           + ", ".join(f"{s} {w:.0f} / {d:.0f} MiB = {w / d:.2f}" for s, (w, d) in peaks.items()))
 

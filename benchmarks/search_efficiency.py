@@ -9,7 +9,8 @@ define-by-run space (so ``when:`` conditions hold), FIFO scheduler, every trial 
 its best ``val/iou`` over the whole budget is the target R*. ASHA + TPE: ``trainables.search.
 make_tuner`` exactly as launched, with twice the samples (same epoch cap); its compute to reach R*
 is the number of trial-epochs reported up to the first result >= R*, in report order. Curves
-(best val/iou so far against trial-epochs) are printed and drawn to ``WORK/search_efficiency.png``.
+(best val/iou so far against trial-epochs) are printed and drawn to ``WORK/search_efficiency.png``
+(``search_efficiency-quick.png`` for ``--quick``).
 """
 from __future__ import annotations
 
@@ -18,12 +19,22 @@ import dataclasses
 import json
 import time
 
+from typing import TYPE_CHECKING
+
 from common import PROJECT_DIR, WORK, load, synth_caches
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ray.tune import ResultGrid
+
+    from src.spaces import SearchSpace
+    from trainables.trial import TrialContext
 
 Curve = list[tuple[int, float]]  # (trial-epochs so far, best val/iou so far)
 
 
-def _space(size: int, samples: int, epochs: int, quick: bool):
+def _space(size: int, samples: int, epochs: int, quick: bool) -> SearchSpace:
     from src.spaces import load_space
 
     space = load_space("segmentation")
@@ -32,7 +43,7 @@ def _space(size: int, samples: int, epochs: int, quick: bool):
     return dataclasses.replace(space, fixed={**space.fixed, "data.image_size": size}, budget=budget)
 
 
-def curve(grid, metric: str) -> Curve:
+def curve(grid: ResultGrid, metric: str) -> Curve:
     """Every reported epoch of every trial, in report order, as a best-so-far curve."""
     rows = []
     for result in grid:
@@ -47,7 +58,7 @@ def curve(grid, metric: str) -> Curve:
     return out
 
 
-def run(method: str, seed: int, space, context, storage: str) -> Curve:
+def run(method: str, seed: int, space: SearchSpace, context: TrialContext, storage: str) -> Curve:
     from optuna.samplers import RandomSampler
     from ray import tune
     from ray.tune import CheckpointConfig, RunConfig, TuneConfig, Tuner
@@ -72,7 +83,20 @@ def run(method: str, seed: int, space, context, storage: str) -> Curve:
     return curve(tuner.fit(), space.metric)
 
 
-def plot(curves: dict[str, list[Curve]], path) -> None:
+def use_tpe_startup(n: int) -> None:
+    """Make ``make_tuner`` build its OptunaSearch on ``TPESampler(n_startup_trials=n)`` (the proposed fix)."""
+    from optuna.samplers import TPESampler
+    import trainables.search as search
+
+    original = search.OptunaSearch
+
+    def searcher(*, seed: int, **kwargs: object) -> object:
+        return original(**kwargs, sampler=TPESampler(seed=seed, n_startup_trials=n))
+
+    search.OptunaSearch = searcher
+
+
+def plot(curves: dict[str, list[Curve]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,8 +115,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 [3; 1 with --quick: each seed costs ~1 min of Ray start-up alone]")
+    p.add_argument("--tpe-startup", type=int, help="give ASHA+TPE a TPESampler with this many random start-up trials "
+                   "[Optuna's default, 10: more than the space's samples, so TPE never leaves random sampling]")
     args = p.parse_args()
     args.seeds = args.seeds or (1 if args.quick else 3)
+    if args.tpe_startup:
+        use_tpe_startup(args.tpe_startup)
     import ray
     from trainables.trial import TrialContext
 
@@ -120,10 +148,10 @@ def main() -> None:
         for method, c in (("random", rnd), ("asha_tpe", asha)):
             print(f"  curve {method}: " + " ".join(f"{x}:{y:.3f}" for x, y in c))
     ray.shutdown()
-    png = WORK / "search_efficiency.png"
-    plot(curves, png)
-    (WORK / "search_efficiency.json").write_text(json.dumps(curves))
-    print(f"curves: {png}, {WORK / 'search_efficiency.json'}")
+    stem = WORK / ("search_efficiency-quick" if args.quick else "search_efficiency")
+    plot(curves, stem.with_suffix(".png"))
+    stem.with_suffix(".json").write_text(json.dumps(curves))
+    print(f"curves: {stem}.png, {stem}.json")
     ordered = sorted(fractions)
     print(f"RATIO ASHA+TPE / random compute to reach random's best = median {ordered[len(ordered) // 2]:.2f} "
           f"(per seed: {', '.join(f'{f:.2f}' for f in fractions)}; target <= 0.33)")

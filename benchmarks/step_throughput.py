@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from common import load, median, rss_mb, synth_caches
+
+if TYPE_CHECKING:
+    from src.data.datasets import CachedDataModule
+    from src.tasks.base import BaseTask
 
 CONFIG = {  # whole_cls at its fixed settings; validation off in both loops
     "model.name": "resnet18", "model.weights": "none", "loss.name": "ce", "data.image_size": 64,
@@ -25,7 +31,7 @@ CONFIG = {  # whole_cls at its fixed settings; validation off in both loops
 }
 
 
-def _system(num_classes: int):
+def _system(num_classes: int) -> BaseTask:
     import pytorch_lightning as pl
     from src.build import build_system
 
@@ -69,7 +75,7 @@ def lightning_loop(batches: list[dict], num_classes: int) -> float:
     return sum(len(b["image"]) for b in batches) / clock.seconds
 
 
-def pipeline(data, images: int) -> float:
+def pipeline(data: CachedDataModule, images: int) -> float:
     """Images/s of iterating the train loader alone (augmentation included)."""
     seen, start = 0, time.perf_counter()
     while seen < images:

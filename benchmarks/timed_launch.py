@@ -1,17 +1,20 @@
 """Run the real ``launch.py`` with timers around its phases; write them as JSON.
 
-    python benchmarks/timed_launch.py OUT.json [--no-reuse] -- <launch.py arguments>
+    python benchmarks/timed_launch.py OUT.json [--no-reuse] [--no-checkpoint] [--keep-all] -- <launch.py arguments>
 
 Nothing in the platform changes: the driver's functions are wrapped (prepare, MLflow parent run,
 ``ray.init``, ``Tuner.fit``, ``ray.shutdown``, the MLflow trial callback, test evaluation, model
 logging), and the trial function is wrapped so the worker appends, to a JSON-lines file, when it
 started and how long each epoch's checkpoint + ``tune.report`` took. ``--no-reuse`` turns
-``reuse_actors`` off, to measure what actor reuse saves. Times are wall clock (``time.time``) so
+``reuse_actors`` off, to measure what actor reuse saves; ``--no-checkpoint`` reports metrics without checkpoints (the
+launch then fails at publishing, having no checkpoint: use it for the training phases only);
+``--keep-all`` drops ``num_to_keep`` from the CheckpointConfig (no deletions, no forced snapshots). Times are wall clock (``time.time``) so
 driver and worker events share one axis; ``BENCH_SPAWN`` (set by the caller) anchors process start.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import sys
@@ -20,6 +23,7 @@ import time
 T_MAIN = time.time()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRIAL_LOG = ""  # set in main(); captured by value when Ray pickles timed_trial
+SAVE_CHECKPOINTS = True  # --no-checkpoint: report metrics only (to isolate the checkpoints' cost)
 PHASES: dict[str, float] = {}
 
 
@@ -28,7 +32,7 @@ def _wrap(owner: object, name: str, label: str) -> None:
     original = getattr(owner, name)
 
     @functools.wraps(original)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: object, **kwargs: object) -> object:
         start = time.time()
         PHASES.setdefault(f"{label}_start", start)
         try:
@@ -50,12 +54,14 @@ def timed_trial(config: dict, context) -> None:
     write(event="trial_start", t=time.time())
     handle, save = trial.EpochReport._handle, pl.Trainer.save_checkpoint
 
-    def timed_handle(self, trainer, pl_module):
+    def timed_handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_checkpoints = SAVE_CHECKPOINTS
         start = time.time()
+        write(event="report_start", t=start, epoch=trainer.current_epoch)  # the last report may never return
         handle(self, trainer, pl_module)
         write(event="report", t=start, seconds=time.time() - start, epoch=trainer.current_epoch)
 
-    def timed_save(self, *args, **kwargs):
+    def timed_save(self, *args: object, **kwargs: object) -> None:
         start = time.time()
         save(self, *args, **kwargs)
         write(event="save_checkpoint", t=start, seconds=time.time() - start)
@@ -68,7 +74,7 @@ def timed_trial(config: dict, context) -> None:
 
 
 def main() -> int:
-    global TRIAL_LOG
+    global TRIAL_LOG, SAVE_CHECKPOINTS
     split = sys.argv.index("--")
     out, flags, launch_args = sys.argv[1], sys.argv[2:split], sys.argv[split + 1 :]
     TRIAL_LOG = out + ".trials.jsonl"
@@ -91,10 +97,14 @@ def main() -> int:
     _wrap(driver, "_finish", "finish")
     for name in ("test_metrics", "test_predictions", "_log_cam_overlays", "_log_predictions"):
         _wrap(publish, name, f"publish.{name}")
-    _wrap(publish.mlflow.pytorch, "log_model", "publish.log_model")
+    _wrap(importlib.import_module("mlflow.pytorch"), "log_model", "publish.log_model")  # the module, not mlflow's lazy proxy
     for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
         _wrap(MLflowTrials, name, "mlflow_callbacks")
     search.run_trial = timed_trial
+    SAVE_CHECKPOINTS = "--no-checkpoint" not in flags
+    if "--keep-all" in flags:  # CheckpointConfig without num_to_keep: no deletions, no forced snapshots
+        keep = search.CheckpointConfig
+        search.CheckpointConfig = lambda **kw: keep(**{k: v for k, v in kw.items() if k != "num_to_keep"})
     if "--no-reuse" in flags:
         original = search.TuneConfig
         search.TuneConfig = lambda **kw: original(**{**kw, "reuse_actors": False})

@@ -1,7 +1,8 @@
 """Trial overhead: one configuration trained by bare ``Trainer.fit`` vs through ``launch.py --config``.
 
-    python benchmarks/trial_overhead.py --quick   # the ~10 s trial once each, plus 4 short trials (< 2 min)
+    python benchmarks/trial_overhead.py --quick   # the ~10 s trial once each, plus 3 short trials (< 2 min)
     python benchmarks/trial_overhead.py           # ~10 s and ~60 s trials twice each (ABBA), reuse on/off
+    python benchmarks/trial_overhead.py --ablate-checkpoints   # the ~60 s trial with/without checkpoints
 
 Both sides are fresh processes (``python ...``), timed from spawn to exit, on the same caches with
 one thread per trial. The launch runs under ``benchmarks/timed_launch.py``, which times its phases
@@ -57,16 +58,16 @@ def run_bare(epochs: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_launch(tag: str, launch_args: list[str], *, reuse: bool = True) -> dict:
+def run_launch(tag: str, launch_args: list[str], *, reuse: bool = True, checkpoints: bool = True) -> dict:
     """Run ``launch.py`` under the phase timers; return the phases plus worker events."""
     out = WORK / f"launch-{tag}-{time.time():.0f}.json"
     common = ["--data", str(WORK / "synth-n300"), "--cache-dir", str(WORK / "cache"),
               "--tracking-uri", f"sqlite:///{WORK / 'mlflow.db'}", "--storage-path", str(WORK / "runs")]
-    cmd = [sys.executable, str(PROJECT_DIR / "benchmarks" / "timed_launch.py"), str(out), *([] if reuse else ["--no-reuse"]),
+    cmd = [sys.executable, str(PROJECT_DIR / "benchmarks" / "timed_launch.py"), str(out), *([] if reuse else ["--no-reuse"]), *([] if checkpoints else ["--no-checkpoint"]),
            "--", *launch_args, *common]
     env = {**os.environ, "BENCH_SPAWN": repr(time.time()), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and checkpoints:
         raise RuntimeError(f"launch failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     phases = json.loads(out.read_text())["phases"]
     trials = Path(str(out) + ".trials.jsonl")
@@ -78,7 +79,8 @@ def breakdown(run: dict) -> dict[str, float]:
     """Seconds per phase of one single-trial launch."""
     p, ev = run["phases"], run["events"]
     start = next(e["t"] for e in ev if e["event"] == "trial_start")
-    reports = [e for e in ev if e["event"] == "report"]
+    reports = [e for e in ev if e["event"] == "report"]  # completed ones: the last may never return
+    last_start = max(e["t"] for e in ev if e["event"] == "report_start")
     report_s = sum(e["seconds"] for e in reports)
     out = {
         "interpreter+imports": p["main"] - p["spawn"] + p["imports"],
@@ -86,10 +88,10 @@ def breakdown(run: dict) -> dict[str, float]:
         "mlflow parent run": p["mlflow_parent_run"],
         "ray.init": p["ray_init"],
         "worker start (fit -> trial fn)": start - p["tuner_fit_start"],
-        "training (trial fn -> last report, minus reports)": reports[-1]["t"] - start - sum(e["seconds"] for e in reports[:-1]),
-        "checkpoint+report, all epochs": report_s,
-        "  of which save_checkpoint": sum(e["seconds"] for e in ev if e["event"] == "save_checkpoint"),
-        "tune tail (last report -> fit returns)": p["tuner_fit_end"] - reports[-1]["t"] - reports[-1]["seconds"],
+        "training (trial fn -> last report, minus reports)": last_start - start - report_s,
+        "checkpoint+report, all epochs but the last": report_s,
+        "  save_checkpoint alone, all epochs": sum(e["seconds"] for e in ev if e["event"] == "save_checkpoint"),
+        "last checkpoint+report + tune tail (-> fit returns)": p["tuner_fit_end"] - last_start,
         "ray.shutdown": p["ray_shutdown"],
         "test evaluation": p.get("publish.test_metrics", 0) + p.get("publish.test_predictions", 0),
         "CAM overlays + predictions artifacts": p.get("publish._log_cam_overlays", 0) + p.get("publish._log_predictions", 0),
@@ -100,6 +102,22 @@ def breakdown(run: dict) -> dict[str, float]:
     out["rest of finish (leaderboard, registry)"] = p["finish"] - sum(
         out[k] for k in ("test evaluation", "CAM overlays + predictions artifacts", "model logging (pt2)"))
     return out
+
+
+def ablate_checkpoints(epochs: int) -> float:
+    """Training seconds inside the trial with and without per-epoch checkpoints, and bare, interleaved."""
+    with_ck = run_launch("ck", ["--config", str(config_file(epochs))])
+    without = run_launch("nock", ["--config", str(config_file(epochs))], checkpoints=False)
+    bare_fit = run_bare(epochs)["fit"]
+    seconds = {}
+    for name, run in (("with checkpoints", with_ck), ("without checkpoints", without)):
+        ev = run["events"]
+        start = next(e["t"] for e in ev if e["event"] == "trial_start")
+        seconds[name] = max(e["t"] for e in ev if e["event"] == "report_start") - start
+        print(f"[ablate] trial function start -> last report, {name}: {seconds[name]:.1f} s ({load()})")
+    print(f"[ablate] bare fit {bare_fit:.1f} s; per-epoch checkpoints cost {seconds['with checkpoints'] - seconds['without checkpoints']:.1f} s; "
+          f"the trial without them is {100 * (seconds['without checkpoints'] / bare_fit - 1):.0f}% slower than bare")
+    return seconds["with checkpoints"] / seconds["without checkpoints"]
 
 
 def config_file(epochs: int) -> Path:
@@ -146,13 +164,18 @@ def short_trials(n: int, *, reuse: bool) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--ablate-checkpoints", action="store_true", help="only: the ~60 s trial with and without checkpoints")
     p.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare:
         return bare(args.bare)
     synth_caches()
+    if args.ablate_checkpoints:
+        ratio = ablate_checkpoints(EPOCHS["60s"])
+        print(f"RATIO trial with / without per-epoch checkpoints = {ratio:.2f}")
+        return
     if args.quick:
-        short_trials(4, reuse=True)
+        short_trials(3, reuse=True)
         ratio = compare("10s", EPOCHS["10s"], 1)
         print(f"RATIO launch / bare process, ~10 s trial = {ratio:.2f} (target for 60 s trials: <= 1.05)")
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from optuna.samplers import TPESampler
 from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -52,7 +53,10 @@ def make_tuner(
     )
     # A define-by-run space never receives TuneConfig's metric/mode (Ray only forwards them along
     # with a param_space), so the searcher is told here; the scheduler gets them from TuneConfig.
-    searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, seed=seed)
+    # Optuna's TPE samples its first 10 trials at random (n_startup_trials=10): more than every
+    # shipped space's num_samples, so TPE would never run. Warm up on a quarter of the budget (>= 2).
+    sampler = TPESampler(seed=seed, n_startup_trials=max(2, budget["num_samples"] // 4))
+    searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=sampler)
     return _tuner(space, searcher, scheduler, context=context, resources=resources, storage_path=storage_path,
                   name=name, callbacks=callbacks)
 
