@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from src import build
 from src.data.cache import build_cache, cache_path
-from src.data.coco import SPLITS, DataError, Dataset, resolve_dataset
+from src.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
 from src.spaces import SearchSpace, SpaceError, load_config, load_space
 from src.tracking import LAUNCH_TAG, TrackingError, code_version, default_tracking_uri, experiment_id, segmenter_name
 
@@ -90,6 +90,10 @@ def prepare(args: argparse.Namespace, *, default_data: Path) -> Prepared:
         generate(default_data)
     dataset = resolve_dataset(data, cache_root=args.cache_dir, seed=args.seed)
     check_dataset(dataset)
+    spec = build.task_spec(space.task)
+    if spec.model_kind == "classification" and spec.single_label:  # one class per image, or say which not
+        for split in SPLITS:
+            single_labels(load_records(dataset, split), dataset.coco_files[split])
     tracking_uri = args.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # also used by mlflow.pytorch.load_model / log_model
     mlflow.set_registry_uri(tracking_uri)

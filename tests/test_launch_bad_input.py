@@ -96,3 +96,12 @@ def test_unknown_space(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
 def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--data", str(tmp_path / "absent"))
     assert_clean_refusal(tmp_path, code, err, "no such file or folder")
+
+
+def test_multi_label_data_for_a_single_label_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from src.data.synth import generate
+
+    generate(tmp_path / "ml", n=30, size=32, seed=0, multilabel=True)
+    code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--smoke", "--data", str(tmp_path / "ml"))
+    # whole_cls needs one class per image: the error names the file, the image and the fix's reason.
+    assert_clean_refusal(tmp_path, code, err, "different categories; single-label tasks need exactly one")

@@ -9,13 +9,12 @@ the images folder. A split may name its image folder explicitly in ``info.images
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from src.data.cocoio import DataError  # noqa: F401 - re-exported: one error type for all data problems
+from src.data.cocoio import DataError, images_dir_for, load_coco
 
 SPLITS = ("train", "val", "test")
 
@@ -48,30 +47,6 @@ class Records:
     sizes: list[tuple[int, int]]  # (height, width) from the JSON
 
 
-def read_json(path: Path) -> dict:
-    """Read a COCO JSON file, raising ``DataError`` with one line on any problem."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a COCO object with 'images', 'annotations', 'categories'")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{path}: key '{key}' missing or not a list")
-    return data
-
-
-def _images_dir(coco_path: Path, data: dict) -> Path:
-    explicit = (data.get("info") or {}).get("images_dir")
-    if explicit:
-        return Path(explicit).resolve()
-    beside = coco_path.parent / "images"
-    return beside.resolve() if beside.is_dir() else coco_path.parent.resolve()
-
-
 def _fingerprint(files: dict[str, Path]) -> str:
     digest = hashlib.sha256()
     for split in SPLITS:
@@ -94,7 +69,7 @@ def resolve_dataset(data: Path, *, cache_root: Path, seed: int = 0) -> Dataset:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise DataError(f"--data {data}: missing {', '.join(missing)} (expected train/val/test COCO files)")
-    contents = {split: read_json(path) for split, path in files.items()}
+    contents = {split: load_coco(path) for split, path in files.items()}
     categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
     for split in ("val", "test"):
         other = sorted(contents[split]["categories"], key=lambda c: c["id"])
@@ -107,7 +82,7 @@ def resolve_dataset(data: Path, *, cache_root: Path, seed: int = 0) -> Dataset:
         name=data.name,
         root=data,
         coco_files=files,
-        images_dirs={split: _images_dir(files[split], contents[split]) for split in SPLITS},
+        images_dirs={split: images_dir_for(files[split], contents[split]) for split in SPLITS},
         categories=[c["name"] for c in categories],
         category_ids=[c["id"] for c in categories],
         fingerprint=_fingerprint(files),
@@ -120,14 +95,14 @@ def _split_single_file(path: Path, *, cache_root: Path, seed: int) -> Path:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     out = cache_root / "splits" / f"{path.stem}-{digest}-s{seed}"
     if not (out / "test.json").is_file():
-        split_coco(path, out, val=0.15, test=0.15, seed=seed, images_dir=_images_dir(path, read_json(path)))
+        split_coco(path, out, val=0.15, test=0.15, seed=seed, images_dir=images_dir_for(path, load_coco(path)))
     return out
 
 
 def load_records(dataset: Dataset, split: str) -> Records:
     """Read one split's images, label sets and segmentations, validating references."""
     path = dataset.coco_files[split]
-    data = read_json(path)
+    data = load_coco(path)
     index_of = {cid: i for i, cid in enumerate(dataset.category_ids)}
     images_dir = dataset.images_dirs[split]
     by_image: dict[int, list[dict]] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from optuna.distributions import FloatDistribution
 
-from src.data.coco import DataError, read_json
+from src.data.cocoio import DataError, load_coco
 from src.leaderboard import counts, varying_params
 from src.report import html, plots, predictions
 from src.report.importance import Importance, distributions, param_importance
@@ -74,7 +74,7 @@ def dataset_categories(root: str | None) -> list[str] | None:
     if not root or not path.is_file():
         return None
     try:
-        return [c.get("name", "?") for c in sorted(read_json(path)["categories"], key=lambda c: c.get("id", 0))]
+        return [c.get("name", "?") for c in sorted(load_coco(path)["categories"], key=lambda c: c.get("id", 0))]
     except DataError:
         return None
 
