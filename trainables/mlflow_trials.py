@@ -73,7 +73,8 @@ class MLflowTrials(tune.Callback):
         self._runs[trial.trial_id] = run.info.run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        resumed = trial.trial_id in self._runs or (self.client and trial.trial_id in self._runs)
+        self.client  # connects and re-attaches existing runs on first use
+        resumed = trial.trial_id in self._runs
         run_id = self._run_id(trial)
         if resumed:  # a trial continuing after --resume: its run was closed as KILLED
             self.client.update_run(run_id, "RUNNING")
