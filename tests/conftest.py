@@ -41,16 +41,29 @@ class Workspace:
         self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
 
     def launch(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        common = ["--tracking-uri", self.tracking_uri, "--storage-path", str(self.root / "runs"),
-                  "--cache-dir", str(self.root / "cache")]
-        return self._run(["launch.py", *args, *common], timeout)
+        return self._run(["launch.py", *args, *self._common()], timeout)
+
+    def start_launch(self, *args: str, log: Path) -> subprocess.Popen:
+        """``launch.py`` in the background, in its own process group, stdout and stderr to ``log``.
+
+        A file, not a pipe: a pipe nobody reads blocks the launcher once it holds 64 KiB.
+        """
+        with log.open("w") as out:
+            return subprocess.Popen([sys.executable, "launch.py", *args, *self._common()], cwd=PROJECT_DIR, env=self._env(),
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def analyze(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         return self._run(["analyze.py", *args, "--tracking-uri", self.tracking_uri], timeout)
 
+    def _common(self) -> list[str]:
+        return ["--tracking-uri", self.tracking_uri, "--storage-path", str(self.root / "runs"), "--cache-dir", str(self.root / "cache")]
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+
     def _run(self, argv: list[str], timeout: int) -> subprocess.CompletedProcess:
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
-        return subprocess.run([sys.executable, *argv], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([sys.executable, *argv], cwd=PROJECT_DIR, env=self._env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,31 +24,51 @@ def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
     return [r for r in runs if r.data.tags.get(LAUNCH_TAG) == "true"], [r for r in runs if PARENT_TAG in r.data.tags]
 
 
-def start_and_interrupt(workspace, synth_dir: Path, sig: int) -> tuple[list[str], subprocess.Popen]:
-    """Start a 4-trial search, wait until one trial finished and the next runs, then send ``sig``."""
-    args = ["--space", "whole_cls", "--smoke", "--data", str(synth_dir), "--num-samples", str(SAMPLES),
-            "--max-epochs", "5", "--max-concurrent", "1", "--experiment", f"whole_cls_{sig}",
-            "--tracking-uri", workspace.tracking_uri,
-            "--storage-path", str(workspace.root / "runs"), "--cache-dir", str(workspace.root / "cache")]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "launch.py", *args], cwd=PROJECT_DIR, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+# Four trials one at a time, each trained for all its epochs (grace = max epochs: ASHA stops none),
+# so there is always a window where one trial has finished and the next is running.
+SPACE = """
+task: classification
+metric: val/balanced_acc
+mode: max
+fixed: {data.image_size: 32, data.batch_size: 8, loss.name: ce, model.name: resnet18, train.saliency_metric: false}
+params:
+  train.lr: {loguniform: [3.0e-4, 3.0e-3]}
+budget: {num_samples: 4, max_epochs: 6, grace_period: 6, reduction_factor: 2}
+"""
+
+
+def start_and_interrupt(workspace, synth_dir: Path, sig: int) -> tuple[list[str], int, str]:
+    """Start a 4-trial search, wait until one trial finished and the next runs, then send ``sig``.
+
+    Returns the launch arguments, the launcher's exit code and its output.
+    """
+    space = workspace.root / "resume_space.yaml"
+    space.write_text(SPACE)
+    experiment = f"whole_cls_{int(sig)}"
+    args = ["--space", str(space), "--data", str(synth_dir), "--max-concurrent", "1", "--experiment", experiment]
     client = MlflowClient(workspace.tracking_uri)
+    client.search_experiments()  # create the store's tables now, not while the launcher opens it
+    log = workspace.root / f"launch-{int(sig)}.log"
+    proc = workspace.start_launch(*args, log=log)
     deadline = time.time() + 300
     while time.time() < deadline:
-        _, children = _runs(client, f"whole_cls_{sig}")
+        _, children = _runs(client, experiment)
         if any(r.info.status == "FINISHED" for r in children) and any(r.info.status == "RUNNING" for r in children):
             break
-        assert proc.poll() is None, "the launcher ended before it could be interrupted"
-        time.sleep(1)
-    time.sleep(1)  # a checkpoint forces an experiment snapshot; give the running trial one epoch
+        if proc.poll() is not None:
+            pytest.fail(f"the launcher ended (exit {proc.returncode}) before it could be interrupted:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"no trial finished while another ran within 300 s:\n{log.read_text()[-4000:]}")
+    time.sleep(1)  # let the running trial report (and checkpoint) an epoch, so it resumes from one
     os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C or a kill -9 of the job
     proc.wait(timeout=300)
-    return args, proc
+    return args, proc.returncode, log.read_text()
 
 
 def resume_and_check(workspace, args: list[str], experiment: str) -> list:
-    result = workspace.launch(*args[:-6], "--resume")
+    result = workspace.launch(*args, "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     parents, after = _runs(MlflowClient(workspace.tracking_uri), experiment)
     trial_ids = [r.data.tags[TRIAL_TAG] for r in after]
@@ -62,20 +80,19 @@ def resume_and_check(workspace, args: list[str], experiment: str) -> list:
 
 
 def test_sigint_stops_cleanly_and_resumes(workspace, synth_dir: Path) -> None:
-    args, proc = start_and_interrupt(workspace, synth_dir, signal.SIGINT)
-    stderr = proc.stderr.read()
+    args, code, output = start_and_interrupt(workspace, synth_dir, signal.SIGINT)
     # Ctrl-C: exit 130 with the resume command, the launch and its unfinished trials marked KILLED.
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "--resume" in stderr
-    parents, children = _runs(MlflowClient(workspace.tracking_uri), f"whole_cls_{signal.SIGINT}")
+    assert code == 130, output[-2000:]
+    assert "--resume" in output
+    parents, children = _runs(MlflowClient(workspace.tracking_uri), f"whole_cls_{int(signal.SIGINT)}")
     assert parents[0].info.status == "KILLED" and not [r for r in children if r.info.status == "RUNNING"]
-    resume_and_check(workspace, args, f"whole_cls_{signal.SIGINT}")
+    resume_and_check(workspace, args, f"whole_cls_{int(signal.SIGINT)}")
 
 
 def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
-    args, _ = start_and_interrupt(workspace, synth_dir, signal.SIGKILL)
+    args, _, _ = start_and_interrupt(workspace, synth_dir, signal.SIGKILL)
     client = MlflowClient(workspace.tracking_uri)
-    experiment = f"whole_cls_{signal.SIGKILL}"
+    experiment = f"whole_cls_{int(signal.SIGKILL)}"
     _, before = _runs(client, experiment)
     finished_before = {r.data.tags[TRIAL_TAG]: r for r in before if r.info.status == "FINISHED"}
     # The kill came after a finished trial and before the search ended.
