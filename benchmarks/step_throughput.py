@@ -31,12 +31,12 @@ CONFIG = {  # whole_cls at its fixed settings; validation off in both loops
 }
 
 
-def _system(num_classes: int) -> BaseTask:
+def _system(num_classes: int, task: str = "classification", config: dict = CONFIG) -> BaseTask:
     import pytorch_lightning as pl
     from src.build import build_system
 
     pl.seed_everything(0, verbose=False)
-    return build_system("classification", CONFIG, num_classes=num_classes, epochs=1)
+    return build_system(task, config, num_classes=num_classes, epochs=1)
 
 
 def bare_loop(batches: list[dict], num_classes: int) -> float:
@@ -53,7 +53,7 @@ def bare_loop(batches: list[dict], num_classes: int) -> float:
     return sum(len(b["image"]) for b in batches) / (time.perf_counter() - start)
 
 
-def lightning_loop(batches: list[dict], num_classes: int) -> float:
+def lightning_loop(batches: list[dict], num_classes: int, task: str = "classification", config: dict = CONFIG) -> float:
     """Images/s of ``Trainer.fit`` over the same batches (epoch start to end, Trainer as in trials)."""
     import pytorch_lightning as pl
 
@@ -71,8 +71,16 @@ def lightning_loop(batches: list[dict], num_classes: int) -> float:
         num_sanity_val_steps=0, limit_val_batches=0,
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
-    trainer.fit(_system(num_classes), train_dataloaders=loader)
+    trainer.fit(_system(num_classes, task, config), train_dataloaders=loader)
     return sum(len(b["image"]) for b in batches) / clock.seconds
+
+
+def collect_batches(data: CachedDataModule, n: int) -> list[dict]:
+    """``n`` full training batches (images, masks, labels), collected once and reused by every loop."""
+    batches: list[dict] = []
+    while len(batches) < n:
+        batches += [b for b in data.train_dataloader() if len(b["image"]) == CONFIG["data.batch_size"]]
+    return batches[:n]
 
 
 def pipeline(data: CachedDataModule, images: int) -> float:
@@ -104,10 +112,7 @@ def main() -> None:
     print(memory(caches))
     rss0 = rss_mb()[0]
     data = build_datamodule(CONFIG, caches=caches)
-    batches: list[dict] = []
-    while len(batches) < n_batches:
-        batches += [b for b in data.train_dataloader() if len(b["image"]) == CONFIG["data.batch_size"]]
-    batches = batches[:n_batches]
+    batches = collect_batches(data, n_batches)
     rss1 = rss_mb()[0]
     print(f"RSS: {rss0:.0f} MiB before the loader, {rss1:.0f} MiB after {n_batches} batches "
           f"(+{rss1 - rss0:.0f} MiB: mmap'd cache pages + {n_batches} collected batches "

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import default_collate
 
 from src.build import build_datamodule, build_system
 from src.data.cache import load_cache
@@ -49,7 +50,9 @@ def test_predictions(
 ) -> dict[str, np.ndarray]:
     """Per-image test predictions, saved as ``test_predictions.npz`` for reports and comparisons.
 
-    Classification: ``image_ids``, ``labels`` [N], ``probs`` [N,K] (softmax). Multi-label:
+    Classification: ``image_ids``, ``labels`` [N], ``probs`` [N,K] (softmax) and, for a backbone with
+    a CAM layer, ``images`` uint8 [M,3,S,S], ``masks`` uint8 [M,1,S,S] and ``cams`` [M,S,S] (HiResCAM
+    of the true class) of the first ``max_overlays`` images. Multi-label:
     ``image_ids``, ``labels`` uint8 [N,K] (multi-hot, 1 = label present), ``probs`` [N,K] (sigmoid, one
     per label). Segmentation: ``image_ids``,
     ``iou`` [N] (per image; NaN when both mask and prediction are empty) and, for the first
@@ -70,7 +73,10 @@ def test_predictions(
     if multilabel:
         return {**out, "labels": torch.cat(labels).to(torch.uint8).numpy(), "probs": torch.sigmoid(logits).numpy()}
     if logits.ndim == 2:  # classification
-        return {**out, "labels": torch.cat(labels).numpy(), "probs": torch.softmax(logits, 1).numpy()}
+        out = {**out, "labels": torch.cat(labels).numpy(), "probs": torch.softmax(logits, 1).numpy()}
+        if getattr(system, "cam_layer", None):
+            out.update(_saliency(system, dataset, mask, min(max_overlays, len(dataset))))
+        return out
     probs = torch.sigmoid(logits)
     pred = probs >= 0.5
     inter = (pred & (mask > 0)).flatten(1).sum(1).float()
@@ -81,3 +87,11 @@ def test_predictions(
         **out, "iou": iou.numpy(), "images": dataset.images[:m].numpy(), "masks": mask[:m].to(torch.uint8).numpy(),
         "probs": probs[:m].numpy().astype(np.float16),
     }
+
+
+def _saliency(system: BaseTask, dataset, masks: torch.Tensor, m: int) -> dict[str, np.ndarray]:
+    """The first ``m`` test images, lesion masks and HiResCAMs of the true class (behind ``saliency_iou``)."""
+    batch = default_collate([dataset[i] for i in range(m)])
+    _, cams = system.cam(batch["image"], batch["label"])
+    return {"images": dataset.images[:m].numpy(), "masks": masks[:m].to(torch.uint8).numpy(),
+            "cams": cams.detach().numpy().astype(np.float16)}

@@ -129,7 +129,7 @@ def report(store: Store) -> tuple[Path, str, Path]:
 def test_report_files_exist_and_are_logged(store: Store, report: tuple[Path, str, Path]) -> None:
     out = report[0]
     expected = {"report.html", "optimisation_history.png", "learning_curves.png", "param_importance.png",
-                "parallel_coordinates.png", "test_predictions.png"}
+                "parallel_coordinates.png", "test_predictions.png", "saliency_overlays.png"}
     assert expected <= {p.name for p in out.iterdir()}
     # The same files are artifacts of the launch's parent run, under report/.
     logged = {Path(a.path).name for a in MlflowClient(store.uri).list_artifacts(store.parent, "report")}

@@ -116,3 +116,22 @@ def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
     assert len(paths) == 3 and all(p.suffix == ".png" and p.is_file() for p in paths)
     with Image.open(paths[0]) as image:
         assert image.size == (256, 256) and image.mode == "RGB"
+
+
+def test_test_predictions_carry_the_cams_the_report_draws(data: dict) -> None:
+    from src.evaluate import test_predictions
+    from src.saliency import hard_iou
+
+    whole = system("classification", data)
+    preds = test_predictions(whole, CONFIG, caches=data["caches"], max_overlays=5)
+    n = len(preds["labels"])
+    # The first 5 test images with their lesion masks and the HiResCAM of their true class, in [0, 1].
+    assert preds["images"].shape == (5, 3, SIZE, SIZE) and preds["masks"].shape == (5, 1, SIZE, SIZE)
+    assert preds["cams"].shape == (5, SIZE, SIZE) and 0 <= preds["cams"].min() and preds["cams"].max() <= 1
+    assert preds["probs"].shape[0] == n > 5
+    # They are the maps behind saliency_iou: the same IoU as the task's own CAMs of those images.
+    batch = next(iter(DataLoader(build_datamodule(CONFIG, caches=data["caches"]).dataset("test"), batch_size=5)))
+    _, cams = whole.cam(batch["image"], batch["label"])
+    expected, _ = hard_iou(cams, batch["mask"])
+    got, _ = hard_iou(torch.from_numpy(preds["cams"]).float(), torch.from_numpy(preds["masks"]).float())
+    assert torch.allclose(got, expected, atol=1e-3)
