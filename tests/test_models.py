@@ -87,6 +87,18 @@ def test_classification_contract(name: str) -> None:
     assert len(seen) == 1 and seen[0].dim() == expected_dims
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "resnet18"])
+def test_batchnorm_momentum_is_the_constructor_argument(name: str) -> None:
+    def momenta(**kwargs: object) -> set[float]:
+        model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, **kwargs)
+        return {m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    # 0.1 everywhere by default (torchvision builds MobileNetV3 with 0.01), else what was asked.
+    assert momenta() == {0.1} and momenta(bn_momentum=0.3) == {0.3}
+    with pytest.raises(ValueError, match="bn_momentum"):
+        momenta(bn_momentum=0.0)
+
+
 # A top-level Linear head, one inside a Sequential and a 1x1 Conv2d head; the contract test
 # already checks every entry's head path (its output has NUM_CLASSES columns).
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "squeezenet1_0"])
