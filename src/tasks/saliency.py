@@ -14,9 +14,9 @@ The mean soft IoU goes over images with a lesion; a batch without any contribute
 empty-mask convention in ``src.saliency``). Validation and test report the same objective as
 ``val/loss`` (with CAMs taken without a graph) and ``saliency_iou`` like every classifier.
 
-Cost: a training step took about 1.05x a whole-image step on resnet18 (64 px, batch 16, CPU, 1
-thread; CAM layer ``layer4``, so the double backward only re-crosses pooling and head), 1.1x on
-mobilenet_v3_small.
+Cost (``benchmarks/saliency_step.py``, BENCHMARKS.md 2b): a training step took 0.98x a whole-image
+step on resnet18 (64 px, batch 16, CPU, 1 thread; CAM layer ``layer4``, so the double backward only
+re-crosses pooling and head), 1.06x on mobilenet_v3_small.
 """
 from __future__ import annotations
 
