@@ -139,8 +139,8 @@ def test_report_files_exist_and_are_logged(store: Store, report: tuple[Path, str
 def test_html_is_self_contained(report: tuple[Path, str, Path]) -> None:
     page = (report[0] / "report.html").read_text()
     sources = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", page)
-    # Five plots, every one embedded as a data URI; no stylesheet, script or font is linked.
-    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # Six plots (saliency overlays included), every one a data URI; no stylesheet, script or font is linked.
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
 
 
