@@ -52,6 +52,9 @@ def run_name(config: dict, searched: list[str], trial_id: str) -> str:
     return "_".join(parts + [trial_id[:4]])[:250]
 
 
+CODE_FOLDERS = ("src", "trainables", "benchmarks")
+
+
 def code_version() -> str:
     """The git commit (with ``-dirty`` when modified), or a content hash of the code outside git."""
     try:
@@ -59,8 +62,9 @@ def code_version() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR, capture_output=True, text=True)
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
-        digest = hashlib.sha256()
-        for path in sorted(PROJECT_DIR.glob("*/**/*.py")) + sorted(PROJECT_DIR.glob("*.py")):
+        digest = hashlib.sha256()  # the project's own code only: not .venv/, data or results
+        code = [p for folder in CODE_FOLDERS for p in sorted((PROJECT_DIR / folder).rglob("*.py"))]
+        for path in code + sorted(PROJECT_DIR.glob("*.py")):
             digest.update(path.read_bytes())
         return "sha256:" + digest.hexdigest()[:16]
 
