@@ -118,4 +118,3 @@ def test_config_file_is_a_one_trial_space(tmp_path: Path) -> None:
     path.write_text("space: whole_cls\nconfig: {model.name: resnet18, train.learning_rate: 0.1}\n")
     with pytest.raises(SpaceError, match="unknown argument 'learning_rate'"):
         load_config(path)
-
