@@ -70,6 +70,7 @@ def curves(launch: Launch, path: Path) -> Path:
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     best = launch.best
+    colour = None  # of the first trial drawn in colour, for the legend's "completed" entry
     for i, row in enumerate(launch.rows):
         points = launch.curves.get(row.run_id) or []
         if not points:
@@ -77,8 +78,12 @@ def curves(launch: Launch, path: Path) -> Path:
         style = STOPPED if row.status == "stopped" else {"color": f"C{i % 10}", "alpha": 0.8}
         if best is not None and row.run_id == best.run_id:
             style = {"color": "black", "linewidth": 2.5}
+        elif row.status != "stopped":
+            colour = colour or style["color"]
         ax.plot(*zip(*points), marker="o", markersize=3, **style)
-    handles = [Line2D([], [], color="C0", label="completed (a colour each)"), Line2D([], [], label="stopped by ASHA", **STOPPED)]
+    handles = [Line2D([], [], label="stopped by ASHA", **STOPPED)]
+    if colour is not None:
+        handles.insert(0, Line2D([], [], color=colour, label="other trials (a colour each)"))
     if best is not None:
         handles.append(Line2D([], [], color="black", linewidth=2.5, label=f"best: {best.name[:30]}"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
