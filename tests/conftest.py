@@ -40,8 +40,8 @@ class Workspace:
         self.root = root
         self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
 
-    def launch(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return self._run(["launch.py", *args, *self._common()], timeout)
+    def launch(self, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return self._run(["launch.py", *args, *self._common()], timeout, env)
 
     def start_launch(self, *args: str, log: Path) -> subprocess.Popen:
         """``launch.py`` in the background, in its own process group, stdout and stderr to ``log``.
@@ -59,11 +59,12 @@ class Workspace:
         return ["--tracking-uri", self.tracking_uri, "--storage-path", str(self.root / "runs"), "--cache-dir", str(self.root / "cache")]
 
     @staticmethod
-    def _env() -> dict[str, str]:
-        return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
 
-    def _run(self, argv: list[str], timeout: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *argv], cwd=PROJECT_DIR, env=self._env(), capture_output=True, text=True, timeout=timeout)
+    def _run(self, argv: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *argv], cwd=PROJECT_DIR, env=self._env(env), capture_output=True, text=True,
+                              timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -123,3 +123,22 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
     # weights_only loading refuses arbitrary objects: one clear error naming the file.
     with pytest.raises(RuntimeError, match="refused to load checkpoint"):
         load_system("segmentation", config, path, num_classes=1, epochs=1)
+
+
+def test_no_environment_secret_reaches_the_tracking_store(tmp_path: Path, synth_dir: Path) -> None:
+    workspace = Workspace(tmp_path)
+    secret = "medtune-test-secret-7f3a9c"
+    env = {"AWS_SECRET_ACCESS_KEY": secret, "MLFLOW_TRACKING_PASSWORD": secret, "HF_TOKEN": secret}
+    result = workspace.launch("--space", "whole_cls", "--smoke", "--data", str(synth_dir), "--num-samples", "1",
+                              "--max-epochs", "1", env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(workspace.tracking_uri)
+    parents, children = runs_of(client, "whole_cls")
+    texts = []
+    for run in parents + children:
+        texts += [*run.data.params.values(), *run.data.tags.values(), *run.data.params, *run.data.tags]
+    for name in ("search_space.yaml", "resolved_space.json", "versions.json"):
+        texts.append(Path(client.download_artifacts(parents[0].info.run_id, name, str(tmp_path))).read_text())
+    # Parameters, tags and the provenance artifacts come from the space and the code, never the environment.
+    assert len(parents) == 1 and len(children) == 1
+    assert not [t for t in texts if secret in t]
