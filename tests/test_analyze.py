@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -101,6 +102,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     generate(root / "data2", n=48, size=32, seed=1)
     _launch(root, "data", "--num-samples", "3", "--max-epochs", "2")
     _launch(root, "data2", "--experiment", "other_data", "--num-samples", "1", "--max-epochs", "1")
+    shutil.rmtree(root / "runs")  # analyze.py reads MLflow only; the checkpoints are ~0.8 GB
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     exp_id = experiment_id(client, "whole_cls", create=False)
