@@ -30,7 +30,7 @@ from src.leaderboard import Row
 from src.report.bootstrap import METRICS, paired_bootstrap
 from src.report.importance import param_importance
 from src.report.load import PREDICTIONS, Launch, load_predictions
-from src.tracking import LAUNCH_TAG, PARENT_TAG, experiment_id, latest_launch, trial_runs
+from src.tracking import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -80,7 +80,8 @@ def _add_trials(client: MlflowClient, exp_id: str, parent: str) -> tuple[str, st
 def _copy_launch(client: MlflowClient, parent: str, root: Path) -> None:
     """Experiment ``whole_cls_copy``: the same launch tags, with the first 3 test images predicted wrong."""
     source = client.get_run(parent)
-    run = client.create_run(client.create_experiment("whole_cls_copy"), tags={
+    copy = client.create_experiment("whole_cls_copy", artifact_location=artifact_location(client.tracking_uri))
+    run = client.create_run(copy, tags={
         k: v for k, v in source.data.tags.items() if k in (LAUNCH_TAG, "task", "space", "dataset", "dataset_fingerprint", "smoke")})
     for key in ("metric", "mode"):
         client.log_param(run.info.run_id, key, source.data.params[key])
