@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 
 from src.build import build_datamodule, build_system
 from src.data.cache import load_cache
@@ -89,7 +89,7 @@ def test_predictions(
     }
 
 
-def _saliency(system: BaseTask, dataset, masks: torch.Tensor, m: int) -> dict[str, np.ndarray]:
+def _saliency(system: BaseTask, dataset: Dataset, masks: torch.Tensor, m: int) -> dict[str, np.ndarray]:
     """The first ``m`` test images, lesion masks and HiResCAMs of the true class (behind ``saliency_iou``)."""
     batch = default_collate([dataset[i] for i in range(m)])
     _, cams = system.cam(batch["image"], batch["label"])

@@ -3,8 +3,8 @@
 One table, ``CLS_SPECS``, says for each backbone which torchvision builder makes it, which layer is
 the classification head (replaced by a fresh ``num_classes`` one) and which layer HiResCAM hooks.
 ``CLS_MODELS`` maps each name to a factory ``(*, num_classes, weights="none",
-freeze_backbone=False, bn_momentum=0.1)``; ``vit_b_16`` also takes ``image_size``. torchvision is imported inside
-the functions: importing this module stays cheap.
+freeze_backbone=False, bn_momentum=0.1)``; ``vit_b_16`` also takes ``image_size``. torchvision is
+imported inside the functions: importing this module stays cheap.
 
 Every model maps [B, 3, H, W] to logits [B, num_classes].
 """
@@ -133,14 +133,15 @@ def _build(
     """Build ``CLS_SPECS[name]`` with (optional) pretrained weights and a ``num_classes`` head."""
     from torchvision import models as tvm
 
+    if not 0.0 < bn_momentum <= 1.0:
+        raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+
     spec = lookup(CLS_SPECS, "classification model", name)
     resolved = resolve_weights(tvm.get_model_weights(spec.builder), weights, model=name)
     model = load_pretrained(
         lambda: tvm.get_model(spec.builder, weights=resolved, **builder_args),
         resolved, model=name, arg="weights", value=weights,
     )
-    if not 0.0 < bn_momentum <= 1.0:
-        raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = bn_momentum
