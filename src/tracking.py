@@ -69,16 +69,17 @@ def code_version() -> str:
         return "sha256:" + digest.hexdigest()[:16]
 
 
-def artifact_location(tracking_uri: str) -> str | None:
-    """``mlruns/`` beside a sqlite store's file, so a store (runs and models) lives in one folder.
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """``mlruns/<experiment>/`` beside a sqlite store's file: a store (runs and models) is one folder.
 
-    MLflow's own default is ``./mlruns`` of the current directory, wherever the store is. Other
-    stores (a tracking server, postgres) keep their configured artifact root (None).
+    MLflow's own default is ``./mlruns/<id>`` of the current directory, wherever the store is.
+    Other stores (a tracking server, postgres) keep their configured artifact root (None).
     """
     prefix = "sqlite:///"
     if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
         return None
-    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
+    folder = "".join(c if c.isalnum() or c in "-_." else "-" for c in experiment)
+    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns" / folder).as_uri()
 
 
 def experiment_id(client: MlflowClient, name: str, *, create: bool) -> str:
@@ -87,7 +88,7 @@ def experiment_id(client: MlflowClient, name: str, *, create: bool) -> str:
     if experiment is not None and experiment.lifecycle_stage == "active":
         return experiment.experiment_id
     if create:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY) if e.name != "Default")
     raise TrackingError(f"unknown experiment '{name}'; existing: {', '.join(names) or 'none (run launch.py first)'}")
 

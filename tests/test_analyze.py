@@ -80,7 +80,7 @@ def _add_trials(client: MlflowClient, exp_id: str, parent: str) -> tuple[str, st
 def _copy_launch(client: MlflowClient, parent: str, root: Path) -> None:
     """Experiment ``whole_cls_copy``: the same launch tags, with the first 3 test images predicted wrong."""
     source = client.get_run(parent)
-    copy = client.create_experiment("whole_cls_copy", artifact_location=artifact_location(client.tracking_uri))
+    copy = client.create_experiment("whole_cls_copy", artifact_location=artifact_location(client.tracking_uri, "whole_cls_copy"))
     run = client.create_run(copy, tags={
         k: v for k, v in source.data.tags.items() if k in (LAUNCH_TAG, "task", "space", "dataset", "dataset_fingerprint", "smoke")})
     for key in ("metric", "mode"):

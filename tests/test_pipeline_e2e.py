@@ -46,7 +46,8 @@ def test_segmentation_then_masked_cls_then_analyze(workspace, synth_dir: Path) -
     assert all("epochs_run" in r.data.tags and "ray_trial_id" in r.data.tags for r in children)
     # A sqlite store keeps its artifacts (the logged model among them) beside its file, not in ./mlruns.
     location = client.get_experiment_by_name("segmentation").artifact_location
-    assert location == (workspace.root / "mlruns").as_uri() and any((workspace.root / "mlruns").rglob("MLmodel"))
+    assert location == (workspace.root / "mlruns" / "segmentation").as_uri()
+    assert any((workspace.root / "mlruns" / "segmentation").rglob("MLmodel"))
 
     dataset = resolve_dataset(synth_dir, cache_root=workspace.root / "cache")
     name = segmenter_name(dataset.name, dataset.fingerprint)
