@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from src.evaluate import load_system
 from src.tracking import LAUNCH_TAG, PARENT_TAG
-from tests.conftest import PROJECT_DIR, Workspace
+from tests.conftest import Workspace
 
 FAILING_GRID = """
 task: classification

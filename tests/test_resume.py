@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from src.tracking import LAUNCH_TAG, PARENT_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLES = 4
 
 
