@@ -9,6 +9,7 @@ The report goes to ``--out`` (default ``reports/<experiment>/<launch id[:8]>/``)
 under ``report/``, to the launch's parent run. Only the tracking store is read: no Ray results, no
 checkpoints, so it works against a remote tracking server too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from src.leaderboard import Row
-    from src.report.load import Launch
+    from medtune.leaderboard import Row
+    from medtune.report.load import Launch
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars between our lines
 
@@ -33,11 +34,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--experiment", help="experiment to report on (a search space name, or launch.py --experiment)")
-    what.add_argument("--compare", nargs="+", metavar="EXPERIMENT", help="compare the best trials of these experiments' latest launches")
+    what.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="EXPERIMENT",
+        help="compare the best trials of these experiments' latest launches",
+    )
     p.add_argument("--launch", help="parent run id of the launch to report on [the latest]")
     p.add_argument("--out", type=Path, help=f"report folder [{DEFAULT_REPORTS}/<experiment>/<launch id[:8]>]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
-    p.add_argument("--export-best", type=Path, metavar="FILE", help="write the best configuration as YAML for launch.py --config")
+    p.add_argument(
+        "--export-best", type=Path, metavar="FILE", help="write the best configuration as YAML for launch.py --config"
+    )
     args = p.parse_args(argv)
     if args.compare is not None and len(args.compare) < 2:
         p.error("--compare needs at least two experiments")
@@ -50,28 +58,36 @@ def _client(uri: str | None) -> MlflowClient:
     """A client of the tracking store; a missing sqlite file is an error, not a new empty store."""
     from mlflow.tracking import MlflowClient
 
-    from src.tracking import TrackingError, default_tracking_uri
+    from medtune.tracking import TrackingError, default_tracking_uri
 
     uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise TrackingError(f"no tracking store at {uri[len('sqlite:///'):]} (run launch.py first, or pass --tracking-uri)")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise TrackingError(
+            f"no tracking store at {uri[len('sqlite:///') :]} (run launch.py first, or pass --tracking-uri)"
+        )
     return MlflowClient(uri)
 
 
 def _counts_line(rows: list[Row]) -> str:
-    from src.leaderboard import counts
+    from medtune.leaderboard import counts
 
     found = counts(rows)
-    parts = [f"{found.pop('completed', 0)} completed", f"{found.pop('stopped', 0)} stopped by ASHA", f"{found.pop('failed', 0)} failed"]
+    parts = [
+        f"{found.pop('completed', 0)} completed",
+        f"{found.pop('stopped', 0)} stopped by ASHA",
+        f"{found.pop('failed', 0)} failed",
+    ]
     return ", ".join(parts + [f"{n} {status}" for status, n in sorted(found.items())])
 
 
 def print_summary(launch: Launch) -> None:
     """The terminal view: leaderboard, failed trials' errors, best trial and its test metrics."""
-    from src.leaderboard import format_table
+    from medtune.leaderboard import format_table
 
     tags = launch.tags
-    print(f"== {launch.experiment}: launch {launch.run_id} (dataset {tags.get('dataset', '?')}, smoke {tags.get('smoke', '?')}) ==")
+    print(
+        f"== {launch.experiment}: launch {launch.run_id} (dataset {tags.get('dataset', '?')}, smoke {tags.get('smoke', '?')}) =="
+    )
     print(f"objective {launch.metric} ({launch.mode}); {len(launch.rows)} trials: {_counts_line(launch.rows)}")
     print(format_table(launch.rows, launch.metric))
     failed = [r for r in launch.rows if r.status == "failed"]
@@ -81,7 +97,9 @@ def print_summary(launch: Launch) -> None:
     if best is None:
         print("best trial: none (no trial finished with an objective)")
         return
-    print(f"best trial: {best.name} (run {best.run_id}): {launch.metric} = {best.objective:.4f} after {best.epochs} epoch(s)")
+    print(
+        f"best trial: {best.name} (run {best.run_id}): {launch.metric} = {best.objective:.4f} after {best.epochs} epoch(s)"
+    )
     test = ", ".join(f"{k}={v:.4f}" for k, v in launch.test.items())
     print(f"test split: {test or 'no test metrics on the parent run'}")
 
@@ -90,9 +108,9 @@ def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:
     """Print, draw and write the report of one launch; log it to the parent run."""
     from mlflow.exceptions import MlflowException
 
-    from src.report.export import export_best
-    from src.report.load import open_launch
-    from src.report.write import write_report
+    from medtune.report.export import export_best
+    from medtune.report.load import open_launch
+    from medtune.report.write import write_report
 
     launch = open_launch(client, args.experiment, args.launch)
     print_summary(launch)
@@ -110,13 +128,15 @@ def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:
         where = f"not logged to MLflow ({str(err).splitlines()[0]})"
     print(f"report: {report.html} with {len(report.pngs)} PNG(s); {where}")
     if args.export_best:
-        print(f"best configuration: {export_best(launch, args.export_best)} (train it: python launch.py --config {args.export_best})")
+        print(
+            f"best configuration: {export_best(launch, args.export_best)} (train it: python launch.py --config {args.export_best})"
+        )
     return 0
 
 
 def compare_experiments(client: MlflowClient, args: argparse.Namespace) -> int:
     """Print and write the comparison of the experiments' best trials on their common test split."""
-    from src.report.compare import compare, format_text, open_entries, write_page
+    from medtune.report.compare import compare, format_text, open_entries, write_page
 
     result = compare(open_entries(client, args.compare))
     print(format_text(result))
@@ -129,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mlflow.exceptions import MlflowException
 
-    from src.tracking import TrackingError
+    from medtune.tracking import TrackingError
 
     try:
         client = _client(args.tracking_uri)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 bash scripts/setup.sh
 export RAY_AUTH_MODE=disabled PYTHONWARNINGS=ignore
 PY=.venv/bin/python
-[ -f data/synthetic/train.json ] || $PY -m src.data synth --out data/synthetic
+[ -f data/synthetic/train.json ] || $PY -m medtune.data synth --out data/synthetic
 for space in segmentation masked_cls whole_cls; do
   $PY launch.py --space "$space" "$@"
 done

@@ -7,6 +7,7 @@
 Everything the trials need (dataset checks, decoded image caches, the champion's masks, the MLflow
 experiment and parent run) is prepared here once, before Ray starts; trials receive constants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, the splits and every trial")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed [1 if a GPU is visible, else 0]")
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=None, help="fractions allowed [1 if a GPU is visible, else 0]"
+    )
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once [as many as resources allow]")
     p.add_argument("--max-failures", type=int, default=0, help="retries per failing trial")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
-    p.add_argument("--storage-path", type=Path, default=DEFAULT_STORAGE, help="Ray results (shared storage on clusters)")
+    p.add_argument(
+        "--storage-path", type=Path, default=DEFAULT_STORAGE, help="Ray results (shared storage on clusters)"
+    )
     p.add_argument("--experiment", help="MLflow experiment [the space name]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
     p.add_argument("--segmenter", help="segmenter for masked tasks: models:/<name>/<version> [the dataset's champion]")
@@ -54,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from src.prepare import USER_ERRORS
+    from medtune.prepare import USER_ERRORS
     from trainables.driver import run
 
     try:
@@ -63,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume", file=sys.stderr)
+        print(
+            f"interrupted; continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -2,6 +2,7 @@
 
 Benchmarks write only under ``WORK`` (``/tmp/medtune-bench``): data, caches, MLflow store, Ray runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,9 @@ def load() -> str:
 
 def synth_caches(*, n: int = 300, size: int = 64) -> tuple[Path, dict[str, str], int]:
     """(dataset folder, split -> cache file, num_classes) of the synthetic data at ``size`` px, built once."""
-    from src.data.cache import build_cache
-    from src.data.coco import resolve_dataset
-    from src.data.synth import generate
+    from medtune.data.cache import build_cache
+    from medtune.data.coco import resolve_dataset
+    from medtune.data.synth import generate
 
     data = WORK / f"synth-n{n}"
     if not (data / "train.json").is_file():
@@ -38,7 +39,9 @@ def synth_caches(*, n: int = 300, size: int = 64) -> tuple[Path, dict[str, str],
 def rss_mb(pid: int | str = "self") -> tuple[float, float]:
     """(current RSS, peak RSS) of a process in MiB, from /proc; (0, 0) when it is gone."""
     try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return 0.0, 0.0
     kib = lambda key: float(fields.get(key, "0 kB").split()[0])  # noqa: E731

@@ -4,35 +4,46 @@
     python benchmarks/masked_cache.py           # three measured epochs each, and deeplabv3 too
 
 The platform computes the segmenter's probabilities once per segmenter version
-(``src.segmenter_masks.build_mask_cache``) and trials read them from a memory-mapped file. The
+(``medtune.segmenter_masks.build_mask_cache``) and trials read them from a memory-mapped file. The
 naive variant (as the original study did) runs the segmenter in ``__getitem__`` for every item of
 every epoch. Both feed the same ``soft`` masking and the same classifier (resnet18, 64 px, one
 thread, a plain training step); the first epoch of each is a warm-up, epochs from the second on
 are timed, A and B interleaved. Both the loader alone and the whole training epoch are reported.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-
 from common import WORK, load, median, synth_caches
 
 if TYPE_CHECKING:
-    from src.data.datasets import CachedDataModule
+    from medtune.data.datasets import CachedDataModule
 
-CONFIG = {"model.name": "resnet18", "model.weights": "none", "loss.name": "ce", "data.image_size": 64,
-          "data.batch_size": 16, "data.augment": 0.3, "data.mask_mode": "soft", "train.saliency_metric": False}
-SEGMENTERS = {"unet": {"model.name": "unet", "model.width": 16, "model.depth": 3},
-              "deeplabv3_mobilenet_v3_large": {"model.name": "deeplabv3_mobilenet_v3_large"}}
+CONFIG = {
+    "model.name": "resnet18",
+    "model.weights": "none",
+    "loss.name": "ce",
+    "data.image_size": 64,
+    "data.batch_size": 16,
+    "data.augment": 0.3,
+    "data.mask_mode": "soft",
+    "train.saliency_metric": False,
+}
+SEGMENTERS = {
+    "unet": {"model.name": "unet", "model.width": 16, "model.depth": 3},
+    "deeplabv3_mobilenet_v3_large": {"model.name": "deeplabv3_mobilenet_v3_large"},
+}
 
 
 def naive_module(segmenter: torch.nn.Module, caches: dict[str, str]) -> CachedDataModule:
     """A ``CachedDataModule`` whose datasets run ``segmenter`` on each item (no mask cache)."""
-    from src.data.datasets import CachedDataModule, CachedDataset, build_transform
-    from src.segmenter_masks import predict_probs
+    from medtune.data.datasets import CachedDataModule, CachedDataset, build_transform
+    from medtune.segmenter_masks import predict_probs
 
     class SegmentEveryItem(CachedDataset):
         def _masked(self, index: int) -> torch.Tensor:
@@ -59,7 +70,7 @@ def epoch(data: CachedDataModule, step: Callable[[dict], None]) -> float:
 
 def train_step(num_classes: int) -> Callable[[dict], None]:
     """A plain training step of the classifier (what a trial does per batch)."""
-    from src.build import build_system
+    from medtune.build import build_system
 
     system = build_system("classification", CONFIG, num_classes=num_classes, epochs=1)
     opt = torch.optim.AdamW(system.model.parameters(), lr=1e-3)
@@ -73,33 +84,41 @@ def train_step(num_classes: int) -> Callable[[dict], None]:
 
 
 def measure(seg_name: str, epochs: int, caches: dict[str, str], k: int) -> float:
-    from src.build import build_datamodule, build_part
-    from src.segmenter_masks import build_mask_cache
+    from medtune.build import build_datamodule, build_part
+    from medtune.segmenter_masks import build_mask_cache
 
     torch.manual_seed(0)
     segmenter = build_part("segmentation", "model", SEGMENTERS[seg_name]).eval()
     target = WORK / "masks" / f"bench-{seg_name}-{time.time():.0f}.pt"
     build_s = time.perf_counter()
-    masks = {s: str(build_mask_cache(segmenter, caches[s], target.with_suffix(f".{s}.pt"), out_size=64)) for s in caches}
+    masks = {
+        s: str(build_mask_cache(segmenter, caches[s], target.with_suffix(f".{s}.pt"), out_size=64)) for s in caches
+    }
     build_s = time.perf_counter() - build_s
-    print(f"[{seg_name}] one-off mask cache, 3 splits ({sum(torch.load(p)['probs'].shape[0] for p in masks.values())} "
-          f"images): {build_s:.2f} s ({load()})")
+    print(
+        f"[{seg_name}] one-off mask cache, 3 splits ({sum(torch.load(p)['probs'].shape[0] for p in masks.values())} "
+        f"images): {build_s:.2f} s ({load()})"
+    )
     cached, naive = build_datamodule(CONFIG, caches=caches, pred_masks=masks), naive_module(segmenter, caches)
     step, noop = train_step(k), (lambda batch: None)
     for data in (cached, naive):  # epoch 1: warm-up (page cache, allocator, first-call costs)
         epoch(data, step)
     times: dict[str, list[float]] = {"cached loader": [], "naive loader": [], "cached epoch": [], "naive epoch": []}
     for e in range(epochs):
-        for name in (["cached", "naive"] if e % 2 == 0 else ["naive", "cached"]):
+        for name in ["cached", "naive"] if e % 2 == 0 else ["naive", "cached"]:
             data = cached if name == "cached" else naive
             times[f"{name} loader"].append(epoch(data, noop))
             times[f"{name} epoch"].append(epoch(data, step))
-        print(f"[{seg_name}] epoch {e + 2}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items()) + f" ({load()})")
+        print(
+            f"[{seg_name}] epoch {e + 2}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items()) + f" ({load()})"
+        )
     m = {n: median(v) for n, v in times.items()}
-    print(f"[{seg_name}] loader alone: naive / cached = {m['naive loader'] / m['cached loader']:.1f}x; "
-          f"training epoch: naive / cached = {m['naive epoch'] / m['cached epoch']:.2f}x; "
-          f"one-off cache build {build_s:.2f} s (all splits, batched) vs {m['naive loader'] - m['cached loader']:.2f} s "
-          f"of per-item segmenting in every naive training epoch")
+    print(
+        f"[{seg_name}] loader alone: naive / cached = {m['naive loader'] / m['cached loader']:.1f}x; "
+        f"training epoch: naive / cached = {m['naive epoch'] / m['cached epoch']:.2f}x; "
+        f"one-off cache build {build_s:.2f} s (all splits, batched) vs {m['naive loader'] - m['cached loader']:.2f} s "
+        f"of per-item segmenting in every naive training epoch"
+    )
     return m["naive epoch"] / m["cached epoch"]
 
 
@@ -111,8 +130,11 @@ def main() -> None:
     _, caches, k = synth_caches()
     names = ["unet"] if args.quick else ["unet", "deeplabv3_mobilenet_v3_large"]
     ratios = {name: measure(name, 1 if args.quick else 3, caches, k) for name in names}
-    print("RATIO naive / cached training epoch (from epoch 2) = "
-          + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()) + " (target >= 10x)")
+    print(
+        "RATIO naive / cached training epoch (from epoch 2) = "
+        + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items())
+        + " (target >= 10x)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the driver's descendants whose command line starts with ``ray::``, Ray's service
 memory-mapped caches) in every process that maps them, so the sum over processes overstates the
 machine's use. Prints the largest per-trial worker peak last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,12 +86,29 @@ def sample(driver: int, stop: threading.Event, peaks: dict, totals: dict[str, fl
 def measure(space: str, launch_args: list[str]) -> tuple[float, float]:
     """(largest worker peak, driver peak) in MiB of one launch (``launch_args``)."""
     out = WORK / f"memory-{space}-{time.time():.0f}.json"
-    cmd = [sys.executable, str(PROJECT_DIR / "benchmarks" / "timed_launch.py"), str(out), "--", *launch_args,
-           "--data", str(WORK / "synth-n300"),
-           "--cache-dir", str(WORK / "cache"), "--tracking-uri", f"sqlite:///{WORK / 'mlflow.db'}",
-           "--storage-path", str(WORK / "runs")]
-    proc = subprocess.Popen(cmd, cwd=PROJECT_DIR, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        str(PROJECT_DIR / "benchmarks" / "timed_launch.py"),
+        str(out),
+        "--",
+        *launch_args,
+        "--data",
+        str(WORK / "synth-n300"),
+        "--cache-dir",
+        str(WORK / "cache"),
+        "--tracking-uri",
+        f"sqlite:///{WORK / 'mlflow.db'}",
+        "--storage-path",
+        str(WORK / "runs"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=PROJECT_DIR,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stop, peaks, totals, cpu = threading.Event(), {}, {}, {}
     thread = threading.Thread(target=sample, args=(proc.pid, stop, peaks, totals, cpu))
     thread.start()
@@ -108,7 +126,9 @@ def measure(space: str, launch_args: list[str]) -> tuple[float, float]:
     print(f"    per worker peak RSS, largest / median     {workers[-1]:7.0f} / {workers[len(workers) // 2]:.0f} MiB")
     used = {kind: sum(c for k, c in cpu.values() if k == kind) for kind in ("driver", "worker", "ray service")}
     print("    CPU seconds used: " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()))
-    print(f"    peak sum of RSS: workers {totals.get('worker', 0):.0f} MiB, Ray services {totals.get('ray service', 0):.0f} MiB")
+    print(
+        f"    peak sum of RSS: workers {totals.get('worker', 0):.0f} MiB, Ray services {totals.get('ray service', 0):.0f} MiB"
+    )
     return workers[-1], driver_hwm
 
 
@@ -117,14 +137,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     synth_caches()
-    search = lambda space, n, e: [f"--space", space, "--num-samples", str(n), "--max-epochs", str(e)]  # noqa: E731
+    search = lambda space, n, e: ["--space", space, "--num-samples", str(n), "--max-epochs", str(e)]  # noqa: E731
     runs = {"whole_cls": search("whole_cls", 2, 2)}
     if not args.quick:  # bigger searches, and the 17-epoch (~60 s) resnet18 trial of trial_overhead.py
-        runs = {"whole_cls": search("whole_cls", 4, 3), "segmentation": search("segmentation", 4, 3),
-                "one 60 s trial": ["--config", str(config_file(EPOCHS["60s"]))]}
+        runs = {
+            "whole_cls": search("whole_cls", 4, 3),
+            "segmentation": search("segmentation", 4, 3),
+            "one 60 s trial": ["--config", str(config_file(EPOCHS["60s"]))],
+        }
     peaks = {label: measure(label, launch_args) for label, launch_args in runs.items()}
-    print("RATIO largest worker peak / driver peak = "
-          + ", ".join(f"{s} {w:.0f} / {d:.0f} MiB = {w / d:.2f}" for s, (w, d) in peaks.items()))
+    print(
+        "RATIO largest worker peak / driver peak = "
+        + ", ".join(f"{s} {w:.0f} / {d:.0f} MiB = {w / d:.2f}" for s, (w, d) in peaks.items())
+    )
 
 
 if __name__ == "__main__":

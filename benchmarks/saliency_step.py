@@ -8,12 +8,12 @@ no CAMs) and a fresh ``saliency_classification`` system (``ce_weight`` 0.5: CE +
 true class's HiResCAM with the mask, backpropagated) on the same backbone, with ``Trainer.fit`` as
 in trials, one thread, 64 px, batch 16; repeats interleave A and B. Prints the ratio last.
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
-
 from common import load, median, synth_caches
 from step_throughput import CONFIG, collect_batches, lightning_loop
 
@@ -28,7 +28,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    from src.build import build_datamodule
+    from medtune.build import build_datamodule
 
     _, caches, k = synth_caches()
     batches = collect_batches(build_datamodule(CONFIG, caches=caches), n_batches)

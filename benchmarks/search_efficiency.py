@@ -12,13 +12,13 @@ is the number of trial-epochs reported up to the first result >= R*, in report o
 (best val/iou so far against trial-epochs) are printed and drawn to ``WORK/search_efficiency.png``
 (``search_efficiency-quick.png`` for ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import time
-
 from typing import TYPE_CHECKING
 
 from common import PROJECT_DIR, WORK, load, synth_caches
@@ -28,14 +28,14 @@ if TYPE_CHECKING:
 
     from ray.tune import ResultGrid
 
-    from src.spaces import SearchSpace
+    from medtune.spaces import SearchSpace
     from trainables.trial import TrialContext
 
 Curve = list[tuple[int, float]]  # (trial-epochs so far, best val/iou so far)
 
 
 def _space(size: int, samples: int, epochs: int, quick: bool) -> SearchSpace:
-    from src.spaces import load_space
+    from medtune.spaces import load_space
 
     space = load_space("segmentation")
     grace = 1 if quick else space.budget["grace_period"]
@@ -64,6 +64,7 @@ def run(method: str, seed: int, space: SearchSpace, context: TrialContext, stora
     from ray.tune import CheckpointConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+
     from trainables.sampling import DefineByRun
     from trainables.search import Resources, make_tuner
     from trainables.trial import run_trial
@@ -71,15 +72,28 @@ def run(method: str, seed: int, space: SearchSpace, context: TrialContext, stora
     name = f"{method}-s{seed}-{time.time():.0f}"
     resources = Resources(cpus_per_trial=1, gpus_per_trial=0, max_concurrent=0, max_failures=0)
     if method == "asha_tpe":
-        tuner = make_tuner(space, context=context, resources=resources, storage_path=storage, name=name, seed=seed, callbacks=[])
+        tuner = make_tuner(
+            space, context=context, resources=resources, storage_path=storage, name=name, seed=seed, callbacks=[]
+        )
     else:
-        searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=RandomSampler(seed=seed))
+        searcher = OptunaSearch(
+            space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=RandomSampler(seed=seed)
+        )
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 1})
-        tuner = Tuner(trainable, tune_config=TuneConfig(
-            metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=FIFOScheduler(),
-            num_samples=space.budget["num_samples"], reuse_actors=True,
-        ), run_config=RunConfig(name=name, storage_path=storage, verbose=0,
-                                checkpoint_config=CheckpointConfig(num_to_keep=1)))
+        tuner = Tuner(
+            trainable,
+            tune_config=TuneConfig(
+                metric=space.metric,
+                mode=space.mode,
+                search_alg=searcher,
+                scheduler=FIFOScheduler(),
+                num_samples=space.budget["num_samples"],
+                reuse_actors=True,
+            ),
+            run_config=RunConfig(
+                name=name, storage_path=storage, verbose=0, checkpoint_config=CheckpointConfig(num_to_keep=1)
+            ),
+        )
     return curve(tuner.fit(), space.metric)
 
 
@@ -117,22 +131,41 @@ def plot(curves: dict[str, list[Curve]], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--seeds", type=int, help="seeds 0..N-1 [3; 1 with --quick: each seed costs ~1 min of Ray start-up alone]")
-    p.add_argument("--tpe-startup", type=int, help="give ASHA+TPE a TPESampler with this many random start-up trials "
-                   "[Optuna's default, 10: more than the space's samples, so TPE never leaves random sampling]")
+    p.add_argument(
+        "--seeds", type=int, help="seeds 0..N-1 [3; 1 with --quick: each seed costs ~1 min of Ray start-up alone]"
+    )
+    p.add_argument(
+        "--tpe-startup",
+        type=int,
+        help="give ASHA+TPE a TPESampler with this many random start-up trials "
+        "[Optuna's default, 10: more than the space's samples, so TPE never leaves random sampling]",
+    )
     args = p.parse_args()
     args.seeds = args.seeds or (1 if args.quick else 3)
     if args.tpe_startup:
         use_tpe_startup(args.tpe_startup)
     import ray
+
     from trainables.trial import TrialContext
 
     size, samples, epochs = (32, 4, 3) if args.quick else (64, 8, 8)
     _, caches, k = synth_caches(size=size)
-    context = TrialContext(task="segmentation", caches={size: caches}, pred_masks=None, num_classes=k,
-                           max_epochs=epochs, seed=0, threads=1, precision="32-true")
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}})
+    context = TrialContext(
+        task="segmentation",
+        caches={size: caches},
+        pred_masks=None,
+        num_classes=k,
+        max_epochs=epochs,
+        seed=0,
+        threads=1,
+        precision="32-true",
+    )
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}},
+    )
     curves: dict[str, list[Curve]] = {"random": [], "asha_tpe": []}
     fractions = []
     for seed in range(args.seeds):
@@ -145,9 +178,11 @@ def main() -> None:
         reached = next((x for x, best in asha if best >= target), None)
         fraction = (reached if reached is not None else float("inf")) / spent
         fractions.append(fraction)
-        print(f"seed {seed}: random best {target:.4f} after {spent} trial-epochs; ASHA+TPE best {asha[-1][1]:.4f} "
-              f"after {asha[-1][0]}, reached R* at {reached} trial-epochs ({fraction:.2f} of random's) "
-              f"[{time.time() - start:.0f} s, {load()}]")
+        print(
+            f"seed {seed}: random best {target:.4f} after {spent} trial-epochs; ASHA+TPE best {asha[-1][1]:.4f} "
+            f"after {asha[-1][0]}, reached R* at {reached} trial-epochs ({fraction:.2f} of random's) "
+            f"[{time.time() - start:.0f} s, {load()}]"
+        )
         for method, c in (("random", rnd), ("asha_tpe", asha)):
             print(f"  curve {method}: " + " ".join(f"{x}:{y:.3f}" for x, y in c))
     ray.shutdown()
@@ -156,8 +191,10 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(curves))
     print(f"curves: {stem}.png, {stem}.json")
     ordered = sorted(fractions)
-    print(f"RATIO ASHA+TPE / random compute to reach random's best = median {ordered[len(ordered) // 2]:.2f} "
-          f"(per seed: {', '.join(f'{f:.2f}' for f in fractions)}; target <= 0.33)")
+    print(
+        f"RATIO ASHA+TPE / random compute to reach random's best = median {ordered[len(ordered) // 2]:.2f} "
+        f"(per seed: {', '.join(f'{f:.2f}' for f in fractions)}; target <= 0.33)"
+    )
 
 
 if __name__ == "__main__":

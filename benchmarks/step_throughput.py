@@ -3,37 +3,43 @@
     python benchmarks/step_throughput.py --quick    # ~1 min on 2 cores
     python benchmarks/step_throughput.py            # more batches and repeats
 
-Both loops train the same freshly built system (``src.build``, same seed) on the same pre-collected
+Both loops train the same freshly built system (``medtune.build``, same seed) on the same pre-collected
 batches, one thread (what a trial gets with ``--cpus-per-trial 1``); repeats interleave A and B so
 a change in machine load hits both. The data pipeline is ``CachedDataModule.train_dataloader()``
 iterated alone (decode-free: the images come from the memory-mapped cache). Prints the ratio last.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
-
-import torch
-
 from typing import TYPE_CHECKING
 
+import torch
 from common import load, median, rss_mb, synth_caches
 
 if TYPE_CHECKING:
-    from src.data.datasets import CachedDataModule
-    from src.tasks.base import BaseTask
+    from medtune.data.datasets import CachedDataModule
+    from medtune.tasks.base import BaseTask
 
 CONFIG = {  # whole_cls at its fixed settings; validation off in both loops
-    "model.name": "resnet18", "model.weights": "none", "loss.name": "ce", "data.image_size": 64,
-    "data.batch_size": 16, "data.augment": 0.5, "train.optimizer": "adamw", "train.lr": 1e-3,
+    "model.name": "resnet18",
+    "model.weights": "none",
+    "loss.name": "ce",
+    "data.image_size": 64,
+    "data.batch_size": 16,
+    "data.augment": 0.5,
+    "train.optimizer": "adamw",
+    "train.lr": 1e-3,
     "train.saliency_metric": False,
 }
 
 
 def _system(num_classes: int, task: str = "classification", config: dict = CONFIG) -> BaseTask:
     import pytorch_lightning as pl
-    from src.build import build_system
+
+    from medtune.build import build_system
 
     pl.seed_everything(0, verbose=False)
     return build_system(task, config, num_classes=num_classes, epochs=1)
@@ -66,9 +72,17 @@ def lightning_loop(batches: list[dict], num_classes: int, task: str = "classific
 
     clock = EpochClock()
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, precision="32-true", callbacks=[clock], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        callbacks=[clock],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(_system(num_classes, task, config), train_dataloaders=loader)
@@ -106,7 +120,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    from src.build import build_datamodule
+    from medtune.build import build_datamodule
 
     _, caches, k = synth_caches()
     print(memory(caches))
@@ -114,21 +128,25 @@ def main() -> None:
     data = build_datamodule(CONFIG, caches=caches)
     batches = collect_batches(data, n_batches)
     rss1 = rss_mb()[0]
-    print(f"RSS: {rss0:.0f} MiB before the loader, {rss1:.0f} MiB after {n_batches} batches "
-          f"(+{rss1 - rss0:.0f} MiB: mmap'd cache pages + {n_batches} collected batches "
-          f"{n_batches * 16 * 3 * 64 * 64 * 4 / 2**20:.0f} MiB)")
+    print(
+        f"RSS: {rss0:.0f} MiB before the loader, {rss1:.0f} MiB after {n_batches} batches "
+        f"(+{rss1 - rss0:.0f} MiB: mmap'd cache pages + {n_batches} collected batches "
+        f"{n_batches * 16 * 3 * 64 * 64 * 4 / 2**20:.0f} MiB)"
+    )
     bare, light, pipe = [], [], []
     for r in range(repeats):  # ABBA order: drifting load hits both sides alike
         order = [(bare, bare_loop), (light, lightning_loop)][:: 1 if r % 2 == 0 else -1]
         for out, fn in order:
             out.append(fn(batches, k))
         pipe.append(pipeline(data, n_batches * 16))
-        print(f"repeat {r}: bare {bare[-1]:.1f} img/s, lightning {light[-1]:.1f} img/s, "
-              f"loader alone {pipe[-1]:.0f} img/s ({load()})")
-    b, l, d = median(bare), median(light), median(pipe)
-    print(f"median: bare {b:.1f} img/s, lightning {l:.1f} img/s, loader {d:.0f} img/s; peak RSS {rss_mb()[1]:.0f} MiB")
-    print(f"loader alone / training step = {d / l:.1f}x (the loader is {'not ' if d > 2 * l else ''}the bottleneck)")
-    print(f"RATIO lightning / bare = {l / b:.3f} (target >= 0.90)")
+        print(
+            f"repeat {r}: bare {bare[-1]:.1f} img/s, lightning {light[-1]:.1f} img/s, "
+            f"loader alone {pipe[-1]:.0f} img/s ({load()})"
+        )
+    b, lt, d = median(bare), median(light), median(pipe)
+    print(f"median: bare {b:.1f} img/s, lightning {lt:.1f} img/s, loader {d:.0f} img/s; peak RSS {rss_mb()[1]:.0f} MiB")
+    print(f"loader alone / training step = {d / lt:.1f}x (the loader is {'not ' if d > 2 * lt else ''}the bottleneck)")
+    print(f"RATIO lightning / bare = {lt / b:.3f} (target >= 0.90)")
 
 
 if __name__ == "__main__":

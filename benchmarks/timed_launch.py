@@ -11,6 +11,7 @@ launch then fails at publishing, having no checkpoint: use it for the training p
 ``--keep-all`` drops ``num_to_keep`` from the CheckpointConfig (no deletions, no forced snapshots). Times are wall clock (``time.time``) so
 driver and worker events share one axis; ``BENCH_SPAWN`` (set by the caller) anchors process start.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,6 +48,7 @@ def _wrap(owner: object, name: str, label: str) -> None:
 def timed_trial(config: dict, context) -> None:
     """``run_trial`` plus worker-side timestamps (runs in the Ray worker)."""
     import pytorch_lightning as pl
+
     from trainables import trial
 
     log = open(TRIAL_LOG, "a")
@@ -80,10 +82,11 @@ def main() -> int:
     TRIAL_LOG = out + ".trials.jsonl"
     PHASES["spawn"] = float(os.environ.get("BENCH_SPAWN", T_MAIN))
     PHASES["main"] = T_MAIN
-    import launch
     import ray
     from ray import tune
-    import src.publish as publish
+
+    import launch
+    import medtune.publish as publish
     import trainables.driver as driver
     import trainables.search as search
     from trainables.mlflow_trials import MLflowTrials
@@ -97,7 +100,9 @@ def main() -> int:
     _wrap(driver, "_finish", "finish")
     for name in ("test_metrics", "test_predictions", "_log_cam_overlays", "_log_predictions"):
         _wrap(publish, name, f"publish.{name}")
-    _wrap(importlib.import_module("mlflow.pytorch"), "log_model", "publish.log_model")  # the module, not mlflow's lazy proxy
+    _wrap(
+        importlib.import_module("mlflow.pytorch"), "log_model", "publish.log_model"
+    )  # the module, not mlflow's lazy proxy
     for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
         _wrap(MLflowTrials, name, "mlflow_callbacks")
     search.run_trial = timed_trial

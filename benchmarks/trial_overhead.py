@@ -11,6 +11,7 @@ test evaluation and model logging). The short-trial part runs several 1-epoch tr
 and reports seconds per trial with actor reuse (the platform's setting) and, in full mode, without.
 Prints the ratio of the longest trial last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,19 +25,27 @@ from pathlib import Path
 from common import PROJECT_DIR, WORK, load, median, synth_caches
 
 CONFIG = {  # the whole_cls space at fixed values: resnet18, 64 px, 180 training images per epoch
-    "model.name": "resnet18", "model.weights": "none", "loss.name": "ce", "data.image_size": 64,
-    "data.batch_size": 16, "data.augment": 0.3, "train.optimizer": "adamw", "train.scheduler": "cosine",
-    "train.lr": 1e-3, "train.weight_decay": 1e-4,
+    "model.name": "resnet18",
+    "model.weights": "none",
+    "loss.name": "ce",
+    "data.image_size": 64,
+    "data.batch_size": 16,
+    "data.augment": 0.3,
+    "train.optimizer": "adamw",
+    "train.scheduler": "cosine",
+    "train.lr": 1e-3,
+    "train.weight_decay": 1e-4,
 }
 EPOCHS = {"10s": 3, "60s": 17}  # about 3.5 s per epoch (train + validation) on one loaded core
 
 
 def bare(epochs: int) -> None:
-    """Child process: build with ``src.build`` and ``Trainer.fit`` as a trial does, no Ray/MLflow."""
+    """Child process: build with ``medtune.build`` and ``Trainer.fit`` as a trial does, no Ray/MLflow."""
     t0 = float(os.environ["BENCH_SPAWN"])
     import pytorch_lightning as pl
     import torch
-    from src.build import build_datamodule, build_system
+
+    from medtune.build import build_datamodule, build_system
     from trainables.trial import make_trainer  # plain Lightning; importing it loads Ray too, so time it
 
     t_import = time.time()
@@ -54,17 +63,35 @@ def bare(epochs: int) -> None:
 
 def run_bare(epochs: int) -> dict:
     env = {**os.environ, "BENCH_SPAWN": repr(time.time()), "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, __file__, "--bare", str(epochs)], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--bare", str(epochs)], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_launch(tag: str, launch_args: list[str], *, reuse: bool = True, checkpoints: bool = True) -> dict:
     """Run ``launch.py`` under the phase timers; return the phases plus worker events."""
     out = WORK / f"launch-{tag}-{time.time():.0f}.json"
-    common = ["--data", str(WORK / "synth-n300"), "--cache-dir", str(WORK / "cache"),
-              "--tracking-uri", f"sqlite:///{WORK / 'mlflow.db'}", "--storage-path", str(WORK / "runs")]
-    cmd = [sys.executable, str(PROJECT_DIR / "benchmarks" / "timed_launch.py"), str(out), *([] if reuse else ["--no-reuse"]), *([] if checkpoints else ["--no-checkpoint"]),
-           "--", *launch_args, *common]
+    common = [
+        "--data",
+        str(WORK / "synth-n300"),
+        "--cache-dir",
+        str(WORK / "cache"),
+        "--tracking-uri",
+        f"sqlite:///{WORK / 'mlflow.db'}",
+        "--storage-path",
+        str(WORK / "runs"),
+    ]
+    cmd = [
+        sys.executable,
+        str(PROJECT_DIR / "benchmarks" / "timed_launch.py"),
+        str(out),
+        *([] if reuse else ["--no-reuse"]),
+        *([] if checkpoints else ["--no-checkpoint"]),
+        "--",
+        *launch_args,
+        *common,
+    ]
     env = {**os.environ, "BENCH_SPAWN": repr(time.time()), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
     if proc.returncode != 0 and checkpoints:
@@ -94,13 +121,15 @@ def breakdown(run: dict) -> dict[str, float]:
         "last checkpoint+report + tune tail (-> fit returns)": p["tuner_fit_end"] - last_start,
         "ray.shutdown": p["ray_shutdown"],
         "test evaluation": p.get("publish.test_metrics", 0) + p.get("publish.test_predictions", 0),
-        "CAM overlays + predictions artifacts": p.get("publish._log_cam_overlays", 0) + p.get("publish._log_predictions", 0),
+        "CAM overlays + predictions artifacts": p.get("publish._log_cam_overlays", 0)
+        + p.get("publish._log_predictions", 0),
         "model logging (pt2)": p.get("publish.log_model", 0),
         "mlflow trial callbacks (driver, during fit)": p.get("mlflow_callbacks", 0),
         "total (spawn -> exit)": p["exit"] - p["spawn"],
     }
     out["rest of finish (leaderboard, registry)"] = p["finish"] - sum(
-        out[k] for k in ("test evaluation", "CAM overlays + predictions artifacts", "model logging (pt2)"))
+        out[k] for k in ("test evaluation", "CAM overlays + predictions artifacts", "model logging (pt2)")
+    )
     return out
 
 
@@ -115,8 +144,10 @@ def ablate_checkpoints(epochs: int) -> float:
         start = next(e["t"] for e in ev if e["event"] == "trial_start")
         seconds[name] = max(e["t"] for e in ev if e["event"] == "report_start") - start
         print(f"[ablate] trial function start -> last report, {name}: {seconds[name]:.1f} s ({load()})")
-    print(f"[ablate] bare fit {bare_fit:.1f} s; per-epoch checkpoints cost {seconds['with checkpoints'] - seconds['without checkpoints']:.1f} s; "
-          f"the trial without them is {100 * (seconds['without checkpoints'] / bare_fit - 1):.0f}% slower than bare")
+    print(
+        f"[ablate] bare fit {bare_fit:.1f} s; per-epoch checkpoints cost {seconds['with checkpoints'] - seconds['without checkpoints']:.1f} s; "
+        f"the trial without them is {100 * (seconds['without checkpoints'] / bare_fit - 1):.0f}% slower than bare"
+    )
     return seconds["with checkpoints"] / seconds["without checkpoints"]
 
 
@@ -132,11 +163,13 @@ def compare(label: str, epochs: int, repeats: int) -> float:
     """Interleaved bare/launch repeats of one trial length; returns the median wall ratio."""
     bares, launches = [], []
     for r in range(repeats):
-        for side in (["bare", "launch"] if r % 2 == 0 else ["launch", "bare"]):
+        for side in ["bare", "launch"] if r % 2 == 0 else ["launch", "bare"]:
             if side == "bare":
                 bares.append(run_bare(epochs))
-                print(f"[{label}] bare   total {bares[-1]['total']:.1f} s (imports {bares[-1]['imports']:.1f}, "
-                      f"fit {bares[-1]['fit']:.1f}) ({load()})")
+                print(
+                    f"[{label}] bare   total {bares[-1]['total']:.1f} s (imports {bares[-1]['imports']:.1f}, "
+                    f"fit {bares[-1]['fit']:.1f}) ({load()})"
+                )
             else:
                 launches.append(breakdown(run_launch(label, ["--config", str(config_file(epochs))])))
                 print(f"[{label}] launch total {launches[-1]['total (spawn -> exit)']:.1f} s ({load()})")
@@ -145,26 +178,34 @@ def compare(label: str, epochs: int, repeats: int) -> float:
         print(f"    {key:<52} {median([b[key] for b in launches]):7.2f}")
     b_total, b_fit = median([b["total"] for b in bares]), median([b["fit"] for b in bares])
     l_total = median([b["total (spawn -> exit)"] for b in launches])
-    print(f"[{label}] bare process {b_total:.1f} s (fit {b_fit:.1f} s); launch {l_total:.1f} s; "
-          f"extra {l_total - b_total:.1f} s = {100 * (l_total / b_total - 1):.0f}% of the bare process, "
-          f"{100 * (l_total - b_total) / b_fit:.0f}% of the bare fit")
+    print(
+        f"[{label}] bare process {b_total:.1f} s (fit {b_fit:.1f} s); launch {l_total:.1f} s; "
+        f"extra {l_total - b_total:.1f} s = {100 * (l_total / b_total - 1):.0f}% of the bare process, "
+        f"{100 * (l_total - b_total) / b_fit:.0f}% of the bare fit"
+    )
     return l_total / b_total
 
 
 def short_trials(n: int, *, reuse: bool) -> float:
     """Seconds of ``Tuner.fit`` per 1-epoch trial, ``n`` trials of the smoke whole_cls space."""
-    run = run_launch(f"short-{reuse}", ["--space", "whole_cls", "--smoke", "--num-samples", str(n), "--max-epochs", "1"], reuse=reuse)
+    run = run_launch(
+        f"short-{reuse}", ["--space", "whole_cls", "--smoke", "--num-samples", str(n), "--max-epochs", "1"], reuse=reuse
+    )
     per = run["phases"]["tuner_fit"] / n
     workers = len({e["pid"] for e in run["events"] if e["event"] == "trial_start"})
-    print(f"[short] {n} one-epoch trials, reuse_actors={reuse}: Tuner.fit {run['phases']['tuner_fit']:.1f} s, "
-          f"{per:.1f} s per trial, {workers} worker processes ({load()})")
+    print(
+        f"[short] {n} one-epoch trials, reuse_actors={reuse}: Tuner.fit {run['phases']['tuner_fit']:.1f} s, "
+        f"{per:.1f} s per trial, {workers} worker processes ({load()})"
+    )
     return per
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--ablate-checkpoints", action="store_true", help="only: the ~60 s trial with and without checkpoints")
+    p.add_argument(
+        "--ablate-checkpoints", action="store_true", help="only: the ~60 s trial with and without checkpoints"
+    )
     p.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare:

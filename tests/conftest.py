@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic datasets, and a runner for the real launch.py / analyze.py."""
+
 from __future__ import annotations
 
 import os
@@ -28,11 +29,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 synthetic images at 32 px (train 30 / val 9 / test 9), generated once per session."""
-    from src.data.synth import generate
+    from medtune.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, n=48, size=32, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def task_caches(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Caches of the session's synthetic set at 32 px, with ground-truth masks as a segmenter's output."""
+    from medtune.data.cache import build_cache, load_cache
+    from medtune.data.coco import resolve_dataset
+
+    root = tmp_path_factory.mktemp("cache")
+    dataset = resolve_dataset(synth_dir, cache_root=root)
+    files = {s: str(build_cache(dataset, s, 32, root)) for s in ("train", "val", "test")}
+    preds = {}
+    for split, path in files.items():  # ground-truth masks stand in for a segmenter's output
+        preds[split] = str(root / f"pred-{split}.pt")
+        torch.save({"probs": load_cache(path)["masks"] * 255}, preds[split])
+    return {"caches": files, "pred_masks": preds, "num_classes": dataset.num_classes}
 
 
 class Workspace:
@@ -51,22 +68,41 @@ class Workspace:
         A file, not a pipe: a pipe nobody reads blocks the launcher once it holds 64 KiB.
         """
         with log.open("w") as out:
-            return subprocess.Popen([sys.executable, "launch.py", *args, *self._common()], cwd=PROJECT_DIR, env=self._env(),
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                [sys.executable, "launch.py", *args, *self._common()],
+                cwd=PROJECT_DIR,
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def analyze(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         return self._run(["analyze.py", *args, "--tracking-uri", self.tracking_uri], timeout)
 
     def _common(self) -> list[str]:
-        return ["--tracking-uri", self.tracking_uri, "--storage-path", str(self.root / "runs"), "--cache-dir", str(self.root / "cache")]
+        return [
+            "--tracking-uri",
+            self.tracking_uri,
+            "--storage-path",
+            str(self.root / "runs"),
+            "--cache-dir",
+            str(self.root / "cache"),
+        ]
 
     @staticmethod
     def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
 
     def _run(self, argv: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *argv], cwd=PROJECT_DIR, env=self._env(env), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *argv],
+            cwd=PROJECT_DIR,
+            env=self._env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @pytest.fixture(scope="module")

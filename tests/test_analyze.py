@@ -6,6 +6,7 @@ trials deterministic, it then adds two child runs to the first launch by hand, w
 ``trainables/mlflow_trials.py`` writes them, and a copy of the first launch (same dataset) with
 perturbed test predictions as a second experiment to compare against.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,12 +26,12 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 import analyze
-from src.data.synth import generate
-from src.leaderboard import Row
-from src.report.bootstrap import METRICS, paired_bootstrap
-from src.report.importance import param_importance
-from src.report.load import PREDICTIONS, Launch, load_predictions
-from src.tracking import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
+from medtune.data.synth import generate
+from medtune.leaderboard import Row
+from medtune.report.bootstrap import METRICS, paired_bootstrap
+from medtune.report.importance import param_importance
+from medtune.report.load import PREDICTIONS, Launch, load_predictions
+from medtune.tracking import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,9 +49,20 @@ class Store:
 
 def _launch(root: Path, data: str, *extra: str) -> None:
     command = [
-        sys.executable, "launch.py", "--space", "whole_cls", "--smoke", "--data", str(root / data),
-        "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--storage-path", str(root / "runs"),
-        "--cache-dir", str(root / "cache"), *extra,
+        sys.executable,
+        "launch.py",
+        "--space",
+        "whole_cls",
+        "--smoke",
+        "--data",
+        str(root / data),
+        "--tracking-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--storage-path",
+        str(root / "runs"),
+        "--cache-dir",
+        str(root / "cache"),
+        *extra,
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -58,7 +70,11 @@ def _launch(root: Path, data: str, *extra: str) -> None:
 
 def _fake_trial(client: MlflowClient, exp_id: str, parent: str, params: dict, *, status: str, tags: dict) -> str:
     """A child run as ``MLflowTrials`` records it: trial params, status tags, terminal state."""
-    run = client.create_run(exp_id, run_name=f"fabricated_{status}", tags={PARENT_TAG: parent, "ray_trial_id": f"fake_{status}", "status": status, **tags})
+    run = client.create_run(
+        exp_id,
+        run_name=f"fabricated_{status}",
+        tags={PARENT_TAG: parent, "ray_trial_id": f"fake_{status}", "status": status, **tags},
+    )
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
@@ -66,13 +82,29 @@ def _fake_trial(client: MlflowClient, exp_id: str, parent: str, params: dict, *,
 
 def _add_trials(client: MlflowClient, exp_id: str, parent: str) -> tuple[str, str]:
     params = dict(trial_runs(client, exp_id, parent)[0].data.params)
-    stopped = _fake_trial(client, exp_id, parent, {**params, "train.lr": "0.002"}, status="stopped",
-                          tags={"epochs_run": "1", "stopped_early": "true"})
+    stopped = _fake_trial(
+        client,
+        exp_id,
+        parent,
+        {**params, "train.lr": "0.002"},
+        status="stopped",
+        tags={"epochs_run": "1", "stopped_early": "true"},
+    )
     client.log_metric(stopped, "val/balanced_acc", 0.05, step=1)
     client.log_metric(stopped, "epoch", 1, step=1)
     client.set_terminated(stopped, "FINISHED")
-    failed = _fake_trial(client, exp_id, parent, {**params, "train.lr": "0.0029"}, status="failed",
-                         tags={"epochs_run": "0", "stopped_early": "false", "error": f"{FAILED_ERROR}\nTraceback (most recent call last): ..."})
+    failed = _fake_trial(
+        client,
+        exp_id,
+        parent,
+        {**params, "train.lr": "0.0029"},
+        status="failed",
+        tags={
+            "epochs_run": "0",
+            "stopped_early": "false",
+            "error": f"{FAILED_ERROR}\nTraceback (most recent call last): ...",
+        },
+    )
     client.set_terminated(failed, "FAILED")
     return stopped, failed
 
@@ -80,9 +112,17 @@ def _add_trials(client: MlflowClient, exp_id: str, parent: str) -> tuple[str, st
 def _copy_launch(client: MlflowClient, parent: str, root: Path) -> None:
     """Experiment ``whole_cls_copy``: the same launch tags, with the first 3 test images predicted wrong."""
     source = client.get_run(parent)
-    copy = client.create_experiment("whole_cls_copy", artifact_location=artifact_location(client.tracking_uri, "whole_cls_copy"))
-    run = client.create_run(copy, tags={
-        k: v for k, v in source.data.tags.items() if k in (LAUNCH_TAG, "task", "space", "dataset", "dataset_fingerprint", "smoke")})
+    copy = client.create_experiment(
+        "whole_cls_copy", artifact_location=artifact_location(client.tracking_uri, "whole_cls_copy")
+    )
+    run = client.create_run(
+        copy,
+        tags={
+            k: v
+            for k, v in source.data.tags.items()
+            if k in (LAUNCH_TAG, "task", "space", "dataset", "dataset_fingerprint", "smoke")
+        },
+    )
     for key in ("metric", "mode"):
         client.log_param(run.info.run_id, key, source.data.params[key])
     preds = load_predictions(client, parent)
@@ -124,15 +164,24 @@ def _run(*argv: str) -> tuple[int, str, str]:
 def report(store: Store) -> tuple[Path, str, Path]:
     """The report of the whole_cls launch: its folder, the terminal output and the exported YAML."""
     out, best = store.root / "report", store.root / "best.yaml"
-    code, text, err = _run("--experiment", "whole_cls", "--tracking-uri", store.uri, "--out", str(out), "--export-best", str(best))
+    code, text, err = _run(
+        "--experiment", "whole_cls", "--tracking-uri", store.uri, "--out", str(out), "--export-best", str(best)
+    )
     assert code == 0, err
     return out, text, best
 
 
 def test_report_files_exist_and_are_logged(store: Store, report: tuple[Path, str, Path]) -> None:
     out = report[0]
-    expected = {"report.html", "optimisation_history.png", "learning_curves.png", "param_importance.png",
-                "parallel_coordinates.png", "test_predictions.png", "saliency_overlays.png"}
+    expected = {
+        "report.html",
+        "optimisation_history.png",
+        "learning_curves.png",
+        "param_importance.png",
+        "parallel_coordinates.png",
+        "test_predictions.png",
+        "saliency_overlays.png",
+    }
     assert expected <= {p.name for p in out.iterdir()}
     # The same files are artifacts of the launch's parent run, under report/.
     logged = {Path(a.path).name for a in MlflowClient(store.uri).list_artifacts(store.parent, "report")}
@@ -151,7 +200,7 @@ def _table(text: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("rank "))
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line[:1].isdigit():
             break
         rows.append(line.split())
@@ -213,8 +262,12 @@ def test_compare_same_dataset(store: Store) -> None:
     assert code == 0, err
     client = MlflowClient(store.uri)
     preds = load_predictions(client, store.parent)
-    copy = load_predictions(client, latest_launch(client, experiment_id(client, "whole_cls_copy", create=False)).info.run_id)
-    diff = accuracy_score(copy["labels"], copy["probs"].argmax(1)) - accuracy_score(preds["labels"], preds["probs"].argmax(1))
+    copy = load_predictions(
+        client, latest_launch(client, experiment_id(client, "whole_cls_copy", create=False)).info.run_id
+    )
+    diff = accuracy_score(copy["labels"], copy["probs"].argmax(1)) - accuracy_score(
+        preds["labels"], preds["probs"].argmax(1)
+    )
     # The copy's accuracy difference (first 3 images made wrong) is in its row, with an interval.
     assert re.search(rf"whole_cls_copy .*\(diff {diff:+.3f} \[", text)
     assert (out / "compare.html").is_file() and (out / "compare.png").is_file()
@@ -223,12 +276,19 @@ def test_compare_same_dataset(store: Store) -> None:
 def test_compare_refuses_different_datasets(store: Store) -> None:
     code, text, err = _run("--compare", "whole_cls", "other_data", "--tracking-uri", store.uri)
     assert code == 2 and text == ""
-    assert err.startswith("error: cannot compare: the latest launches are on different datasets") and err.count("\n") == 1
+    assert (
+        err.startswith("error: cannot compare: the latest launches are on different datasets") and err.count("\n") == 1
+    )
 
 
 def test_unknown_experiment_fails_clearly(store: Store) -> None:
-    done = subprocess.run([sys.executable, "analyze.py", "--experiment", "nope", "--tracking-uri", store.uri],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "analyze.py", "--experiment", "nope", "--tracking-uri", store.uri],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # One line naming the existing experiments, no traceback.
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "error: unknown experiment 'nope'; existing: other_data, whole_cls, whole_cls_copy\n"
@@ -244,8 +304,10 @@ def test_bootstrap_metrics_match_sklearn() -> None:
     labels = np.arange(60) % 3
     probs = rng.dirichlet(np.ones(3), size=60)
     expected = {
-        "acc": accuracy_score(labels, probs.argmax(1)), "balanced_acc": balanced_accuracy_score(labels, probs.argmax(1)),
-        "f1_macro": f1_score(labels, probs.argmax(1), average="macro"), "auroc": roc_auc_score(labels, probs, multi_class="ovr"),
+        "acc": accuracy_score(labels, probs.argmax(1)),
+        "balanced_acc": balanced_accuracy_score(labels, probs.argmax(1)),
+        "f1_macro": f1_score(labels, probs.argmax(1), average="macro"),
+        "auroc": roc_auc_score(labels, probs, multi_class="ovr"),
     }
     for name, metric in METRICS.items():
         assert metric(labels, probs) == pytest.approx(expected[name]), name
@@ -256,11 +318,28 @@ def test_bootstrap_metrics_match_sklearn() -> None:
 
 
 def test_importance_leaves_out_conditional_params() -> None:
-    space = {"params": {"model.name": {"choice": ["a", "b"]}, "model.width": {"int": [8, 32], "when": {"model.name": "a"}},
-                        "train.lr": {"loguniform": [1e-4, 1e-2]}}}
-    rows = [Row(f"r{i}", f"t{i}", "completed" if i % 3 else "stopped", 2, float(i % 4) / 4,
-                {"model.name": "ab"[i % 2], "train.lr": str(10 ** (-4 + i / 4)), **({"model.width": str(8 + i)} if i % 2 == 0 else {})})
-            for i in range(8)]
+    space = {
+        "params": {
+            "model.name": {"choice": ["a", "b"]},
+            "model.width": {"int": [8, 32], "when": {"model.name": "a"}},
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+        }
+    }
+    rows = [
+        Row(
+            f"r{i}",
+            f"t{i}",
+            "completed" if i % 3 else "stopped",
+            2,
+            float(i % 4) / 4,
+            {
+                "model.name": "ab"[i % 2],
+                "train.lr": str(10 ** (-4 + i / 4)),
+                **({"model.width": str(8 + i)} if i % 2 == 0 else {}),
+            },
+        )
+        for i in range(8)
+    ]
     launch = Launch("e", "p", {}, {"metric": "val/x", "mode": "max"}, {}, rows, {}, {}, space, None)
     result = param_importance(launch)
     # model.width exists only under model.name=a, so it is left out and named; the rest sum to 1.
@@ -270,13 +349,17 @@ def test_importance_leaves_out_conditional_params() -> None:
 
 def test_overlays_draw_from_arrays(tmp_path: Path) -> None:
     """Segmentation and saliency overlays from arrays in the ``test_predictions.npz`` layout."""
-    from src.report.predictions import saliency_overlays, segmentation_overlays
+    from medtune.report.predictions import saliency_overlays, segmentation_overlays
 
     yy, xx = np.mgrid[:16, :16]
     disc = (((yy - 8) ** 2 + (xx - 8) ** 2) < 16).astype(np.uint8)[None, None].repeat(3, 0)  # [3,1,16,16]
     preds = {
-        "images": np.full((3, 3, 16, 16), 128, np.uint8), "masks": disc, "probs": (disc * 0.9).astype(np.float16),
-        "iou": np.array([1.0, np.nan, 0.5]), "cams": disc[:, 0].astype(float), "labels": np.arange(3),
+        "images": np.full((3, 3, 16, 16), 128, np.uint8),
+        "masks": disc,
+        "probs": (disc * 0.9).astype(np.float16),
+        "iou": np.array([1.0, np.nan, 0.5]),
+        "cams": disc[:, 0].astype(float),
+        "labels": np.arange(3),
     }
     for draw, name in ((segmentation_overlays, "seg.png"), (saliency_overlays, "cam.png")):
         path = draw(preds, tmp_path / name, title="t")

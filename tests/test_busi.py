@@ -1,4 +1,5 @@
 """The real breast-ultrasound set (BUSI) in ../shared: skipped with a reason when it is absent."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.data.check import check_coco
-from src.data.split import split_coco
+from medtune.data.check import check_coco
+from medtune.data.split import split_coco
 
 BUSI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "busi"
 pytestmark = pytest.mark.skipif(not (BUSI / "coco_all.json").is_file(), reason=f"BUSI not present at {BUSI}")
@@ -35,20 +36,29 @@ def test_split_is_stratified_and_keeps_normal_images(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_segmentation_smoke_on_busi_trains_on_empty_masks(workspace) -> None:
-    result = workspace.launch("--space", "segmentation", "--smoke", "--data", str(BUSI / "coco_all.json"), "--num-samples", "1")
+    result = workspace.launch(
+        "--space", "segmentation", "--smoke", "--data", str(BUSI / "coco_all.json"), "--num-samples", "1"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(workspace.tracking_uri)
-    parent = client.search_runs([client.get_experiment_by_name("segmentation").experiment_id],
-                                filter_string="tags.`medtune.launch` = 'true'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("segmentation").experiment_id], filter_string="tags.`medtune.launch` = 'true'"
+    )[0]
     # The champion of the real set was tested on held-out images, normal ones (empty masks) included.
     assert 0.0 <= parent.data.metrics["test/iou"] <= 1.0
 
 
 def test_import_masks_rebuilds_the_given_coco_file() -> None:
-    from src.data.import_masks import import_masks
+    from medtune.data.import_masks import import_masks
 
-    rebuilt = import_masks(BUSI / "images", BUSI / "masks", BUSI / "labels.csv", file_column="file_name",
-                           label_column="label", contours="centres")
+    rebuilt = import_masks(
+        BUSI / "images",
+        BUSI / "masks",
+        BUSI / "labels.csv",
+        file_column="file_name",
+        label_column="label",
+        contours="centres",
+    )
     given = json.loads((BUSI / "coco_all.json").read_text())
 
     def by_file(coco: dict) -> dict[str, tuple[str, list]]:

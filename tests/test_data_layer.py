@@ -1,4 +1,5 @@
 """COCO data layer: dataset resolution, decoded caches, datasets and masking."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.cache import build_cache, load_cache
-from src.data.coco import DataError, resolve_dataset
-from src.data.datasets import CachedDataModule, CachedDataset, build_transform
+from medtune.data.cache import build_cache, load_cache
+from medtune.data.coco import DataError, resolve_dataset
+from medtune.data.datasets import CachedDataModule, CachedDataset, build_transform
 
 
 def test_resolve_folder(synth_dir: Path, tmp_path: Path) -> None:
@@ -65,12 +66,16 @@ def _pred_cache(tmp_path: Path, cache: Path, value: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("mode, prob, expect_black", [("soft", 0, True), ("hard", 100, True), ("hard", 200, False), ("soft", 255, False)])
+@pytest.mark.parametrize(
+    "mode, prob, expect_black", [("soft", 0, True), ("hard", 100, True), ("hard", 200, False), ("soft", 255, False)]
+)
 def test_masked_images(synth_dir: Path, tmp_path: Path, mode: str, prob: int, expect_black: bool) -> None:
     dataset = resolve_dataset(synth_dir, cache_root=tmp_path)
     cache = build_cache(dataset, "val", 32, tmp_path)
     raw = CachedDataset(str(cache), build_transform(0.0, train=False))
-    masked = CachedDataset(str(cache), build_transform(0.0, train=False), pred_masks=_pred_cache(tmp_path, cache, prob), mask_mode=mode)
+    masked = CachedDataset(
+        str(cache), build_transform(0.0, train=False), pred_masks=_pred_cache(tmp_path, cache, prob), mask_mode=mode
+    )
     item, reference = masked[0], raw[0]
     black = CachedDataset(str(cache), build_transform(0.0, train=False))
     black.images = torch.zeros_like(black.images)

@@ -1,4 +1,5 @@
-"""Dataset tools (``python -m src.data check|simplify|split|stats|import-masks``) on tiny data."""
+"""Dataset tools (``python -m medtune.data check|simplify|split|stats|import-masks``) on tiny data."""
+
 from __future__ import annotations
 
 import csv
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import cocoio
-from src.data.__main__ import main
-from src.data.check import check_coco
-from src.data.defects import inject_defects
-from src.data.synth import generate
+from medtune.data import cocoio
+from medtune.data.__main__ import main
+from medtune.data.check import check_coco
+from medtune.data.defects import inject_defects
+from medtune.data.synth import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,11 +41,27 @@ def tiny_coco(labels: list[list[str]], *, extra: list[dict] | None = None, size:
     coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in ids.items()]}
     square = [1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0]
     for image_id, names_here in enumerate(labels, start=1):
-        coco["images"].append({"id": image_id, "file_name": f"{image_id}.png", "width": size[0], "height": size[1],
-                               **(extra[image_id - 1] if extra else {})})
+        coco["images"].append(
+            {
+                "id": image_id,
+                "file_name": f"{image_id}.png",
+                "width": size[0],
+                "height": size[1],
+                **(extra[image_id - 1] if extra else {}),
+            }
+        )
         for name in names_here:
-            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": ids[name],
-                                        "segmentation": [square], "area": 16.0, "bbox": [1, 1, 4, 4], "iscrowd": 0})
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": ids[name],
+                    "segmentation": [square],
+                    "area": 16.0,
+                    "bbox": [1, 1, 4, 4],
+                    "iscrowd": 0,
+                }
+            )
     return coco
 
 
@@ -76,12 +93,15 @@ def test_check_finds_every_injected_defect(synthetic: Path, capsys: pytest.Captu
     truth = json.loads((synthetic / "defects" / "truth.json").read_text())
     report = check_coco(synthetic / "defects" / "train.json")
     found = sorted((p.kind, str(p.image_id), p.file_name, str(p.annotation_id)) for p in report.problems)
-    expected = sorted((d["kind"], str(d["image_id"]), d["file_name"], str(d["annotation_id"])) for d in truth["defects"])
+    expected = sorted(
+        (d["kind"], str(d["image_id"]), d["file_name"], str(d["annotation_id"])) for d in truth["defects"]
+    )
     # exactly the injected defects, each with its image id, file name and annotation id
     assert found == expected
     assert report.counts() == truth["counts"]
     # the injector covers every kind check knows
-    from src.data.check import KINDS
+    from medtune.data.check import KINDS
+
     assert set(truth["counts"]) == set(KINDS)
     assert main(["check", "--coco", str(synthetic / "defects" / "train.json")]) == 1
     out = capsys.readouterr().out
@@ -140,7 +160,20 @@ def test_check_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 def test_simplify_maps_fine_to_coarse(synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "map.yaml").write_text("melanoma: malignant\nnevus: benign\natypical: benign\n")
     out = tmp_path / "coarse.json"
-    assert main(["simplify", "--coco", str(synthetic / "train.json"), "--map", str(tmp_path / "map.yaml"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "simplify",
+                "--coco",
+                str(synthetic / "train.json"),
+                "--map",
+                str(tmp_path / "map.yaml"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     before, after = json.loads((synthetic / "train.json").read_text()), json.loads(out.read_text())
     # ids follow the first appearance of each coarse name in the map
     assert after["categories"] == [{"id": 1, "name": "malignant"}, {"id": 2, "name": "benign"}]
@@ -150,9 +183,19 @@ def test_simplify_maps_fine_to_coarse(synthetic: Path, tmp_path: Path, capsys: p
     assert main(["check", "--coco", str(out)]) == 0
 
 
-def test_simplify_unmapped_label_is_an_error_unless_dropped(synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_simplify_unmapped_label_is_an_error_unless_dropped(
+    synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "map.yaml").write_text("nevus: benign\natypical: benign\n")
-    args = ["simplify", "--coco", str(synthetic / "train.json"), "--map", str(tmp_path / "map.yaml"), "--out", str(tmp_path / "o.json")]
+    args = [
+        "simplify",
+        "--coco",
+        str(synthetic / "train.json"),
+        "--map",
+        str(tmp_path / "map.yaml"),
+        "--out",
+        str(tmp_path / "o.json"),
+    ]
     assert main(args) == 2
     one_error_line(capsys, "melanoma", "--drop-unmapped")
     # nothing is written on error
@@ -181,7 +224,10 @@ def split_fixture(tmp_path: Path) -> Path:
 
 
 def split_ids(folder: Path) -> dict[str, list[int]]:
-    return {s: [img["id"] for img in json.loads((folder / f"{s}.json").read_text())["images"]] for s in ("train", "val", "test")}
+    return {
+        s: [img["id"] for img in json.loads((folder / f"{s}.json").read_text())["images"]]
+        for s in ("train", "val", "test")
+    }
 
 
 def test_split_is_stratified(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -223,7 +269,9 @@ def test_split_is_deterministic_per_seed(tmp_path: Path) -> None:
 def test_split_output_finds_the_images(synthetic: Path, tmp_path: Path) -> None:
     assert main(["split", "--coco", str(synthetic / "train.json"), "--out", str(tmp_path / "s")]) == 0
     # file_name is unchanged; info.images_dir points check (and the loader) at the source images
-    assert json.loads((tmp_path / "s" / "val.json").read_text())["info"]["images_dir"] == str((synthetic / "images").resolve())
+    assert json.loads((tmp_path / "s" / "val.json").read_text())["info"]["images_dir"] == str(
+        (synthetic / "images").resolve()
+    )
     assert all(main(["check", "--coco", str(tmp_path / "s" / f"{s}.json")]) == 0 for s in ("train", "val", "test"))
 
 
@@ -248,11 +296,24 @@ def test_stats_numbers_on_a_hand_made_coco(tmp_path: Path, capsys: pytest.Captur
     del coco["annotations"][0]["area"]  # image 1: area from the polygon (16)
     assert main(["stats", "--coco", str(write(tmp_path / "c.json", coco)), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert {k: (v["annotations"], v["images"]) for k, v in stats["classes"].items()} == {"a": (2, 2), "b": (1, 1), "n": (1, 1)}
-    assert (stats["images_with_several_classes"], stats["images_without_lesion"], stats["images_without_annotations"]) == (1, 1, 1)
+    assert {k: (v["annotations"], v["images"]) for k, v in stats["classes"].items()} == {
+        "a": (2, 2),
+        "b": (1, 1),
+        "n": (1, 1),
+    }
+    assert (
+        stats["images_with_several_classes"],
+        stats["images_without_lesion"],
+        stats["images_without_annotations"],
+    ) == (1, 1, 1)
     # coverage of the two images with lesions: 16 / 200 and (16 + 16) / 400
     assert stats["coverage"] == {"images": 2, "min": 0.08, "q1": 0.08, "median": 0.08, "q3": 0.08, "max": 0.08}
-    assert stats["sizes"] == {"distinct": 2, "width": [10, 20], "height": [20, 20], "most_common": [["10x20", 3], ["20x20", 1]]}
+    assert stats["sizes"] == {
+        "distinct": 2,
+        "width": [10, 20],
+        "height": [20, 20],
+        "most_common": [["10x20", 3], ["20x20", 1]],
+    }
     assert main(["stats", "--coco", str(tmp_path / "c.json")]) == 0
     assert "images without lesion (empty segmentation): 1" in capsys.readouterr().out
 
@@ -269,7 +330,9 @@ def write_masks(synthetic: Path, folder: Path) -> dict[str, np.ndarray]:
     for k, img in enumerate(coco["images"]):
         mask = cocoio.segmentation_mask(by_image[img["id"]]["segmentation"], img["height"], img["width"])
         masks[img["file_name"]] = mask if k else np.zeros_like(mask)
-        Image.fromarray(masks[img["file_name"]].astype(np.uint8) * 255).save(folder / f"{Path(img['file_name']).stem}_mask.png")
+        Image.fromarray(masks[img["file_name"]].astype(np.uint8) * 255).save(
+            folder / f"{Path(img['file_name']).stem}_mask.png"
+        )
     return masks
 
 
@@ -281,8 +344,19 @@ def test_import_masks_round_trip(synthetic: Path, tmp_path: Path) -> None:
     with open(tmp_path / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("file", "label"), *truth.items()])
     out = tmp_path / "rebuilt.json"
-    args = ["import-masks", "--images", str(synthetic / "images"), "--masks", str(tmp_path / "masks"),
-            "--labels", str(tmp_path / "labels.csv"), "--out", str(out), "--mask-pattern", "{stem}_mask.png"]
+    args = [
+        "import-masks",
+        "--images",
+        str(synthetic / "images"),
+        "--masks",
+        str(tmp_path / "masks"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--out",
+        str(out),
+        "--mask-pattern",
+        "{stem}_mask.png",
+    ]
     assert main(args) == 0
     rebuilt = json.loads(out.read_text())
     rebuilt_names = {c["id"]: c["name"] for c in rebuilt["categories"]}
@@ -311,8 +385,17 @@ def test_import_masks_missing_mask_is_one_line(synthetic: Path, tmp_path: Path, 
     coco = json.loads((synthetic / "train.json").read_text())
     with open(tmp_path / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("file", "label"), *((img["file_name"], "x") for img in coco["images"])])
-    args = ["import-masks", "--images", str(synthetic / "images"), "--masks", str(tmp_path / "masks"),
-            "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "o.json")]
+    args = [
+        "import-masks",
+        "--images",
+        str(synthetic / "images"),
+        "--masks",
+        str(tmp_path / "masks"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--out",
+        str(tmp_path / "o.json"),
+    ]
     assert main([*args, "--mask-pattern", "{stem}_mask.png"]) == 2
     one_error_line(capsys, first.name, "not found")
     assert main([*args, "--label-column", "class"]) == 2
@@ -321,7 +404,7 @@ def test_import_masks_missing_mask_is_one_line(synthetic: Path, tmp_path: Path, 
 
 
 def test_mask_polygons_follow_pixel_edges() -> None:
-    from src.data.import_masks import mask_polygons
+    from medtune.data.import_masks import mask_polygons
 
     mask = np.zeros((6, 7), dtype=bool)
     mask[1:4, 2:5] = True  # 3 x 3 block at x 2..4, y 1..3
@@ -346,7 +429,9 @@ def test_inject_defects_refuses_a_foreign_folder(synthetic: Path, tmp_path: Path
 
 
 def test_tools_do_not_import_torch() -> None:
-    code = ("import sys; import src.data.check, src.data.split, src.data.stats, src.data.simplify, "
-            "src.data.import_masks, src.data.defects; print('torch' in sys.modules)")
+    code = (
+        "import sys; import medtune.data.check, medtune.data.split, medtune.data.stats, medtune.data.simplify, "
+        "medtune.data.import_masks, medtune.data.defects; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

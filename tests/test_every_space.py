@@ -1,5 +1,6 @@
 """Every file in search_spaces/ smoke-runs through the real launch.py (segmentation and masked_cls
 run in test_pipeline_e2e.py, which needs their order: champion first)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.spaces import available, load_space
+from medtune.spaces import available, load_space
 from tests.test_resilience import runs_of
 
 pytestmark = pytest.mark.slow
@@ -16,7 +17,7 @@ COVERED_ELSEWHERE = {"segmentation", "masked_cls"}
 
 @pytest.fixture(scope="module")
 def multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from src.data.synth import generate
+    from medtune.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth_ml") / "data"
     generate(out, n=48, size=32, seed=0, multilabel=True)
@@ -51,4 +52,8 @@ def test_same_seed_same_configs_and_metrics(workspace, synth_dir: Path) -> None:
     # Each parent run records what is needed to reproduce it.
     for parent in parents:
         assert {"code_version", "dataset_fingerprint"} <= set(parent.data.tags)
-        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"search_space.yaml", "versions.json", "resolved_space.json"}
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+            "search_space.yaml",
+            "versions.json",
+            "resolved_space.json",
+        }

@@ -1,10 +1,11 @@
 """Bad input to launch.py: one clear line, a non-zero exit, no traceback, nothing in MLflow."""
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -32,7 +33,10 @@ def _set_first(key: str, field: str, value) -> Callable[[dict], None]:
 DATA_CASES = {
     "malformed_json": (lambda d: (d / "train.json").write_text('{"images": [1, 2'), "not valid JSON"),
     "missing_image_folder": (lambda d: shutil.rmtree(d / "images"), "missing_file"),
-    "escaping_file_name": (edit_json("val.json", _set_first("images", "file_name", "../../etc/passwd")), "escaping_file_name"),
+    "escaping_file_name": (
+        edit_json("val.json", _set_first("images", "file_name", "../../etc/passwd")),
+        "escaping_file_name",
+    ),
     "unknown_category": (edit_json("test.json", _set_first("annotations", "category_id", 99)), "unknown_category"),
     "empty_split": (edit_json("val.json", lambda d: d.update(images=[], annotations=[])), "'images' is empty"),
 }
@@ -40,7 +44,9 @@ DATA_CASES = {
 
 def run_launch(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = launch.main([*args, "--tracking-uri", uri, "--storage-path", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    code = launch.main(
+        [*args, "--tracking-uri", uri, "--storage-path", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    )
     return code, capsys.readouterr().err
 
 
@@ -99,7 +105,7 @@ def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 
 
 def test_multi_label_data_for_a_single_label_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from src.data.synth import generate
+    from medtune.data.synth import generate
 
     generate(tmp_path / "ml", n=30, size=32, seed=0, multilabel=True)
     code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--smoke", "--data", str(tmp_path / "ml"))

@@ -1,11 +1,12 @@
 """Loss registries: hand-checkable values on 2x2 masks, the relations between losses, a contract."""
+
 import math
 
 import pytest
 import torch
 
-from src.losses import CLS_LOSSES, SEG_LOSSES
-from src.registry import build
+from medtune.losses import CLS_LOSSES, SEG_LOSSES
+from medtune.registry import build
 
 BIG = 20.0  # sigmoid(20) = 1 - 2e-9: a confident logit
 LN2 = math.log(2)
@@ -53,8 +54,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "kwargs", "logits", "target", "expected"), CASES)
-def test_segmentation_loss_values(name: str, kwargs: dict, logits: torch.Tensor,
-                                  target: torch.Tensor, expected: float) -> None:
+def test_segmentation_loss_values(
+    name: str, kwargs: dict, logits: torch.Tensor, target: torch.Tensor, expected: float
+) -> None:
     loss = build(SEG_LOSSES, "segmentation loss", name, **kwargs)(logits, target)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
 
@@ -130,7 +132,7 @@ def test_focal_ce_without_focusing_is_ce(class_weights: list[float] | None) -> N
 def test_focal_ce_matches_hand_value() -> None:
     # Image 0: p_true = e^2 / (e^2 + 1); image 1: p_true = 0.5; loss = -(1 - p)^2 log p, averaged.
     p0 = math.exp(2) / (math.exp(2) + 1)
-    expected = (-(1 - p0) ** 2 * math.log(p0) + 0.25 * LN2) / 2
+    expected = (-((1 - p0) ** 2) * math.log(p0) + 0.25 * LN2) / 2
     assert CLS_LOSSES["focal_ce"]()(LOGITS_2, TARGET_2).item() == pytest.approx(expected)
 
 

@@ -1,4 +1,5 @@
 """Contract tests for the model registries: every entry is built tiny, run forward and backward."""
+
 import inspect
 from collections.abc import Iterator
 from urllib.error import URLError
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.models import CLS_MODELS, CLS_SPECS, SEG_MODELS, build, cam_target_layer
+from medtune.models import CLS_MODELS, CLS_SPECS, SEG_MODELS, build, cam_target_layer
 
 BATCH = 2  # 2, not 1: BatchNorm in train mode (e.g. DeepLab's image pooling) needs > 1 value
 SIZE = 32  # smallest side every torchvision entry accepts (convnext_small needs 32)
@@ -74,8 +75,7 @@ def test_unet_variants_differ_by_constructor_arguments() -> None:
 @pytest.mark.parametrize("name", sorted(CLS_MODELS))
 def test_classification_contract(name: str) -> None:
     torch.manual_seed(0)
-    model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES,
-                  **_tiny_kwargs(CLS_MODELS[name]))
+    model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, **_tiny_kwargs(CLS_MODELS[name]))
     seen: list[torch.Tensor] = []
     cam_target_layer(model, name).register_forward_hook(lambda _m, _i, out: seen.append(out))
     logits = model(torch.randn(BATCH, 3, SIZE, SIZE))
@@ -103,17 +103,25 @@ def test_batchnorm_momentum_is_the_constructor_argument(name: str) -> None:
 # already checks every entry's head path (its output has NUM_CLASSES columns).
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "squeezenet1_0"])
 def test_freeze_backbone_trains_only_the_head(name: str) -> None:
-    model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES,
-                  freeze_backbone=True, **_tiny_kwargs(CLS_MODELS[name]))
+    model = build(
+        CLS_MODELS,
+        "classification model",
+        name,
+        num_classes=NUM_CLASSES,
+        freeze_backbone=True,
+        **_tiny_kwargs(CLS_MODELS[name]),
+    )
     trainable = {pname for pname, p in model.named_parameters() if p.requires_grad}
-    head = {f"{CLS_SPECS[name].head}.{pname}" for pname, _ in
-            model.get_submodule(CLS_SPECS[name].head).named_parameters()}
+    head = {
+        f"{CLS_SPECS[name].head}.{pname}" for pname, _ in model.get_submodule(CLS_SPECS[name].head).named_parameters()
+    }
     # Exactly the new head's weight and bias stay trainable.
     assert trainable == head and len(head) == 2
 
 
-@pytest.mark.parametrize(("registry", "kind"), [(SEG_MODELS, "segmentation model"),
-                                                (CLS_MODELS, "classification model")])
+@pytest.mark.parametrize(
+    ("registry", "kind"), [(SEG_MODELS, "segmentation model"), (CLS_MODELS, "classification model")]
+)
 def test_unknown_name_lists_valid_names(registry: dict, kind: str) -> None:
     with pytest.raises(ValueError, match=f"unknown {kind} 'foo'; valid: ") as info:
         build(registry, kind, "foo")
@@ -130,11 +138,14 @@ def test_vit_image_size_must_be_a_multiple_of_the_patch() -> None:
         build(CLS_MODELS, "classification model", "vit_b_16", num_classes=2, image_size=40)
 
 
-@pytest.mark.parametrize(("registry", "name", "kwargs"), [
-    (CLS_MODELS, "resnet18", {"num_classes": 2, "weights": "DEFAULT"}),
-    (SEG_MODELS, "fcn_resnet50", {"weights": "default"}),
-    (SEG_MODELS, "deeplabv3_mobilenet_v3_large", {"weights_backbone": "DEFAULT"}),
-])
+@pytest.mark.parametrize(
+    ("registry", "name", "kwargs"),
+    [
+        (CLS_MODELS, "resnet18", {"num_classes": 2, "weights": "DEFAULT"}),
+        (SEG_MODELS, "fcn_resnet50", {"weights": "default"}),
+        (SEG_MODELS, "deeplabv3_mobilenet_v3_large", {"weights_backbone": "DEFAULT"}),
+    ],
+)
 def test_missing_pretrained_weights_fail_fast_offline(
     registry: dict, name: str, kwargs: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,8 +173,7 @@ def test_failed_download_becomes_runtime_error(tmp_path, monkeypatch: pytest.Mon
         build(CLS_MODELS, "classification model", "squeezenet1_0", num_classes=2, weights="DEFAULT")
 
 
-def _offline_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, weights: object,
-                   state_dict: dict) -> None:
+def _offline_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, weights: object, state_dict: dict) -> None:
     """Put ``state_dict`` where torch hub looks for ``weights``, and forbid downloads."""
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -172,23 +182,18 @@ def _offline_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, weights: object,
     monkeypatch.setenv("MEDTUNE_OFFLINE", "1")
 
 
-def test_cached_pretrained_weights_load_and_head_is_replaced(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cached_pretrained_weights_load_and_head_is_replaced(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models import SqueezeNet1_0_Weights, squeezenet1_0
 
     saved = squeezenet1_0().state_dict()
     _offline_cache(tmp_path, monkeypatch, SqueezeNet1_0_Weights.DEFAULT, saved)
-    model = build(CLS_MODELS, "classification model", "squeezenet1_0", num_classes=2,
-                  weights="IMAGENET1K_V1")
+    model = build(CLS_MODELS, "classification model", "squeezenet1_0", num_classes=2, weights="IMAGENET1K_V1")
     # The backbone comes from the cached file; the head is a fresh 2-class 1x1 conv.
     assert torch.equal(model.features[0].weight, saved["features.0.weight"])
     assert model.classifier[1].out_channels == 2
 
 
-def test_cached_segmentation_weights_get_a_one_class_head(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cached_segmentation_weights_get_a_one_class_head(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models.segmentation import (
         DeepLabV3_MobileNet_V3_Large_Weights,
         deeplabv3_mobilenet_v3_large,
@@ -196,10 +201,8 @@ def test_cached_segmentation_weights_get_a_one_class_head(
 
     # Pretrained DeepLab weights have 21 VOC classes and an auxiliary head.
     saved = deeplabv3_mobilenet_v3_large(weights_backbone=None, num_classes=21, aux_loss=True)
-    _offline_cache(tmp_path, monkeypatch, DeepLabV3_MobileNet_V3_Large_Weights.DEFAULT,
-                   saved.state_dict())
-    model = build(SEG_MODELS, "segmentation model", "deeplabv3_mobilenet_v3_large",
-                  weights="DEFAULT")
+    _offline_cache(tmp_path, monkeypatch, DeepLabV3_MobileNet_V3_Large_Weights.DEFAULT, saved.state_dict())
+    model = build(SEG_MODELS, "segmentation model", "deeplabv3_mobilenet_v3_large", weights="DEFAULT")
     # Backbone loaded, aux head dropped, and one logit channel at the input size.
     assert torch.equal(model.net.backbone["0"][0].weight, saved.backbone["0"][0].weight)
     assert model.net.aux_classifier is None

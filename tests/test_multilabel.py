@@ -1,4 +1,5 @@
 """Multi-label classification and class imbalance: metrics, BCE, training-split weights, targets, crop mode."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.build import build_datamodule, build_system
-from src.data.cache import build_cache
-from src.data.coco import resolve_dataset
-from src.data.datasets import CachedDataset, build_transform, crop_box
-from src.data.synth import generate
-from src import evaluate
-from src.losses import ML_LOSSES, MultiLabelBCELoss, balanced_class_weights, balanced_pos_weight
-from src.tasks.multilabel import MultiLabelTask, multilabel_scores
+from medtune import evaluate
+from medtune.build import build_datamodule, build_system
+from medtune.data.cache import build_cache
+from medtune.data.coco import resolve_dataset
+from medtune.data.datasets import CachedDataset, build_transform, crop_box
+from medtune.data.synth import generate
+from medtune.losses import ML_LOSSES, MultiLabelBCELoss, balanced_class_weights, balanced_pos_weight
+from medtune.tasks.multilabel import MultiLabelTask, multilabel_scores
 
 K = 5  # 3 lesion classes + the ruler and ink_mark findings of synth --multilabel
 CONFIG = {"data.image_size": 32, "data.batch_size": 4, "model.name": "resnet18", "loss.name": "bce"}
@@ -55,8 +56,12 @@ def test_scores_on_a_hand_checked_batch() -> None:
     scores = multilabel_scores(values["auroc"], values["stats"])
     # Label 2 cannot be scored (AUROC, kappa undefined), so it is left out of every average.
     assert {k: round(float(v), 4) for k, v in scores.items()} == {
-        "auroc": 0.875, "f1_macro": 0.75, "kappa": 0.5, "challenge_score": round((0.875 + 0.75 + 0.5) / 3, 4),
-        "auroc_0": 0.75, "auroc_1": 1.0,
+        "auroc": 0.875,
+        "f1_macro": 0.75,
+        "kappa": 0.5,
+        "challenge_score": round((0.875 + 0.75 + 0.5) / 3, 4),
+        "auroc_0": 0.75,
+        "auroc_1": 1.0,
     }
 
 
@@ -78,7 +83,9 @@ def test_multilabel_loss_contract(name: str) -> None:
 
 
 def test_balanced_weights_on_hand_counts() -> None:
-    labels = [torch.tensor(s, dtype=torch.long) for s in ([0, 1], [0], [0], [])]  # label 0 on 3 images, label 1 on 1, label 2 on none
+    labels = [
+        torch.tensor(s, dtype=torch.long) for s in ([0, 1], [0], [0], [])
+    ]  # label 0 on 3 images, label 1 on 1, label 2 on none
     # n / (K * count): 4 labels counted over 3 classes; a class with no image gets 1.
     assert balanced_class_weights(labels, 3) == pytest.approx([4 / 9, 4 / 3, 1.0])
     # negatives / positives over the 4 images: 1/3, 3/1, and 1 for the label never present.
@@ -89,7 +96,9 @@ def test_balanced_loss_weights_come_from_the_training_split(ml: dict) -> None:
     sets = coco_label_sets(ml["root"] / "train.json")
     pos = np.array([sum(k in s for s in sets) for k in range(K)])
     config = {**CONFIG, "loss.pos_weight": "balanced"}
-    system = build_system("multilabel_classification", config, num_classes=K, epochs=1, train_cache=ml["caches"]["train"])
+    system = build_system(
+        "multilabel_classification", config, num_classes=K, epochs=1, train_cache=ml["caches"]["train"]
+    )
     # pos_weight = negatives / positives per label, counted in train.json.
     assert system.loss.pos_weight.tolist() == pytest.approx(((len(sets) - pos) / pos).tolist())
     cls = {**CONFIG, "loss.name": "ce", "loss.class_weights": "balanced"}
@@ -97,7 +106,12 @@ def test_balanced_loss_weights_come_from_the_training_split(ml: dict) -> None:
     # class_weights = n / (K * count_k), n = labels counted.
     assert system.loss.class_weights.tolist() == pytest.approx((pos.sum() / (K * pos)).tolist())
     # "none" is no weighting; "balanced" without the training split says what is missing.
-    assert build_system("multilabel_classification", {**CONFIG, "loss.pos_weight": "none"}, num_classes=K, epochs=1).loss.pos_weight is None
+    assert (
+        build_system(
+            "multilabel_classification", {**CONFIG, "loss.pos_weight": "none"}, num_classes=K, epochs=1
+        ).loss.pos_weight
+        is None
+    )
     with pytest.raises(ValueError, match="loss.pos_weight: 'balanced' needs the image labels of the training split"):
         build_system("multilabel_classification", config, num_classes=K, epochs=1)
 
@@ -115,9 +129,13 @@ def test_items_carry_multi_hot_targets(ml: dict) -> None:
 
 def test_one_training_step_with_balanced_weights_and_sampler(ml: dict) -> None:
     config = {**CONFIG, "loss.pos_weight": "balanced", "data.sampler": "least_sampled_first"}
-    system = build_system("multilabel_classification", config, num_classes=K, epochs=1, train_cache=ml["caches"]["train"])
+    system = build_system(
+        "multilabel_classification", config, num_classes=K, epochs=1, train_cache=ml["caches"]["train"]
+    )
     data = build_datamodule(config, caches=ml["caches"], num_classes=K)
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(system, datamodule=data)
     # The objective of the multi-label spaces is logged, and the loss is finite.
     assert torch.isfinite(trainer.callback_metrics["train/loss"]) and "val/challenge_score" in trainer.callback_metrics
@@ -144,12 +162,21 @@ def test_crop_mode_zooms_on_the_predicted_lesion(tmp_path: Path) -> None:
     masks = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
     masks[:, 0, 4:8, 4:8] = 1  # a 4 x 4 lesion in both images: 1/16 of the image
     cache, pred = tmp_path / "cache.pt", tmp_path / "pred.pt"
-    torch.save({"images": torch.full((2, 3, 16, 16), 100, dtype=torch.uint8), "masks": masks,
-                "labels": [torch.tensor([0]), torch.tensor([1])], "image_ids": torch.arange(2)}, cache)
+    torch.save(
+        {
+            "images": torch.full((2, 3, 16, 16), 100, dtype=torch.uint8),
+            "masks": masks,
+            "labels": [torch.tensor([0]), torch.tensor([1])],
+            "image_ids": torch.arange(2),
+        },
+        cache,
+    )
     probs = masks * 255
     probs[1] = 0  # the segmenter found nothing in image 1
     torch.save({"probs": probs}, pred)
-    dataset = CachedDataset(str(cache), build_transform(0.0, train=False), pred_masks=str(pred), mask_mode="crop", crop_margin=0.25)
+    dataset = CachedDataset(
+        str(cache), build_transform(0.0, train=False), pred_masks=str(pred), mask_mode="crop", crop_margin=0.25
+    )
     # Image 0 is cropped to the 6 x 6 square around the lesion and resized back to 16 px: the lesion
     # now covers (4/6)^2 of the image (the ground-truth mask follows the crop).
     assert dataset[0]["mask"].mean().item() == pytest.approx((4 / 6) ** 2, abs=0.03)

@@ -1,4 +1,5 @@
 """A real two-node Ray cluster on this machine: trials are spread over both nodes."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,17 @@ def two_node_cluster(tmp_path: Path):
     port = free_port()
     temp_dir = Path("/tmp") / f"ray-mt-{port}"  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    ray_cmd("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-            f"--temp-dir={temp_dir}", "--disable-usage-stats", env=env)
+    ray_cmd(
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        env=env,
+    )
     address = f"127.0.0.1:{port}"
     try:
         ray_cmd("start", f"--address={address}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", env=env)
@@ -54,8 +64,18 @@ def test_trials_run_on_both_nodes(two_node_cluster: str, synth_dir: Path, tmp_pa
     # The workspace's storage folder is on this machine, so both nodes reach it (NFS/S3 on a real cluster).
     space = tmp_path / "grid.yaml"
     space.write_text(SPACE)
-    result = workspace.launch("--space", str(space), "--data", str(synth_dir), "--address", two_node_cluster,
-                              "--cpus-per-trial", "1", "--experiment", "multinode")
+    result = workspace.launch(
+        "--space",
+        str(space),
+        "--data",
+        str(synth_dir),
+        "--address",
+        two_node_cluster,
+        "--cpus-per-trial",
+        "1",
+        "--experiment",
+        "multinode",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _, children = runs_of(MlflowClient(workspace.tracking_uri), "multinode")
     nodes = {r.data.tags.get("node_id") for r in children}

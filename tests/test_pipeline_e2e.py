@@ -3,6 +3,7 @@
 Ray, Optuna (TPE), ASHA, Lightning, MLflow tracking and the model registry are all real; only the
 sizes are tiny (48 images at 32 px, 2 trials of at most 2 epochs per search).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.data.coco import resolve_dataset
-from src.tracking import LAUNCH_TAG, PARENT_TAG, champion, segmenter_name
+from medtune.data.coco import resolve_dataset
+from medtune.tracking import LAUNCH_TAG, PARENT_TAG, champion, segmenter_name
 
 pytestmark = pytest.mark.slow
 

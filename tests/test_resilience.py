@@ -1,4 +1,5 @@
 """Searches that survive: failing trials, concurrent logging, a tracking server, safe loading."""
+
 from __future__ import annotations
 
 import socket
@@ -12,8 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from src.evaluate import load_system
-from src.tracking import LAUNCH_TAG, PARENT_TAG
+from medtune.evaluate import load_system
+from medtune.tracking import LAUNCH_TAG, PARENT_TAG
 from tests.conftest import Workspace
 
 FAILING_GRID = """
@@ -36,7 +37,9 @@ def runs_of(client: MlflowClient, experiment: str) -> tuple[list, list]:
 
 
 @pytest.mark.slow
-def test_failing_trial_is_failed_everywhere_and_the_search_goes_on(workspace: Workspace, synth_dir: Path, tmp_path: Path) -> None:
+def test_failing_trial_is_failed_everywhere_and_the_search_goes_on(
+    workspace: Workspace, synth_dir: Path, tmp_path: Path
+) -> None:
     space = tmp_path / "failing.yaml"
     space.write_text(FAILING_GRID)
     result = workspace.launch("--space", str(space), "--data", str(synth_dir), "--experiment", "failing")
@@ -56,14 +59,31 @@ def test_failing_trial_is_failed_everywhere_and_the_search_goes_on(workspace: Wo
 @pytest.mark.slow
 def test_many_trials_finishing_together_lose_no_metric(workspace: Workspace, synth_dir: Path) -> None:
     started = time.time()
-    result = workspace.launch("--space", "segmentation", "--smoke", "--data", str(synth_dir), "--experiment", "load",
-                              "--num-samples", "24", "--max-epochs", "1", "--cpus-per-trial", "0.5", "--max-concurrent", "4")
+    result = workspace.launch(
+        "--space",
+        "segmentation",
+        "--smoke",
+        "--data",
+        str(synth_dir),
+        "--experiment",
+        "load",
+        "--num-samples",
+        "24",
+        "--max-epochs",
+        "1",
+        "--cpus-per-trial",
+        "0.5",
+        "--max-concurrent",
+        "4",
+    )
     minutes = (time.time() - started) / 60
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(workspace.tracking_uri)
     _, children = runs_of(client, "load")
     expected = {"train/loss", "val/loss", "val/iou", "val/dice", "epoch"}
-    missing = [(r.info.run_name, expected - set(r.data.metrics)) for r in children if not expected <= set(r.data.metrics)]
+    missing = [
+        (r.info.run_name, expected - set(r.data.metrics)) for r in children if not expected <= set(r.data.metrics)
+    ]
     # 24 one-epoch trials, 4 at a time: every run is there, finished, with every metric.
     assert len(children) == 24 and all(r.info.status == "FINISHED" for r in children)
     assert missing == []
@@ -79,10 +99,23 @@ def free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-           "--workers", "1"]
-    server = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    server = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -129,8 +162,9 @@ def test_no_environment_secret_reaches_the_tracking_store(tmp_path: Path, synth_
     workspace = Workspace(tmp_path)
     secret = "medtune-test-secret-7f3a9c"
     env = {"AWS_SECRET_ACCESS_KEY": secret, "MLFLOW_TRACKING_PASSWORD": secret, "HF_TOKEN": secret}
-    result = workspace.launch("--space", "whole_cls", "--smoke", "--data", str(synth_dir), "--num-samples", "1",
-                              "--max-epochs", "1", env=env)
+    result = workspace.launch(
+        "--space", "whole_cls", "--smoke", "--data", str(synth_dir), "--num-samples", "1", "--max-epochs", "1", env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(workspace.tracking_uri)
     parents, children = runs_of(client, "whole_cls")

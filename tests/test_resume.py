@@ -1,4 +1,5 @@
 """Kill the launcher mid-search, resume it: no trial re-run, one MLflow run per trial, none RUNNING."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.tracking import LAUNCH_TAG, PARENT_TAG, TRIAL_TAG
+from medtune.tracking import LAUNCH_TAG, PARENT_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 SAMPLES = 4
@@ -55,7 +56,9 @@ def start_and_interrupt(workspace, synth_dir: Path, sig: int) -> tuple[list[str]
         if any(r.info.status == "FINISHED" for r in children) and any(r.info.status == "RUNNING" for r in children):
             break
         if proc.poll() is not None:
-            pytest.fail(f"the launcher ended (exit {proc.returncode}) before it could be interrupted:\n{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"the launcher ended (exit {proc.returncode}) before it could be interrupted:\n{log.read_text()[-4000:]}"
+            )
         time.sleep(0.5)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -99,7 +102,7 @@ def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
     print(f"kill/resume: {len(before)} runs ({len(finished_before)} finished) before, ", end="")
     after = resume_and_check(workspace, args, experiment)
     print(f"{len(after)} runs after, {len({r.data.tags[TRIAL_TAG] for r in after})} distinct trials")
-    for trial_id, run in finished_before.items():
+    for run in finished_before.values():
         history = client.get_metric_history(run.info.run_id, "epoch")
         # A trial finished before the kill was not re-run: one metric point per epoch, no repeats.
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))

@@ -1,4 +1,4 @@
-"""Tests for src/saliency.py: equivalence with pytorch_grad_cam, gradients, IoU, the loss."""
+"""Tests for src/medtune/saliency.py: equivalence with pytorch_grad_cam, gradients, IoU, the loss."""
 
 import functools
 
@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.models import SwinTransformer, VisionTransformer, resnet18
 
-from src.saliency import (
+from medtune.saliency import (
     CEntIoULoss,
     FeatureHook,
     hard_iou,
@@ -33,8 +33,11 @@ class TinyCNN(nn.Module):
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
         )
         self.head = nn.Linear(16, num_classes)
 
@@ -54,8 +57,9 @@ def _tiny() -> nn.Module:
 
 def _tiny_vit() -> nn.Module:
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
-                              hidden_dim=16, mlp_dim=32, num_classes=3)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    )
     # torchvision zero-initialises the ViT head: all logits 0, all gradients 0, all CAMs 0
     nn.init.normal_(model.heads.head.weight, std=0.5)
     return model
@@ -63,23 +67,21 @@ def _tiny_vit() -> nn.Module:
 
 def _tiny_swin() -> nn.Module:
     torch.manual_seed(0)
-    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
-                           window_size=[2, 2], num_classes=3)
+    return SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 2], num_classes=3
+    )
 
 
 # (model factory, target layer getter, reshape, image size)
 CASES = {
     "resnet18": (_resnet, lambda m: m.layer4, None, 64),
     "tiny_cnn": (_tiny, lambda m: m.features[3], None, 32),
-    "vit": (_tiny_vit, lambda m: m.encoder.layers[-1].ln_1, functools.partial(vit_reshape, grid=4),
-            32),
+    "vit": (_tiny_vit, lambda m: m.encoder.layers[-1].ln_1, functools.partial(vit_reshape, grid=4), 32),
     "swin": (_tiny_swin, lambda m: m.norm, swin_reshape, 32),
 }
 
 
-def _reference(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor, targets, reshape
-) -> torch.Tensor:
+def _reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets, reshape) -> torch.Tensor:
     """pytorch_grad_cam's HiResCAM, hooks released on exit."""
     cam_targets = None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets]
     with HiResCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
@@ -121,8 +123,9 @@ def test_saliency_term_reaches_backbone(case: str, train: bool) -> None:
     assert grad.abs().sum() > 0
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor,
-               ce_weight: float) -> torch.Tensor:
+def _loss_grad(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, ce_weight: float
+) -> torch.Tensor:
     logits, cams = hirescam(model, model.layer4, x, y, create_graph=True)
     loss = CEntIoULoss(ce_weight=ce_weight)(logits, y, cams, masks)
     (grad,) = torch.autograd.grad(loss, model.layer1[0].conv1.weight)
@@ -197,7 +200,7 @@ def test_feature_hook_rejects_shared_layer() -> None:
         twice(torch.randn(1, 3, 4, 4))
     # a layer run twice per forward is ambiguous to explain
     with pytest.raises(RuntimeError, match="ran 2 times"):
-        hook.activation
+        _ = hook.activation
 
 
 def test_reshape_helpers() -> None:

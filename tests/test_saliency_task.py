@@ -3,6 +3,7 @@
 64 px caches (the synthetic images are 32 px, upscaled): at 32 px resnet18's ``layer4`` is a 1x1
 map, whose min-max scaled CAM is all zero, so neither the metric nor the IoU gradient would show.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,17 +13,23 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from src.build import build_datamodule, build_system
-from src.data.cache import build_cache, load_cache
-from src.data.coco import resolve_dataset
-from src.overlays import save_cam_overlays
-from src.saliency import CEntIoULoss
-from src.tasks.classification import ClassificationTask
+from medtune.build import build_datamodule, build_system
+from medtune.data.cache import build_cache, load_cache
+from medtune.data.coco import resolve_dataset
+from medtune.overlays import save_cam_overlays
+from medtune.saliency import CEntIoULoss
+from medtune.tasks.classification import ClassificationTask
 from trainables.trial import make_trainer
 
 SIZE = 64
-CONFIG = {"data.image_size": SIZE, "data.batch_size": 4, "data.augment": 0.0, "train.lr": 1e-3,
-          "model.name": "resnet18", "loss.name": "ce"}
+CONFIG = {
+    "data.image_size": SIZE,
+    "data.batch_size": 4,
+    "data.augment": 0.0,
+    "train.lr": 1e-3,
+    "model.name": "resnet18",
+    "loss.name": "ce",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def test_saliency_term_changes_the_loss_and_the_backbone_gradient(data: dict) ->
     loss, logits = sal.step(batch)
     ce = sal.loss(logits, batch["label"])
     _, cams = sal.cam(batch["image"], batch["label"], create_graph=True)  # the CAMs step used
-    # With loss.name ce the objective is exactly CEntIoULoss of src.saliency, and not plain CE.
+    # With loss.name ce the objective is exactly CEntIoULoss of medtune.saliency, and not plain CE.
     assert torch.allclose(loss, CEntIoULoss(ce_weight=0.5)(logits, batch["label"], cams, batch["mask"]), atol=1e-6)
     assert not torch.allclose(loss, ce)
     weight = sal.model.layer1[0].conv1.weight  # far from the CAM layer (layer4) and the head
@@ -96,7 +103,9 @@ def test_batch_without_lesion_gives_no_nan_and_no_weight(data: dict) -> None:
 def test_split_without_lesion_logs_no_saliency_iou(data: dict) -> None:
     whole = system("classification", data)
     empty = build_datamodule(CONFIG, caches={**data["caches"], "val": data["empty_val"]})
-    metrics = make_trainer(max_epochs=1, precision="32-true", callbacks=[]).validate(whole, datamodule=empty, verbose=False)[0]
+    metrics = make_trainer(max_epochs=1, precision="32-true", callbacks=[]).validate(
+        whole, datamodule=empty, verbose=False
+    )[0]
     # Nothing to localise: no saliency_iou rather than NaN; the other metrics are unaffected.
     assert "val/saliency_iou" not in metrics and torch.isfinite(torch.tensor(metrics["val/loss"]))
 
@@ -104,7 +113,9 @@ def test_split_without_lesion_logs_no_saliency_iou(data: dict) -> None:
 def test_saliency_metric_can_be_turned_off(data: dict) -> None:
     whole = system("classification", data, saliency_metric=False)
     datamodule = build_datamodule(CONFIG, caches=data["caches"])
-    metrics = make_trainer(max_epochs=1, precision="32-true", callbacks=[]).validate(whole, datamodule=datamodule, verbose=False)[0]
+    metrics = make_trainer(max_epochs=1, precision="32-true", callbacks=[]).validate(
+        whole, datamodule=datamodule, verbose=False
+    )[0]
     assert "val/saliency_iou" not in metrics and "val/balanced_acc" in metrics
 
 
@@ -119,8 +130,8 @@ def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
 
 
 def test_test_predictions_carry_the_cams_the_report_draws(data: dict) -> None:
-    from src.evaluate import test_predictions
-    from src.saliency import hard_iou
+    from medtune.evaluate import test_predictions
+    from medtune.saliency import hard_iou
 
     whole = system("classification", data)
     preds = test_predictions(whole, CONFIG, caches=data["caches"], max_overlays=5)

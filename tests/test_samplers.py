@@ -1,4 +1,5 @@
 """Training samplers: each registered sampler draws an epoch of valid indices, and each does its job."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.datasets import CachedDataModule
-from src.data.samplers import SAMPLERS, LeastSampledFirst, lesion_weights
-from tests.test_tasks import BASE, TASK_CONFIGS, caches as task_caches, fit_one_step  # noqa: F401 - fixture
+from medtune.data.datasets import CachedDataModule
+from medtune.data.samplers import SAMPLERS, LeastSampledFirst, lesion_weights
+from tests.helpers import BASE, TASK_CONFIGS, fit_one_step
 
 
 def sets(*label_sets: list[int]) -> list[torch.Tensor]:
@@ -104,8 +105,12 @@ def caches(tmp_path: Path) -> dict[str, str]:
     files = {}
     for split, labels in (("train", [[0]] * 8 + [[1]] * 2), ("val", [[0], [1], [0]])):
         n = len(labels)
-        data = {"images": torch.zeros(n, 3, 8, 8, dtype=torch.uint8), "masks": torch.zeros(n, 1, 8, 8, dtype=torch.uint8),
-                "labels": sets(*labels), "image_ids": torch.arange(n)}
+        data = {
+            "images": torch.zeros(n, 3, 8, 8, dtype=torch.uint8),
+            "masks": torch.zeros(n, 1, 8, 8, dtype=torch.uint8),
+            "labels": sets(*labels),
+            "image_ids": torch.arange(n),
+        }
         files[split] = str(tmp_path / f"{split}.pt")
         torch.save(data, files[split])
     return files

@@ -1,11 +1,12 @@
 """Search-space schema: every shipped file validates; bad files fail with the file and key named."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from src.spaces import SpaceError, available, load_space
+from medtune.spaces import SpaceError, available, load_space
 from trainables.sampling import DefineByRun
 
 GOOD = """
@@ -45,16 +46,32 @@ def test_smoke_block_overrides_budget(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "old, new, expected",
     [
-        ("{loguniform: [1.0e-4, 1.0e-2]}", "{loguniform: [1.0e-2, 1.0e-4]}", "key 'params.train.lr.loguniform': low 0.01 > high"),
+        (
+            "{loguniform: [1.0e-4, 1.0e-2]}",
+            "{loguniform: [1.0e-2, 1.0e-4]}",
+            "key 'params.train.lr.loguniform': low 0.01 > high",
+        ),
         ("{loguniform: [1.0e-4, 1.0e-2]}", "{gaussian: [0, 1]}", "key 'params.train.lr': expected exactly one of"),
         ("{loguniform: [1.0e-4, 1.0e-2]}", "{loguniform: [0, 1]}", "loguniform needs low > 0"),
-        ("{int: [4, 8], when: {model.name: unet}}", "{int: [4, 8]}", "deeplabv3_mobilenet_v3_large' takes no argument 'width'"),
+        (
+            "{int: [4, 8], when: {model.name: unet}}",
+            "{int: [4, 8]}",
+            "deeplabv3_mobilenet_v3_large' takes no argument 'width'",
+        ),
         ("train.lr:", "train.learning_rate:", "key 'train.learning_rate': unknown argument 'learning_rate'"),
         ("task: segmentation", "task: segmentaton", "key 'task': expected one of"),
         ("mode: max", "mode: maximise", "key 'mode': expected max or min"),
-        ("budget: {num_samples: 2, max_epochs: 2}", "budget: {num_samples: 0}", "key 'budget.num_samples': expected a positive integer"),
+        (
+            "budget: {num_samples: 2, max_epochs: 2}",
+            "budget: {num_samples: 0}",
+            "key 'budget.num_samples': expected a positive integer",
+        ),
         ("loss.name: {choice: [bce]}", "loss.name: {choice: [bce, nope]}", "unknown loss 'nope'; valid: bce"),
-        ("model.width: {int: [4, 8], when: {model.name: unet}}", "model.width: {int: [4, 8], when: {train.lr: 1}}", "must be fixed or a parameter listed before"),
+        (
+            "model.width: {int: [4, 8], when: {model.name: unet}}",
+            "model.width: {int: [4, 8], when: {train.lr: 1}}",
+            "must be fixed or a parameter listed before",
+        ),
         ("fixed: {data.image_size: 32}", "fixed: {data.image_size: 32}\ncolour: red", "unknown key 'colour'"),
     ],
 )
@@ -107,10 +124,12 @@ def test_conditional_parameter_exists_only_under_its_choice(tmp_path: Path) -> N
 
 
 def test_config_file_is_a_one_trial_space(tmp_path: Path) -> None:
-    from src.spaces import load_config
+    from medtune.spaces import load_config
 
     path = tmp_path / "best.yaml"
-    path.write_text("space: whole_cls\nconfig: {model.name: resnet18, loss.name: ce, data.image_size: 32, train.lr: 0.001}\nbudget: {max_epochs: 20}\n")
+    path.write_text(
+        "space: whole_cls\nconfig: {model.name: resnet18, loss.name: ce, data.image_size: 32, train.lr: 0.001}\nbudget: {max_epochs: 20}\n"
+    )
     space = load_config(path)
     # Everything is fixed, one sample, the longer epoch budget, the space's objective.
     assert space.params == () and space.budget["num_samples"] == 1 and space.budget["max_epochs"] == 20

@@ -1,4 +1,5 @@
 """The embedded synthetic dataset: determinism, valid COCO, stratified splits and the spurious cue."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from src.data import __main__ as data_cli
-from src.data.synth import CLASSES, FINDING_SHARE, FINDINGS, SPLITS, assign_splits, generate
+from medtune.data import __main__ as data_cli
+from medtune.data.synth import CLASSES, FINDING_SHARE, FINDINGS, SPLITS, assign_splits, generate
 
 N, SIZE = 30, 32  # 10 images per class: 6 train, 2 val, 2 test
 
@@ -168,7 +169,11 @@ def test_multilabel_adds_findings_and_keeps_the_lesions(synth: tuple[Path, dict]
         # each finding is on its share of the split's images (at least one, never all)
         n = len(coco["images"])
         counts = [sum(a["category_id"] == len(CLASSES) + 1 + f for a in findings) for f in range(len(FINDINGS))]
-        assert counts == [min(max(round(s * n), 1), n - 1) for s in FINDING_SHARE] == list(summary["findings"][split].values())
+        assert (
+            counts
+            == [min(max(round(s * n), 1), n - 1) for s in FINDING_SHARE]
+            == list(summary["findings"][split].values())
+        )
         # an image without findings is pixel for pixel the single-label image; one with findings is not
         marked = {a["image_id"] for a in findings}
         for img in coco["images"]:

@@ -1,9 +1,10 @@
 """Provenance recorded on every launch."""
+
 from __future__ import annotations
 
 
 def test_code_version_outside_git_hashes_only_the_project_code(tmp_path, monkeypatch) -> None:
-    import src.tracking as tracking
+    import medtune.tracking as tracking
 
     for folder in ("src", "trainables", ".venv/lib"):
         (tmp_path / folder).mkdir(parents=True)

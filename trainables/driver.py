@@ -1,4 +1,5 @@
 """The launch, driver side: prepare once, run (or resume) the Tune search, publish the winner."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,24 +9,45 @@ from pathlib import Path
 
 import ray
 import torch
+
+import medtune
+import trainables
 from mlflow.tracking import MlflowClient
 from ray.tune import ResultGrid
 
-from src.leaderboard import counts, format_table, leaderboard
-from src.prepare import Prepared, prepare, start_parent_run
-from src.publish import BestTrial, champion_summary, publish_best
-from src.tracking import PROJECT_DIR, TRIAL_TAG, TrackingError, experiment_id, latest_launch, segmenter_name, trial_runs
+from medtune.leaderboard import counts, format_table, leaderboard
+from medtune.prepare import Prepared, prepare, start_parent_run
+from medtune.publish import BestTrial, champion_summary, publish_best
+from medtune.tracking import (
+    TRIAL_TAG,
+    TrackingError,
+    experiment_id,
+    latest_launch,
+    segmenter_name,
+    trial_runs,
+)
 from trainables.mlflow_trials import MLflowTrials
 from trainables.sampling import flat_config
 from trainables.search import Resources, can_restore, make_tuner, restore_tuner
 from trainables.trial import CHECKPOINT_FILE, TrialContext
 
 
+def code_runtime_env() -> dict:
+    """Ship the code to every worker through Ray (``py_modules``), not through a shared folder or
+    PYTHONPATH: the nodes of a real cluster need not see this checkout."""
+    return {"py_modules": [medtune, trainables]}
+
+
 def _context(prepared: Prepared, args: argparse.Namespace) -> TrialContext:
     return TrialContext(
-        task=prepared.space.task, caches=prepared.caches, pred_masks=prepared.pred_masks,
-        num_classes=prepared.dataset.num_classes, max_epochs=prepared.space.budget["max_epochs"], seed=args.seed,
-        threads=max(1, int(args.cpus_per_trial)), precision=args.precision,
+        task=prepared.space.task,
+        caches=prepared.caches,
+        pred_masks=prepared.pred_masks,
+        num_classes=prepared.dataset.num_classes,
+        max_epochs=prepared.space.budget["max_epochs"],
+        seed=args.seed,
+        threads=max(1, int(args.cpus_per_trial)),
+        precision=args.precision,
     )
 
 
@@ -42,7 +64,9 @@ def _parent(client: MlflowClient, prepared: Prepared, args: argparse.Namespace) 
     run = latest_launch(client, experiment_id(client, prepared.experiment, create=False))
     path = Path(run.data.tags["ray_path"])
     if not can_restore(path):
-        raise TrackingError(f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {path}")
+        raise TrackingError(
+            f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {path}"
+        )
     client.update_run(run.info.run_id, "RUNNING")
     return run.info.run_id, path
 
@@ -53,20 +77,37 @@ def run(args: argparse.Namespace, *, default_data: Path) -> int:
     client = MlflowClient(prepared.tracking_uri)
     parent_run_id, path = _parent(client, prepared, args)
     space = prepared.space
-    tags = {"segmenter_version": f"{prepared.segmenter.name}/{prepared.segmenter.version}"} if prepared.segmenter else {}
+    tags = (
+        {"segmenter_version": f"{prepared.segmenter.name}/{prepared.segmenter.version}"} if prepared.segmenter else {}
+    )
     logger = MLflowTrials(
-        tracking_uri=prepared.tracking_uri, experiment_id=experiment_id(client, prepared.experiment, create=False),
-        parent_run_id=parent_run_id, max_epochs=space.budget["max_epochs"], searched=[p.name for p in space.params], tags=tags,
+        tracking_uri=prepared.tracking_uri,
+        experiment_id=experiment_id(client, prepared.experiment, create=False),
+        parent_run_id=parent_run_id,
+        max_epochs=space.budget["max_epochs"],
+        searched=[p.name for p in space.params],
+        tags=tags,
     )
     context, resources = _context(prepared, args), _resources(args)
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}})
+    ray.init(
+        address=args.address,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env=code_runtime_env(),
+    )
     try:
         if args.resume:
             tuner = restore_tuner(path, context=context, resources=resources)
         else:
-            tuner = make_tuner(space, context=context, resources=resources, storage_path=path.parent, name=path.name,
-                               seed=args.seed, callbacks=[logger])
+            tuner = make_tuner(
+                space,
+                context=context,
+                resources=resources,
+                storage_path=path.parent,
+                name=path.name,
+                seed=args.seed,
+                callbacks=[logger],
+            )
         grid = tuner.fit()
     except BaseException:
         _close_runs(client, parent_run_id, prepared, "FAILED")
@@ -103,7 +144,9 @@ def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, gr
     _, result, checkpoint, score = best
     trial_id = result.metrics["trial_id"]
     exp_id = experiment_id(client, prepared.experiment, create=False)
-    run_id = next(r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
+    run_id = next(
+        r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id
+    )
     local = Path(checkpoint.to_directory()) / CHECKPOINT_FILE
     return BestTrial(run_id, flat_config(result.config), local, score)
 
@@ -121,9 +164,17 @@ def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: 
     is_seg = space.task == "segmentation"
     name = segmenter_name(prepared.dataset.name, prepared.dataset.fingerprint) if is_seg else None
     published = publish_best(
-        client, parent_run_id=parent_run_id, task=space.task, best=best, caches=size_caches[size],
-        pred_masks=(prepared.pred_masks or {}).get(size), num_classes=prepared.dataset.num_classes,
-        epochs=space.budget["max_epochs"], metric=space.metric, mode=space.mode, register_as=name,
+        client,
+        parent_run_id=parent_run_id,
+        task=space.task,
+        best=best,
+        caches=size_caches[size],
+        pred_masks=(prepared.pred_masks or {}).get(size),
+        num_classes=prepared.dataset.num_classes,
+        epochs=space.budget["max_epochs"],
+        metric=space.metric,
+        mode=space.mode,
+        register_as=name,
         version_tags={"dataset": str(prepared.dataset.root), "dataset_fingerprint": prepared.dataset.fingerprint},
     )
     client.set_terminated(parent_run_id, "FINISHED")
@@ -132,5 +183,7 @@ def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: 
     if name:
         verb = "promoted to champion" if published.promoted else "registered (champion kept: not better)"
         print(f"segmenter {published.registered} {verb}; {champion_summary(client, name)}")
-    print(f"see every trial: mlflow ui --backend-store-uri {prepared.tracking_uri}  (experiment '{prepared.experiment}')")
+    print(
+        f"see every trial: mlflow ui --backend-store-uri {prepared.tracking_uri}  (experiment '{prepared.experiment}')"
+    )
     return 0

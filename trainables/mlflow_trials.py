@@ -5,6 +5,7 @@ trial stopped by ASHA is a run too: it ends FINISHED with ``status=stopped``, ``
 and the epoch it reached (``status=early_stopped`` when the task's own patience ended it). A trial that raises ends FAILED with its error message in the ``error`` tag. On resume the
 callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from src.tracking import PARENT_TAG, TRIAL_TAG, run_name
+from medtune.tracking import PARENT_TAG, TRIAL_TAG, run_name
 from trainables.sampling import flat_config
 
 ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
@@ -34,8 +35,14 @@ class MLflowTrials(tune.Callback):
     """
 
     def __init__(
-        self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-        searched: list[str], tags: dict[str, str] | None = None,
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        max_epochs: int,
+        searched: list[str],
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.max_epochs, self.searched, self.tags = max_epochs, searched, dict(tags or {})
@@ -59,21 +66,28 @@ class MLflowTrials(tune.Callback):
         self._runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
 
     def _run_id(self, trial: Any) -> str:
-        self.client  # connects and re-attaches existing runs on first use
+        _ = self.client  # connects and re-attaches existing runs on first use
         if trial.trial_id not in self._runs:
             self._start(trial)
         return self._runs[trial.trial_id]
 
     def _start(self, trial: Any) -> None:
         config = flat_config(trial.config)
-        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "trial_dir": str(trial.path or ""), **self.tags}
-        run = self.client.create_run(self.experiment_id, run_name=run_name(config, self.searched, trial.trial_id), tags=tags)
+        tags = {
+            PARENT_TAG: self.parent_run_id,
+            TRIAL_TAG: trial.trial_id,
+            "trial_dir": str(trial.path or ""),
+            **self.tags,
+        }
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name(config, self.searched, trial.trial_id), tags=tags
+        )
         params = [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
         self.client.log_batch(run.info.run_id, params=params)
         self._runs[trial.trial_id] = run.info.run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.client  # connects and re-attaches existing runs on first use
+        _ = self.client  # connects and re-attaches existing runs on first use
         resumed = trial.trial_id in self._runs
         run_id = self._run_id(trial)
         if resumed:  # a trial continuing after --resume: its run was closed as KILLED
@@ -113,7 +127,7 @@ class MLflowTrials(tune.Callback):
         be a duplicate left RUNNING forever: it is marked KILLED, tagged ``status=lost`` and deleted
         (MLflow keeps deleted runs restorable).
         """
-        self.client  # re-attaches runs when no trial started in this session
+        _ = self.client  # re-attaches runs when no trial started in this session
         known = {t.trial_id for t in trials}
         for trial_id, run_id in self._runs.items():
             if trial_id not in known:
@@ -134,4 +148,3 @@ def _error_text(trial: Any) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "unknown error"
     return f"{last}\n{text[-ERROR_TAG_LIMIT:]}" if len(text) > len(last) else last
-

@@ -3,11 +3,12 @@
 Define-by-run lets a parameter exist only under another choice (``when:``): it is suggested only
 when every condition holds for the values sampled before it, so TPE never sees phantom values.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from src.spaces import Param, SearchSpace, grid_points
+from medtune.spaces import Param, SearchSpace, grid_points
 
 
 def _suggest(trial: Any, param: Param) -> Any:

@@ -3,6 +3,7 @@
 Each epoch ends with one ``tune.report`` of every logged metric plus a Lightning checkpoint, so ASHA
 can stop the trial after any epoch and ``--resume`` continues from the last checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ import torch
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
-from src.build import build_datamodule, build_system
+from medtune.build import build_datamodule, build_system
 from trainables.sampling import flat_config
 
 CHECKPOINT_FILE = "checkpoint"
@@ -72,10 +73,12 @@ def run_trial(config: dict, context: TrialContext) -> None:
     pl.seed_everything(context.seed, workers=True, verbose=False)
     size = int(config["data.image_size"])
     caches = context.caches[size]
-    system = build_system(context.task, config, num_classes=context.num_classes, epochs=context.max_epochs,
-                          train_cache=caches["train"])
-    data = build_datamodule(config, caches=caches, pred_masks=(context.pred_masks or {}).get(size),
-                            num_classes=context.num_classes)
+    system = build_system(
+        context.task, config, num_classes=context.num_classes, epochs=context.max_epochs, train_cache=caches["train"]
+    )
+    data = build_datamodule(
+        config, caches=caches, pred_masks=(context.pred_masks or {}).get(size), num_classes=context.num_classes
+    )
     # "train_epoch_end" runs after the epoch's validation, so both train and val metrics are in.
     report = EpochReport(filename=CHECKPOINT_FILE, on="train_epoch_end")
     trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=[report])

@@ -1,0 +1,314 @@
+"""``check``: report every problem in a COCO file and its images; optionally write a cleaned copy.
+
+Kinds of problem (``KINDS``) and what ``--fix`` drops for each: the image entry for file problems,
+duplicate ids after the first, duplicate content after the first and images without annotations;
+the annotation for reference and polygon problems; the category entry for duplicate category ids.
+Annotations of dropped images are dropped, then images left without annotations. An annotation
+with segmentation ``[]`` and area 0 means "image without lesion" (BUSI normal images): not a problem.
+
+``check_coco(..., fast=True)`` never opens an image (no size, readability or duplicate checks):
+the pre-training path. Exit status: 0 clean, 1 problems found (also with ``--fix``), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medtune.data import cocoio
+
+KINDS: dict[str, str] = {
+    "malformed_entry": "entry missing a key or with a wrong type",
+    "missing_file": "image file not found",
+    "unreadable_file": "image file cannot be decoded",
+    "size_mismatch": "image size differs from the JSON width/height",
+    "escaping_file_name": "file_name leaves the image folder with '..'",
+    "absolute_file_name": "file_name is an absolute path",
+    "duplicate_image_id": "image id used more than once",
+    "duplicate_annotation_id": "annotation id used more than once",
+    "duplicate_category_id": "category id used more than once",
+    "unknown_image": "annotation points at an image id that does not exist",
+    "unknown_category": "annotation points at a category id that does not exist",
+    "degenerate_polygon": "polygon with fewer than 3 points or zero area",
+    "polygon_outside": "polygon (partly) outside the image",
+    "image_without_annotation": "image that no annotation points at",
+    "duplicate_content": "same pixels as an earlier image",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem; ``entry`` is the JSON list and index it is about, used by ``--fix``."""
+
+    kind: str
+    image_id: object
+    file_name: str | None
+    detail: str
+    annotation_id: object = None
+    entry: tuple[str, int] | None = None
+
+    def line(self) -> str:
+        where = f"image {self.image_id}" if self.image_id is not None else ""
+        where += f" ({self.file_name})" if self.file_name else ""
+        if self.annotation_id is not None:
+            where += f" annotation {self.annotation_id}"
+        return f"{self.kind}: {where.strip() or '-'}: {self.detail}"
+
+
+@dataclass
+class Report:
+    """Everything ``check`` found in one COCO file."""
+
+    coco_path: Path
+    images_dir: Path
+    problems: list[Problem] = field(default_factory=list)
+    duplicate_groups: list[list[tuple[object, str]]] = field(default_factory=list)  # (id, file_name)
+    coco: dict = field(default_factory=dict, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        """Number of problems per kind, in ``KINDS`` order, kinds with none left out."""
+        found = Counter(p.kind for p in self.problems)
+        return {kind: found[kind] for kind in KINDS if found[kind]}
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_coco(coco_path: Path, images_dir: Path | None = None, *, fast: bool = False) -> Report:
+    """Check ``coco_path``; raises ``cocoio.DataError`` only if the file itself cannot be read."""
+    coco = cocoio.load_coco(coco_path)
+    report = Report(Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco)
+    known_categories = _check_categories(report)
+    images = _check_images(report, fast=fast)
+    annotated = _check_annotations(report, images, known_categories)
+    for i, img in enumerate(coco["images"]):
+        if isinstance(img, dict) and img.get("id") in images and img["id"] not in annotated:
+            _image_problem(report, i, "image_without_annotation", "no annotation")
+    return report
+
+
+def _check_categories(report: Report) -> set:
+    seen: set = set()
+    for i, cat in enumerate(report.coco["categories"]):
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")) or not isinstance(cat.get("name"), str):
+            report.problems.append(Problem("malformed_entry", None, None, f"categories[{i}] needs an integer 'id' and a string 'name'", entry=("categories", i)))
+        elif cat["id"] in seen:
+            report.problems.append(Problem("duplicate_category_id", None, None, f"category id {cat['id']} ('{cat['name']}') used before", entry=("categories", i)))
+        else:
+            seen.add(cat["id"])
+    return seen
+
+
+def _check_images(report: Report, *, fast: bool) -> dict:
+    """Check image entries, then their files; returns ``{id: first entry}`` of well-formed images."""
+    images: dict = {}
+    on_disk: list[int] = []
+    for i, img in enumerate(report.coco["images"]):
+        name = img.get("file_name") if isinstance(img, dict) else None
+        if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(name, str) or not name:
+            report.problems.append(Problem("malformed_entry", None, None, f"images[{i}] needs an integer 'id' and a 'file_name'", entry=("images", i)))
+            continue
+        if not (_is_size(img.get("width")) and _is_size(img.get("height"))):
+            _image_problem(report, i, "malformed_entry", "'width' and 'height' must be positive integers")
+            continue
+        if img["id"] in images:
+            _image_problem(report, i, "duplicate_image_id", f"id {img['id']} used before by {images[img['id']]['file_name']}")
+        else:
+            images[img["id"]] = img
+        escape = cocoio.escapes(name)
+        if escape:  # never touch files outside the image folder
+            _image_problem(report, i, f"{escape}_file_name", f"'{name}' is outside {report.images_dir}")
+        elif not _is_file(report.images_dir / name):
+            _image_problem(report, i, "missing_file", f"{report.images_dir / name} not found")
+        else:
+            on_disk.append(i)
+    if not fast:
+        _check_files(report, on_disk)
+    return images
+
+
+def _check_files(report: Report, indices: list[int]) -> None:
+    """Decode the image files at ``indices``: readability, size and duplicate content."""
+    first_by_hash: dict[str, dict] = {}
+    groups: dict[str, list[tuple[object, str]]] = defaultdict(list)
+    for i in indices:
+        img = report.coco["images"][i]
+        path = report.images_dir / img["file_name"]
+        try:
+            digest, (width, height) = cocoio.pixel_hash(path)
+        except Exception as err:  # PIL raises many types for broken files
+            _image_problem(report, i, "unreadable_file", f"cannot decode {path} ({type(err).__name__})")
+            continue
+        if (width, height) != (img["width"], img["height"]):
+            _image_problem(report, i, "size_mismatch", f"file is {width}x{height}, JSON says {img['width']}x{img['height']}")
+        groups[digest].append((img["id"], img["file_name"]))
+        first = first_by_hash.setdefault(digest, img)
+        if first is not img:
+            _image_problem(report, i, "duplicate_content", f"same pixels as image {first['id']} ({first['file_name']})")
+    report.duplicate_groups = [members for members in groups.values() if len(members) > 1]
+
+
+def _image_problem(report: Report, index: int, kind: str, detail: str) -> None:
+    img = report.coco["images"][index]
+    report.problems.append(Problem(kind, img["id"], img["file_name"], detail, entry=("images", index)))
+
+
+def _check_annotations(report: Report, images: dict, categories: set) -> set:
+    """Check annotations; returns the ids of images that at least one annotation points at."""
+    seen: set = set()
+    annotated: set = set()
+    for j, ann in enumerate(report.coco["annotations"]):
+        if not isinstance(ann, dict) or not all(_is_id(ann.get(k)) for k in ("id", "image_id", "category_id")):
+            report.problems.append(Problem("malformed_entry", None, None, f"annotations[{j}] needs integer 'id', 'image_id' and 'category_id'", entry=("annotations", j)))
+            continue
+        img = images.get(ann["image_id"])
+        name = img["file_name"] if img else None
+
+        def add(kind: str, detail: str, ann: dict = ann, j: int = j, name: str | None = name) -> None:
+            report.problems.append(Problem(kind, ann["image_id"], name, detail, ann["id"], ("annotations", j)))
+
+        if ann["id"] in seen:
+            add("duplicate_annotation_id", f"annotation id {ann['id']} used before")
+        seen.add(ann["id"])
+        annotated.add(ann["image_id"])
+        if img is None:
+            add("unknown_image", f"image_id {ann['image_id']} not in 'images'")
+        if ann["category_id"] not in categories:
+            add("unknown_category", f"category_id {ann['category_id']} not in 'categories'")
+        for kind, detail in _segmentation_problems(ann, img):
+            add(kind, detail)
+    return annotated
+
+
+def _segmentation_problems(ann: dict, img: dict | None) -> list[tuple[str, str]]:
+    seg = ann.get("segmentation", [])
+    if isinstance(seg, dict):
+        size = [img["height"], img["width"]] if img else None
+        ok = "counts" in seg and (size is None or list(seg.get("size", [])) == size)
+        return [] if ok else [("malformed_entry", f"RLE needs 'counts' and 'size' {size}")]
+    if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
+        return [("malformed_entry", "'segmentation' must be a list of polygons or an RLE object")]
+    if not seg:
+        area = ann.get("area", 0)
+        return [] if area == 0 else [("degenerate_polygon", f"empty segmentation but area {area}")]
+    found = []
+    for k, poly in enumerate(seg):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+            found.append(("malformed_entry", f"polygon {k} has non-numeric coordinates"))
+        elif len(poly) < 6 or len(poly) % 2:
+            found.append(("degenerate_polygon", f"polygon {k} has {len(poly)} coordinates (needs an even count >= 6)"))
+        elif cocoio.polygon_area(poly) == 0:
+            found.append(("degenerate_polygon", f"polygon {k} has zero area"))
+        elif img is not None:
+            xs, ys = poly[0::2], poly[1::2]
+            if min(xs) < 0 or min(ys) < 0 or max(xs) > img["width"] or max(ys) > img["height"]:
+                found.append(("polygon_outside", f"polygon {k} spans x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)}; image is {img['width']}x{img['height']}"))
+    return list(dict.fromkeys(found))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # name too long, embedded NUL byte
+        return False
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_size(value: object) -> bool:
+    return _is_id(value) and value > 0
+
+
+def fix_coco(report: Report, out: Path) -> dict:
+    """Write a copy of the checked COCO without its problems to ``out``; returns what was removed.
+
+    The removal list (entries with their reasons) is also written to ``<out stem>.removed.json``.
+    """
+    coco = copy.deepcopy(report.coco)
+    reasons: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for p in report.problems:
+        if p.entry is not None:
+            reasons[p.entry].append(f"{p.kind}: {p.detail}")
+    keep = {key: [i for i in range(len(coco[key])) if (key, i) not in reasons] for key in ("images", "categories")}
+    image_ids = {coco["images"][i]["id"] for i in keep["images"]}
+    category_ids = {coco["categories"][i]["id"] for i in keep["categories"]}
+    kept_annotations = []
+    for j, ann in enumerate(coco["annotations"]):
+        if ("annotations", j) not in reasons and ann["image_id"] not in image_ids:
+            reasons[("annotations", j)].append("its image was removed")
+        elif ("annotations", j) not in reasons and ann["category_id"] not in category_ids:
+            reasons[("annotations", j)].append("its category was removed")
+        if ("annotations", j) not in reasons:
+            kept_annotations.append(ann)
+    annotated = {ann["image_id"] for ann in kept_annotations}
+    for i in keep["images"]:
+        if coco["images"][i]["id"] not in annotated:
+            reasons[("images", i)].append("all its annotations were removed")
+    removed = {key: [{"entry": coco[key][i], "reasons": why} for (k, i), why in sorted(reasons.items()) if k == key]
+               for key in ("images", "annotations", "categories")}
+    coco.update(
+        images=[img for i, img in enumerate(coco["images"]) if ("images", i) not in reasons],
+        annotations=kept_annotations,
+        categories=[coco["categories"][i] for i in keep["categories"]],
+    )
+    cocoio.record_images_dir(coco, out, report.images_dir)
+    cocoio.write_json_atomic(out, coco)
+    cocoio.write_json_atomic(removed_path(out), removed)
+    return removed
+
+
+def removed_path(out: Path) -> Path:
+    """Where ``--fix OUT`` lists what it removed: ``OUT`` with ``.removed.json`` for ``.json``."""
+    return Path(out).with_name(Path(out).stem + ".removed.json")
+
+
+def print_report(report: Report, *, max_report: int = 20) -> None:
+    """Problem lines (at most ``max_report`` per kind), then counts per kind and duplicate groups."""
+    coco = report.coco
+    print(f"check: {report.coco_path} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, images in {report.images_dir})")
+    by_kind: dict[str, list[Problem]] = defaultdict(list)
+    for p in report.problems:
+        by_kind[p.kind].append(p)
+    for kind in KINDS:
+        shown = by_kind[kind] if max_report <= 0 else by_kind[kind][:max_report]
+        for p in shown:
+            print(f"  {p.line()}")
+        if len(by_kind[kind]) > len(shown):
+            print(f"  {kind}: ... and {len(by_kind[kind]) - len(shown)} more")
+    if report.ok:
+        print("no problems found")
+        return
+    print("problems per kind:")
+    for kind, n in report.counts().items():
+        print(f"  {kind:<26}{n:>6}  {KINDS[kind]}")
+    if report.duplicate_groups:
+        sizes = Counter(len(g) for g in report.duplicate_groups)
+        shapes = ", ".join(f"{n} x {k} images" for k, n in sorted(sizes.items()))
+        print(f"duplicate content: {len(report.duplicate_groups)} group(s): {shapes}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coco", type=Path, required=True, help="COCO JSON file to check")
+    parser.add_argument("--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)")
+    parser.add_argument("--fix", type=Path, metavar="OUT", help="write a cleaned copy to OUT and the removals to OUT.removed.json")
+    parser.add_argument("--max-report", type=int, default=20, metavar="N", help="problem lines printed per kind (0: all; default 20)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.fix is not None and args.fix.resolve() == args.coco.resolve():
+            raise cocoio.DataError(f"--fix {args.fix}: must differ from --coco (the input is kept)")
+        report = check_coco(args.coco, args.images)
+        print_report(report, max_report=args.max_report)
+        if args.fix is not None:
+            removed = fix_coco(report, args.fix)
+            sizes = ", ".join(f"{len(v)} {k}" for k, v in removed.items())
+            print(f"fix: wrote {args.fix}; removed {sizes} (listed in {removed_path(args.fix)})")
+    except cocoio.DataError as err:
+        return cocoio.fail(err)
+    return 0 if report.ok else 1

@@ -1,0 +1,180 @@
+"""Shared helpers for the dataset tools (``python -m medtune.data ...``).
+
+Loading a COCO file with one-line errors, finding its image folder, writing JSON atomically, masks
+from polygons (pycocotools, as the training loader does) and image content hashes. No torch here:
+the tools must start fast.
+
+Image folder convention, in order: ``--images DIR``; else ``info.images_dir`` in the COCO file
+(written by ``split`` and the other tools when their output lies away from the images); else the
+folder ``images/`` next to the JSON if it exists; else the JSON's own folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A user-facing dataset problem; its message is one line naming the file and key."""
+
+
+def fail(err: Exception) -> int:
+    """Print ``err`` as one line on stderr and return the exit status for user errors (2)."""
+    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
+
+
+def load_coco(path: Path) -> dict:
+    """Read a COCO JSON file; raises :class:`DataError` naming the file and the bad key."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a COCO JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: key '{key}' missing or not a list")
+    if not isinstance(data.get("info", {}), dict):
+        raise DataError(f"{path}: key 'info' must be an object")
+    return data
+
+
+REQUIRED_KEYS = {
+    "images": {"id": int, "file_name": str},
+    "annotations": {"id": int, "image_id": int, "category_id": int},
+    "categories": {"id": int, "name": str},
+}
+
+
+def require_keys(path: Path, coco: dict) -> dict:
+    """Raise :class:`DataError` at the first entry lacking a key the tools rely on; returns ``coco``."""
+    for key, fields in REQUIRED_KEYS.items():
+        for i, entry in enumerate(coco[key]):
+            for name, kind in fields.items():
+                value = entry.get(name) if isinstance(entry, dict) else None
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise DataError(f"{path}: {key}[{i}] needs {kind.__name__} '{name}' (run `python -m medtune.data check`)")
+    return coco
+
+
+def images_dir_for(coco_path: Path, coco: dict, images: Path | None = None) -> Path:
+    """The absolute image folder of ``coco_path`` (see the module docstring for the order)."""
+    coco_path = Path(coco_path)
+    if images is not None:
+        found = Path(images).expanduser()
+        if not found.is_dir():
+            raise DataError(f"--images {images}: no such folder")
+        return found.resolve()
+    explicit = (coco.get("info") or {}).get("images_dir")
+    if explicit:
+        return (coco_path.parent / Path(explicit).expanduser()).resolve()
+    return default_images_dir(coco_path)
+
+
+def default_images_dir(coco_path: Path) -> Path:
+    """``images/`` next to the JSON if that folder exists, else the JSON's folder (absolute)."""
+    beside = Path(coco_path).parent / "images"
+    return beside.resolve() if beside.is_dir() else Path(coco_path).parent.resolve()
+
+
+def record_images_dir(coco: dict, out_path: Path, images_dir: Path) -> dict:
+    """Write ``info.images_dir`` into ``coco`` unless ``out_path`` would find ``images_dir`` anyway."""
+    info = dict(coco.get("info") or {})
+    info.pop("images_dir", None)
+    if default_images_dir(out_path) != Path(images_dir).resolve():
+        info["images_dir"] = str(Path(images_dir).resolve())
+    coco["info"] = info
+    return coco
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise DataError(f"{path}: cannot write ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=1)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DataError(f"{path}: cannot write ({err.strerror})") from None
+        raise
+
+
+def escapes(file_name: str) -> str | None:
+    """How ``file_name`` would leave the image folder ('absolute' or 'escaping' by '..'), or None."""
+    if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute():
+        return "absolute"
+    if file_name.startswith(("/", "\\")) or PureWindowsPath(file_name).drive:
+        return "absolute"
+    if ".." in PureWindowsPath(file_name).parts:  # Windows parts split on both / and \
+        return "escaping"
+    return None
+
+
+def polygon_area(polygon: list[float]) -> float:
+    """Shoelace area of one flat COCO polygon ``[x0, y0, x1, y1, ...]``."""
+    xy = np.asarray(polygon, dtype=float).reshape(-1, 2)
+    x, y = xy[:, 0], xy[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """Boolean ``(height, width)`` mask of a COCO segmentation (polygons or RLE) via pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, dict):
+        rle = segmentation
+        if isinstance(rle.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(rle, height, width)
+        return mask_utils.decode(rle).astype(bool)
+    polygons = [[float(v) for v in poly] for poly in segmentation if len(poly) >= 6]
+    if not polygons:
+        return np.zeros((height, width), dtype=bool)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return mask_utils.decode(rle).astype(bool)
+
+
+def pixel_hash(path: Path) -> tuple[str, tuple[int, int]]:
+    """Hash of the decoded pixels of an image and its ``(width, height)``.
+
+    Grey RGB and single-channel copies of the same picture hash alike, as do opaque RGBA and RGB;
+    identical bytes always give identical pixels. Raises ``OSError``/``ValueError`` if unreadable.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGBA")
+        arr = np.asarray(img)
+        size = img.size
+    if arr.ndim == 3 and arr.shape[2] in (2, 4) and (arr[..., -1] == np.iinfo(arr.dtype).max).all():
+        arr = arr[..., :-1]  # opaque alpha carries nothing
+    if arr.ndim == 3 and arr.shape[2] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    digest = hashlib.sha256(f"{arr.shape}{arr.dtype.str}".encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest(), size

@@ -1,0 +1,218 @@
+"""Everything the driver does before Ray starts: validate, cache, resolve the segmenter, open MLflow.
+
+Nothing is written to MLflow until the space, the dataset and the segmenter have all been checked,
+so bad input leaves no half-made experiment behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from medtune import build
+from medtune.data.cache import build_cache, cache_path
+from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
+from medtune.spaces import SearchSpace, SpaceError, load_config, load_space
+from medtune.tracking import (
+    LAUNCH_TAG,
+    TrackingError,
+    code_version,
+    default_tracking_uri,
+    experiment_id,
+    segmenter_name,
+)
+
+USER_ERRORS = (SpaceError, DataError, TrackingError)
+MAX_PROBLEM_LINES = 20
+
+
+@dataclass
+class Segmenter:
+    """The segmenter a masked task uses: its model URI and registry version."""
+
+    uri: str
+    name: str
+    version: str
+    image_size: int
+
+
+@dataclass
+class Prepared:
+    """The validated inputs of one launch."""
+
+    space: SearchSpace
+    dataset: Dataset
+    caches: dict[int, dict[str, str]]
+    pred_masks: dict[int, dict[str, str]] | None
+    segmenter: Segmenter | None
+    tracking_uri: str
+    experiment: str
+
+
+def load_and_override(args: argparse.Namespace) -> SearchSpace:
+    """The space with ``--num-samples`` / ``--max-epochs`` applied over its budget."""
+    space = load_config(args.config) if args.config else load_space(args.space, smoke=args.smoke)
+    for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)):
+        if value is not None:
+            if value < 1:
+                raise SpaceError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
+            space.budget[key] = value
+    return space
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Fast structural checks of every split (no image decoding); one line per problem."""
+    from medtune.data.check import check_coco
+
+    lines = []
+    for split in SPLITS:
+        report = check_coco(dataset.coco_files[split], dataset.images_dirs[split], fast=True)
+        lines += [
+            f"{dataset.coco_files[split]}: {p.kind}: image {p.image_id} '{p.file_name}' {p.detail}".strip()
+            for p in report.problems
+        ]
+    if lines:
+        more = f" (+{len(lines) - MAX_PROBLEM_LINES} more)" if len(lines) > MAX_PROBLEM_LINES else ""
+        details = "\n".join(lines[:MAX_PROBLEM_LINES])
+        raise DataError(
+            f"dataset {dataset.root} has {len(lines)} problem(s){more}; run python -m medtune.data check for the full report\n{details}"
+        )
+
+
+def image_sizes(space: SearchSpace) -> list[int]:
+    sizes = space.possible_values("data.image_size")
+    if not sizes:
+        raise SpaceError(f"{space.path}: key 'data.image_size' must be fixed or a choice (caches are built per size)")
+    return sorted({int(s) for s in sizes})
+
+
+def prepare(args: argparse.Namespace, *, default_data: Path) -> Prepared:
+    """Validate the space and dataset, build caches, resolve the segmenter; writes no MLflow record."""
+    space = load_and_override(args)
+    data = args.data or default_data
+    if args.data is None and not (default_data / "train.json").is_file():
+        from medtune.data.synth import generate
+
+        print(f"[launch] generating the embedded synthetic dataset in {default_data}")
+        generate(default_data)
+    dataset = resolve_dataset(data, cache_root=args.cache_dir, seed=args.seed)
+    check_dataset(dataset)
+    spec = build.task_spec(space.task)
+    if spec.model_kind == "classification" and spec.single_label:  # one class per image, or say which not
+        for split in SPLITS:
+            single_labels(load_records(dataset, split), dataset.coco_files[split])
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # also used by mlflow.pytorch.load_model / log_model
+    mlflow.set_registry_uri(tracking_uri)
+    segmenter = None
+    if build.task_spec(space.task).needs_segmenter:
+        segmenter = _resolve_segmenter(MlflowClient(tracking_uri), dataset, args)
+    sizes = image_sizes(space)
+    caches = {size: {s: str(build_cache(dataset, s, size, args.cache_dir)) for s in SPLITS} for size in sizes}
+    pred_masks = _mask_caches(segmenter, dataset, sizes, args.cache_dir) if segmenter else None
+    return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, args.experiment or space.name)
+
+
+def _resolve_segmenter(client: MlflowClient, dataset: Dataset, args: argparse.Namespace) -> Segmenter:
+    from medtune.segmenter_masks import resolve_segmenter
+
+    name = segmenter_name(dataset.name, dataset.fingerprint)
+    data_arg = f" --data {args.data}" if args.data else ""
+    uri, version = resolve_segmenter(
+        client, name=name, uri=args.segmenter, command=f"python launch.py --space segmentation{data_arg}"
+    )
+    size = version.tags.get("image_size")
+    if size is None:
+        raise TrackingError(
+            f"segmenter {uri} (version {version.version}) has no image_size tag; was it logged by launch.py?"
+        )
+    return Segmenter(uri, version.name, str(version.version), int(size))
+
+
+def _mask_caches(seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root: Path) -> dict[int, dict[str, str]]:
+    from medtune.segmenter_masks import build_mask_cache, load_segmenter
+
+    model = None
+    out: dict[int, dict[str, str]] = {}
+    for size in sizes:
+        out[size] = {}
+        for split in SPLITS:
+            seg_images = build_cache(dataset, split, seg.image_size, cache_root)
+            target = (
+                cache_root / "masks" / f"{seg.name}-v{seg.version}" / cache_path(dataset, split, size, cache_root).name
+            )
+            if not target.is_file() and model is None:
+                print(f"[launch] computing masks of {seg.uri} (version {seg.version}) once for all trials")
+                model = load_segmenter(seg.uri)
+            out[size][split] = str(build_mask_cache(model, seg_images, target, out_size=size))
+    return out
+
+
+def start_parent_run(client: MlflowClient, prepared: Prepared, args: argparse.Namespace, ray_path: Path) -> str:
+    """Create the experiment (driver only) and the launch's parent run with its provenance."""
+    exp_id = experiment_id(client, prepared.experiment, create=True)
+    space, dataset = prepared.space, prepared.dataset
+    tags = {
+        LAUNCH_TAG: "true",
+        "space": space.name,
+        "task": space.task,
+        "dataset": str(dataset.root),
+        "dataset_fingerprint": dataset.fingerprint,
+        "code_version": code_version(),
+        "ray_path": str(ray_path),
+        "smoke": str(args.smoke).lower(),
+        "python": platform.python_version(),
+    }
+    if prepared.segmenter:
+        tags.update(
+            segmenter_uri=prepared.segmenter.uri,
+            segmenter_version=f"{prepared.segmenter.name}/{prepared.segmenter.version}",
+        )
+    run = client.create_run(exp_id, run_name=f"launch-{ray_path.name}", tags=tags)
+    params = {
+        "metric": space.metric,
+        "mode": space.mode,
+        "seed": args.seed,
+        **{f"budget.{k}": v for k, v in space.budget.items()},
+    }
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_text(run.info.run_id, space.path.read_text(), "search_space.yaml")
+    client.log_dict(run.info.run_id, _versions(), "versions.json")
+    params = [
+        {"name": p.name, "kind": p.kind, "values": list(p.values), "when": {k: list(v) for k, v in p.when.items()}}
+        for p in space.params
+    ]
+    resolved = {
+        "task": space.task,
+        "metric": space.metric,
+        "mode": space.mode,
+        "budget": space.budget,
+        "fixed": space.fixed,
+        "params": params,
+    }
+    client.log_text(run.info.run_id, json.dumps(resolved, indent=2), "resolved_space.json")
+    return run.info.run_id
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = [
+        "torch",
+        "torchvision",
+        "ray",
+        "pytorch-lightning",
+        "optuna",
+        "mlflow",
+        "torchmetrics",
+        "grad-cam",
+        "pycocotools",
+    ]
+    return {name: version(name) for name in names}

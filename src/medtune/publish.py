@@ -1,0 +1,147 @@
+"""After the search: test the best trial once, log the model, register and promote segmenters."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+import torchvision
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from medtune.build import build_datamodule
+from medtune.evaluate import load_system, test_metrics, test_predictions
+from medtune.tracking import CHAMPION, champion, promote_if_better
+
+PIP_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    f"torchvision=={torchvision.__version__.split('+')[0]}",
+]
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The winner of a search, as plain values (no Ray objects)."""
+
+    run_id: str  # its MLflow child run
+    config: dict
+    checkpoint_file: Path
+    val_score: float
+
+
+@dataclass(frozen=True)
+class Published:
+    test: dict[str, float]
+    model_uri: str
+    registered: str | None = None  # "name/version" for segmenters
+    promoted: bool = False
+
+
+def publish_best(
+    client: MlflowClient,
+    *,
+    parent_run_id: str,
+    task: str,
+    best: BestTrial,
+    caches: dict[str, str],
+    pred_masks: dict[str, str] | None,
+    num_classes: int,
+    epochs: int,
+    metric: str,
+    mode: str,
+    register_as: str | None = None,
+    version_tags: dict[str, str] | None = None,
+) -> Published:
+    """Evaluate ``best`` on the test split and record it on the parent run (and registry)."""
+    system = load_system(
+        task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs, train_cache=caches["train"]
+    )
+    test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
+    _log_predictions(client, parent_run_id, test_predictions(system, best.config, caches=caches, pred_masks=pred_masks))
+    if getattr(system, "cam_layer", None):
+        _log_cam_overlays(client, parent_run_id, system, best.config, caches=caches, pred_masks=pred_masks)
+    client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in test.items()])
+    client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
+    client.set_tag(parent_run_id, "best_run_id", best.run_id)
+    client.set_tag(best.run_id, "best", "true")
+    for key, value in test.items():
+        client.log_metric(best.run_id, key, value)
+    size = int(best.config["data.image_size"])
+    example = np.zeros((2, 3, size, size), dtype=np.float32)
+    with mlflow.start_run(run_id=parent_run_id):
+        info = mlflow.pytorch.log_model(
+            system.model.cpu().eval(),
+            name="model",
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=register_as,
+            serialization_format="pt2",
+        )
+    if register_as is None:
+        return Published(test, info.model_uri)
+    version = str(info.registered_model_version)
+    tags = {
+        "val_score": repr(best.val_score),
+        "metric": metric,
+        "image_size": str(size),
+        "run_id": best.run_id,
+        **(version_tags or {}),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(register_as, version, key, value)
+    promoted = promote_if_better(client, register_as, version, best.val_score, mode)
+    client.set_tag(parent_run_id, "registered_model", f"{register_as}/{version}")
+    client.set_tag(parent_run_id, "promoted_to_champion", str(promoted).lower())
+    return Published(test, info.model_uri, f"{register_as}/{version}", promoted)
+
+
+def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "test_predictions.npz"
+        np.savez_compressed(path, **arrays)
+        client.log_artifact(run_id, str(path))
+    labels = arrays.get("labels")
+    if labels is not None and labels.ndim == 1:  # single-label: the test confusion matrix, rows = truth
+        k = arrays["probs"].shape[1]
+        matrix = np.zeros((k, k), dtype=int)
+        np.add.at(matrix, (labels.astype(int), arrays["probs"].argmax(1)), 1)
+        client.log_dict(
+            run_id,
+            {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()},
+            "confusion_matrix.json",
+        )
+
+
+def _log_cam_overlays(
+    client: MlflowClient,
+    run_id: str,
+    system,
+    config: dict,
+    *,
+    caches: dict[str, str],
+    pred_masks: dict[str, str] | None,
+) -> None:
+    """HiResCAM overlays of a sample of test images (what the classifier looks at)."""
+    from medtune.overlays import save_cam_overlays
+
+    data = build_datamodule(config, caches=caches, pred_masks=pred_masks)
+    with tempfile.TemporaryDirectory() as folder:
+        save_cam_overlays(system, data.dataset("test"), Path(folder), n=8)
+        client.log_artifacts(run_id, folder, "cam_overlays")
+
+
+def _metric(key: str, value: float) -> Metric:
+    return Metric(key, value, int(time.time() * 1000), 0)
+
+
+def champion_summary(client: MlflowClient, name: str) -> str:
+    """One line on who holds ``champion`` for ``name``."""
+    current = champion(client, name)
+    if current is None:
+        return f"{name}: no {CHAMPION}"
+    return f"{name}@{CHAMPION} = version {current.version} ({current.tags.get('metric', 'score')} {current.tags.get('val_score')})"

@@ -1,0 +1,195 @@
+"""Compare experiments: the best trial of each one's latest launch on the same test split.
+
+Every experiment's launch must be on the same dataset (same ``dataset_fingerprint``) and have logged
+its per-image test predictions (``test_predictions.npz``); the metrics are re-computed from them and
+each difference against the first experiment gets a paired bootstrap interval (same images drawn
+for every model in each resample).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from medtune.report import html
+from medtune.report.bootstrap import METRICS, RESAMPLES, SEED, Interval, paired_bootstrap
+from medtune.report.load import PREDICTIONS, load_predictions
+from medtune.report.plots import save
+from medtune.tracking import TrackingError, experiment_id, latest_launch
+
+SALIENCY = "test/saliency_iou"  # logged by saliency-trained classifiers; shown when present
+
+
+class CompareError(TrackingError):
+    """Experiments that cannot be compared; the message is one line."""
+
+
+@dataclass
+class Entry:
+    """One experiment's latest launch and its best trial's test predictions."""
+
+    experiment: str
+    run_id: str
+    dataset: str
+    fingerprint: str
+    labels: np.ndarray
+    probs: np.ndarray
+    image_ids: np.ndarray | None
+    saliency_iou: float  # NaN when the launch logged none
+
+
+@dataclass
+class Comparison:
+    """Per metric: each experiment's value (with its bootstrap interval) and its difference vs the first."""
+
+    entries: list[Entry]
+    values: dict[str, list[Interval]]
+    diffs: dict[str, list[Interval]]
+
+
+def open_entries(client: MlflowClient, experiments: list[str]) -> list[Entry]:
+    """The latest launch of each experiment; refuses different datasets or missing predictions."""
+    parents = [(name, latest_launch(client, experiment_id(client, name, create=False))) for name in experiments]
+    fingerprints = {run.data.tags.get("dataset_fingerprint", "?") for _, run in parents}
+    if len(fingerprints) > 1:
+        which = "; ".join(
+            f"{n}: {r.data.tags.get('dataset_fingerprint', '?')} ({r.data.tags.get('dataset', '?')})"
+            for n, r in parents
+        )
+        raise CompareError(f"cannot compare: the latest launches are on different datasets ({which})")
+    return [_entry(client, name, run) for name, run in parents]
+
+
+def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
+    preds = load_predictions(client, run.info.run_id)
+    if preds is None or not {"labels", "probs"} <= set(preds) or preds["probs"].ndim != 2:
+        raise CompareError(
+            f"cannot compare: the latest launch of '{name}' ({run.info.run_id}) has no per-image classification predictions ({PREDICTIONS})"
+        )
+    if preds["labels"].ndim != 1:
+        raise CompareError(f"cannot compare: '{name}' is multi-label; --compare covers single-label classifiers")
+    tags = run.data.tags
+    return Entry(
+        experiment=name,
+        run_id=run.info.run_id,
+        dataset=tags.get("dataset", "?"),
+        fingerprint=tags.get("dataset_fingerprint", "?"),
+        labels=preds["labels"].astype(int),
+        probs=preds["probs"].astype(float),
+        image_ids=preds.get("image_ids"),
+        saliency_iou=float(run.data.metrics.get(SALIENCY, math.nan)),
+    )
+
+
+def _aligned(entries: list[Entry]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Labels and each entry's probabilities, ordered by image id so every row is the same image."""
+    first, probs = entries[0], []
+    order0 = np.argsort(first.image_ids) if first.image_ids is not None else np.arange(len(first.labels))
+    for entry in entries:
+        if entry.image_ids is None or first.image_ids is None:
+            order = np.arange(len(entry.labels))
+            same = len(entry.labels) == len(first.labels)
+        else:
+            order = np.argsort(entry.image_ids)
+            same = np.array_equal(entry.image_ids[order], first.image_ids[order0])
+        if not same or not np.array_equal(entry.labels[order], first.labels[order0]):
+            raise CompareError(
+                f"cannot compare: '{entry.experiment}' was tested on other images than '{first.experiment}'"
+            )
+        probs.append(entry.probs[order])
+    return first.labels[order0], probs
+
+
+def compare(entries: list[Entry], *, resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
+    """Every metric of every entry with bootstrap intervals, and paired differences vs the first."""
+    labels, probs = _aligned(entries)
+    values, diffs = {}, {}
+    for name, metric in METRICS.items():
+        values[name], diffs[name] = paired_bootstrap(labels, probs, metric, resamples=resamples, seed=seed)
+    return Comparison(entries, values, diffs)
+
+
+def _columns(result: Comparison) -> list[str]:
+    saliency = any(math.isfinite(e.saliency_iou) for e in result.entries)
+    return list(METRICS) + (["saliency_iou"] if saliency else [])
+
+
+def table_rows(result: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each experiment's metrics, then its difference vs the first [95% CI]."""
+    columns = _columns(result)
+    header = ["experiment", "launch", "test images"] + columns
+    rows = []
+    for i, entry in enumerate(result.entries):
+        cells = [entry.experiment, entry.run_id[:8], str(len(entry.labels))]
+        for name in columns:
+            if name == "saliency_iou":
+                cells.append("-" if math.isnan(entry.saliency_iou) else f"{entry.saliency_iou:.3f}")
+                continue
+            value = f"{result.values[name][i].value:.3f}"
+            cells.append(value if i == 0 else f"{value} (diff {result.diffs[name][i]})")
+        rows.append(cells)
+    return header, rows
+
+
+def format_text(result: Comparison) -> str:
+    """The comparison as an aligned plain-text table, with a line on how the intervals were made."""
+    header, rows = table_rows(result)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header] + rows]
+    return "\n".join(lines + [_method(result)])
+
+
+def _method(result: Comparison) -> str:
+    first = result.entries[0].experiment
+    return (
+        f"diff: against {first}, 95% paired bootstrap interval over the {len(result.entries[0].labels)} test images "
+        f"({RESAMPLES} resamples, seed {SEED}); metrics re-computed from {PREDICTIONS}"
+    )
+
+
+def bar_chart(result: Comparison, path: Path) -> Path:
+    """Grouped bars: one group per metric, one bar per experiment, with bootstrap 95% error bars."""
+    names, count = list(METRICS), len(result.entries)
+    width = 0.8 / count
+    fig = Figure(figsize=(2 + 1.8 * len(names), 4))
+    ax = fig.add_subplot()
+    for i, entry in enumerate(result.entries):
+        intervals = [result.values[n][i] for n in names]
+        heights = [iv.value for iv in intervals]
+        errors = np.array([[max(0.0, iv.value - iv.low), max(0.0, iv.high - iv.value)] for iv in intervals]).T
+        xs = np.arange(len(names)) + (i - (count - 1) / 2) * width
+        ax.bar(xs, heights, width, yerr=np.nan_to_num(errors), capsize=3, label=entry.experiment)
+    ax.set_xticks(range(len(names)), names)
+    ax.set(
+        ylim=(0, 1.05),
+        ylabel="test split",
+        title=f"best trial of each experiment ({len(result.entries[0].labels)} test images)",
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return save(fig, path)
+
+
+def write_page(result: Comparison, out: Path) -> Path:
+    """``out/compare.html`` with the table and the embedded bar chart (``out/compare.png``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    chart = bar_chart(result, out / "compare.png")
+    header, rows = table_rows(result)
+    entry = result.entries[0]
+    parts = [
+        html.note(f"dataset {entry.dataset} (fingerprint {entry.fingerprint})"),
+        html.table(header, rows),
+        html.note(_method(result)),
+        html.image(chart, "metrics per experiment"),
+        html.note(
+            "Error bars: 95% bootstrap interval of each value (not paired); use the table's diff intervals to compare."
+        ),
+    ]
+    page = out / "compare.html"
+    page.write_text(html.page("medtune comparison: " + " vs ".join(e.experiment for e in result.entries), parts))
+    return page

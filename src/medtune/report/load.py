@@ -1,0 +1,172 @@
+"""Read one launch from MLflow into plain values: the parent run, its trials and their curves.
+
+Nothing past this module touches MLflow objects, so plots and pages are plain functions of a
+:class:`Launch`. Only the tracking store is read (no Ray results, no checkpoints, no dataset).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from medtune.leaderboard import Row, leaderboard
+from medtune.tracking import LAUNCH_TAG, TrackingError, experiment_id, latest_launch, trial_runs
+
+PREDICTIONS = "test_predictions.npz"  # logged on the parent run by src/medtune/publish.py
+SPACE_FILE = "search_space.yaml"  # the space file as launched (its smoke block not yet merged)
+
+
+@dataclass
+class Launch:
+    """One launch of a search, read from its parent run and child (trial) runs.
+
+    Attributes:
+        experiment: the MLflow experiment name.
+        run_id: the parent run's id.
+        tags, params, metrics: the parent run's tags, params (``metric``, ``mode``, ``budget.*``)
+            and metrics (``test/*`` of the best trial, ``best_<metric>``).
+        rows: one per trial, best first, failed last (``medtune.leaderboard`` order).
+        started: trial run id -> start time in ms (the order the search sampled them).
+        curves: trial run id -> ``(epoch, objective)`` for every epoch the trial reported.
+        space: the search-space mapping as launched (smoke block merged); ``{}`` if not logged.
+        predictions: the best trial's per-image test predictions, or None if not logged.
+    """
+
+    experiment: str
+    run_id: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    rows: list[Row]
+    started: dict[str, int]
+    curves: dict[str, list[tuple[int, float]]]
+    space: dict
+    predictions: dict[str, np.ndarray] | None
+
+    @property
+    def metric(self) -> str:
+        return self.params.get("metric", "")
+
+    @property
+    def mode(self) -> str:
+        return self.params.get("mode", "max")
+
+    @property
+    def task(self) -> str:
+        return self.tags.get("task", "")
+
+    @property
+    def max_epochs(self) -> int:
+        return int(float(self.params.get("budget.max_epochs", 0)))
+
+    @property
+    def test(self) -> dict[str, float]:
+        """The best trial's test-split metrics, as logged on the parent run."""
+        return {k: v for k, v in sorted(self.metrics.items()) if k.startswith("test/")}
+
+    @property
+    def best(self) -> Row | None:
+        """The trial the launch tested and published (``best_run_id``), else the leaderboard's first."""
+        chosen = self.tags.get("best_run_id")
+        for row in self.rows:
+            if row.run_id == chosen:
+                return row
+        first = self.rows[0] if self.rows else None
+        return first if first is not None and not math.isnan(first.objective) else None
+
+    def in_start_order(self) -> list[Row]:
+        """The trials in the order they started (the order the sampler proposed them)."""
+        return sorted(self.rows, key=lambda r: self.started.get(r.run_id, 0))
+
+
+def open_launch(client: MlflowClient, experiment: str, launch: str | None = None) -> Launch:
+    """Read a launch of ``experiment``: the latest one, or the parent run ``launch``.
+
+    Raises:
+        TrackingError: unknown experiment (the message lists the existing ones), no launch yet,
+            or ``launch`` is not a launch of this experiment.
+    """
+    exp_id = experiment_id(client, experiment, create=False)
+    parent = _parent(client, exp_id, experiment, launch)
+    run_id, params = parent.info.run_id, dict(parent.data.params)
+    metric, mode = params.get("metric", ""), params.get("mode", "max")
+    rows = leaderboard(client, exp_id, run_id, metric, mode)
+    started = {r.info.run_id: r.info.start_time or 0 for r in trial_runs(client, exp_id, run_id)}
+    return Launch(
+        experiment=experiment,
+        run_id=run_id,
+        tags=dict(parent.data.tags),
+        params=params,
+        metrics=dict(parent.data.metrics),
+        rows=rows,
+        started=started,
+        curves={row.run_id: _curve(client, row.run_id, metric) for row in rows},
+        space=_space(client, run_id, smoke=parent.data.tags.get("smoke") == "true"),
+        predictions=load_predictions(client, run_id),
+    )
+
+
+def _parent(client: MlflowClient, exp_id: str, experiment: str, launch: str | None) -> Run:
+    if launch is None:
+        return latest_launch(client, exp_id)
+    try:
+        run = client.get_run(launch)
+    except MlflowException:
+        raise TrackingError(f"--launch {launch}: no such run in the tracking store") from None
+    if run.info.experiment_id != exp_id or run.data.tags.get(LAUNCH_TAG) != "true":
+        raise TrackingError(f"--launch {launch}: not a launch (parent run) of experiment '{experiment}'")
+    return run
+
+
+def _curve(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
+    history = client.get_metric_history(run_id, metric) if metric else []
+    return sorted((int(m.step), float(m.value)) for m in history if math.isfinite(m.value))
+
+
+def read_artifact(client: MlflowClient, run_id: str, path: str) -> bytes | None:
+    """The bytes of a run's artifact, or None when the run has no such artifact."""
+    if path not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(client.download_artifacts(run_id, path, folder)).read_bytes()
+
+
+def load_predictions(client: MlflowClient, run_id: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a parent run's ``test_predictions.npz``, or None if it was not logged."""
+    data = read_artifact(client, run_id, PREDICTIONS)
+    if data is None:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def _space(client: MlflowClient, run_id: str, *, smoke: bool) -> dict:
+    """The search space as the launch used it: the logged YAML with its smoke block merged."""
+    data = read_artifact(client, run_id, SPACE_FILE)
+    if data is None:
+        return {}
+    try:
+        raw = yaml.safe_load(data.decode())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return _merge(raw, raw.get("smoke") or {}) if smoke else raw
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``override`` merged into ``base`` key by key (nested mappings merged too), as launch.py does."""
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out

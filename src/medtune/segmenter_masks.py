@@ -1,0 +1,85 @@
+"""Run a segmenter once over every image of a dataset and cache its lesion probabilities.
+
+Masked classification trials read these caches, so the segmenter never runs per item or per epoch.
+The cache is keyed by the segmenter (registered name and version) and the image cache it was
+computed from; probabilities are stored as uint8 (0..255) at the classifier's image size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medtune.data.cache import load_cache
+from medtune.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, *, out_size: int, batch_size: int = 32) -> torch.Tensor:
+    """Lesion probabilities uint8 [N,1,out,out] for uint8 images [N,3,S,S] at the segmenter's size."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = torch.empty((images.shape[0], 1, out_size, out_size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].float() / 255.0
+        probs = torch.sigmoid(model((batch - mean) / std))
+        probs = F.interpolate(probs, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        out[start : start + batch_size] = (probs.clamp(0, 1) * 255).round().to(torch.uint8)
+    return out
+
+
+def build_mask_cache(model: nn.Module, seg_image_cache: Path, out: Path, *, out_size: int) -> Path:
+    """Write (once) the probabilities of ``model`` over ``seg_image_cache`` (images at its input size)."""
+    if out.is_file():
+        return out
+    images = load_cache(seg_image_cache)["images"]
+    probs = predict_probs(model, images, out_size=out_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"probs": probs}, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_segmenter(client, *, name: str, uri: str | None, command: str) -> tuple[str, object]:
+    """The segmenter's model URI and registry version: ``uri`` if given, else ``<name>@champion``.
+
+    Raises ``TrackingError`` naming ``command`` (the one that creates a champion) when there is none.
+    """
+    from medtune.tracking import CHAMPION, TrackingError, champion
+
+    if uri is None:
+        version = champion(client, name)
+        if version is None:
+            raise TrackingError(f"no champion segmenter '{name}' for this dataset; create one with: {command}")
+        return f"models:/{name}@{CHAMPION}", version
+    if not uri.startswith("models:/"):
+        raise TrackingError(f"--segmenter {uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    ref = uri[len("models:/") :]
+    try:
+        if "@" in ref:
+            model, alias = ref.split("@", 1)
+            return uri, client.get_model_version_by_alias(model, alias)
+        model, version = ref.rsplit("/", 1)
+        return uri, client.get_model_version(model, version)
+    except Exception as err:  # noqa: BLE001 - any registry failure is a bad --segmenter for the user
+        raise TrackingError(
+            f"--segmenter {uri}: not found in the model registry ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def load_segmenter(model_uri: str) -> nn.Module:
+    """Load a logged segmenter as a callable module.
+
+    ``launch.py`` logs models in torch.export ("pt2") format, which loads without unpickling code;
+    they were exported in eval mode (the exported graph does not support ``.eval()`` again).
+    """
+    import mlflow.pytorch
+
+    return mlflow.pytorch.load_model(model_uri)

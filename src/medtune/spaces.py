@@ -1,0 +1,285 @@
+"""Search-space files: the declarative schema in ``search_spaces/*.yaml`` and its validation.
+
+Schema (every key checked; errors name the file and the key)::
+
+    task: segmentation            # a name in medtune.tasks.TASKS
+    metric: val/iou               # the objective, reported by every trial each epoch
+    mode: max                     # max or min
+    fixed:                        # constants, flat dotted keys (see medtune.build for the groups)
+      data.image_size: 64
+    params:                       # searched parameters, in sampling order
+      model.name: {choice: [unet, deeplabv3_mobilenet_v3_large]}
+      model.width: {int: [8, 32], when: {model.name: unet}}   # only exists under that choice
+      train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+      train.weight_decay: {uniform: [0.0, 0.1]}
+    budget: {num_samples: 8, max_epochs: 6, grace_period: 2, reduction_factor: 2}
+    smoke: {fixed: {...}, params: {...}, budget: {...}}       # merged over the above by --smoke
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtune import build
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"  # beside src/ in the checkout
+KINDS = ("choice", "uniform", "loguniform", "int")
+TOP_KEYS = {"task", "metric", "mode", "search", "fixed", "params", "budget", "smoke"}
+SEARCHES = ("tpe", "grid")  # tpe: Optuna TPE + ASHA; grid: every combination, no early stopping
+BUDGET_DEFAULTS = {"num_samples": 8, "max_epochs": 5, "grace_period": 1, "reduction_factor": 2}
+
+
+class SpaceError(ValueError):
+    """A search-space problem; the message is one line naming the file and key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: ``kind`` is a name in ``KINDS``; ``when`` maps key -> allowed values."""
+
+    name: str
+    kind: str
+    values: tuple
+    when: dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space."""
+
+    name: str
+    path: Path
+    task: str
+    metric: str
+    mode: str
+    fixed: dict[str, Any]
+    params: tuple[Param, ...]
+    budget: dict[str, int]
+    search: str = "tpe"
+
+    def possible_values(self, key: str) -> tuple:
+        """Every value ``key`` can take (fixed value or choice list); empty if continuous or absent."""
+        if key in self.fixed:
+            return (self.fixed[key],)
+        for p in self.params:
+            if p.name == key and p.kind == "choice":
+                return p.values
+        return ()
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_path(name: str) -> Path:
+    """A space name (``segmentation``) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path.resolve()
+    path = SPACES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise SpaceError(f"unknown search space '{name}'; valid: {', '.join(available())} (or a path to a .yaml file)")
+    return path
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_space(name: str, *, smoke: bool = False) -> SearchSpace:
+    """Load, merge the ``smoke`` block when asked, and validate a search space."""
+    path = resolve_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise SpaceError(f"{path}: unknown key '{sorted(unknown)[0]}'; valid: {', '.join(sorted(TOP_KEYS))}")
+    if smoke:
+        raw = _merge(raw, _mapping(path, raw, "smoke"))
+    return _validate(path, raw)
+
+
+def load_config(path: Path) -> SearchSpace:
+    """A single configuration to train once (``analyze.py --export-best``), as a one-trial space.
+
+    The file holds ``space`` (whose task, metric and mode are used), ``config`` (flat dotted keys,
+    all fixed) and optionally ``budget`` (e.g. more ``max_epochs`` than the search used).
+    """
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SpaceError(f"{path}: cannot read config ({' '.join(str(err).split())})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or "space" not in raw:
+        raise SpaceError(f"{path}: expected keys 'space' (a search space name) and 'config' (a mapping)")
+    base = load_space(str(raw["space"]))
+    budget = {**base.budget, **_mapping(path, raw, "budget"), "num_samples": 1}
+    space = SearchSpace(
+        name=base.name,
+        path=path,
+        task=base.task,
+        metric=base.metric,
+        mode=base.mode,
+        fixed=dict(raw["config"]),
+        params=(),
+        budget=_budget(path, budget),
+    )
+    _check_keys(space)
+    return space
+
+
+def _mapping(path: Path, raw: dict, key: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise SpaceError(f"{path}: key '{key}': expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _validate(path: Path, raw: dict) -> SearchSpace:
+    task = raw.get("task")
+    if task not in build.TASKS:
+        raise SpaceError(f"{path}: key 'task': expected one of {', '.join(build.TASKS)}, got {task!r}")
+    if raw.get("mode") not in ("max", "min"):
+        raise SpaceError(f"{path}: key 'mode': expected max or min, got {raw.get('mode')!r}")
+    if not isinstance(raw.get("metric"), str) or "/" not in raw["metric"]:
+        raise SpaceError(f"{path}: key 'metric': expected a metric name like val/iou, got {raw.get('metric')!r}")
+    search = raw.get("search", "tpe")
+    if search not in SEARCHES:
+        raise SpaceError(f"{path}: key 'search': expected one of {', '.join(SEARCHES)}, got {search!r}")
+    fixed = _mapping(path, raw, "fixed")
+    params = tuple(_param(path, key, spec, fixed) for key, spec in _mapping(path, raw, "params").items())
+    if search == "grid":
+        for param in params:
+            if param.kind != "choice":
+                raise SpaceError(
+                    f"{path}: key 'params.{param.name}': a grid search needs choice lists, got {param.kind}"
+                )
+    space = SearchSpace(
+        name=path.stem,
+        path=path,
+        task=task,
+        metric=raw["metric"],
+        mode=raw["mode"],
+        fixed=fixed,
+        params=params,
+        budget=_budget(path, _mapping(path, raw, "budget")),
+        search=search,
+    )
+    _check_keys(space)
+    if search == "grid":
+        space.budget["num_samples"] = len(grid_points(space))
+    return space
+
+
+def grid_points(space: SearchSpace) -> list[dict]:
+    """Every combination of the choice lists, in file order; a ``when`` parameter varies only
+    where its condition holds (so tversky's alpha is crossed with tversky alone)."""
+    points = [dict(space.fixed)]
+    for param in space.params:
+        grown = []
+        for point in points:
+            if all(point.get(ref) in allowed for ref, allowed in param.when.items()):
+                grown += [{**point, param.name: value} for value in param.values]
+            else:
+                grown.append(point)
+        points = grown
+    return points
+
+
+def _param(path: Path, key: str, spec: Any, fixed: dict) -> Param:
+    def where(suffix: str = "") -> str:
+        return f"{path}: key 'params.{key}{suffix}'"
+
+    if key in fixed:
+        raise SpaceError(f"{where()}: also in 'fixed'; a parameter is either fixed or searched")
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{where()}: expected a mapping like {{choice: [...]}} or {{uniform: [low, high]}}")
+    kinds = [k for k in spec if k != "when"]
+    if len(kinds) != 1 or kinds[0] not in KINDS:
+        raise SpaceError(f"{where()}: expected exactly one of {', '.join(KINDS)} (plus optional 'when'), got {kinds}")
+    kind, values = kinds[0], spec[kinds[0]]
+    if not isinstance(values, list) or not values:
+        raise SpaceError(f"{where('.' + kind)}: expected a non-empty list")
+    if kind != "choice":
+        _check_range(where("." + kind), kind, values)
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise SpaceError(f"{where('.when')}: expected a mapping like {{model.name: unet}}")
+    return Param(key, kind, tuple(values), {k: tuple(v if isinstance(v, list) else [v]) for k, v in when.items()})
+
+
+def _check_range(where: str, kind: str, values: list) -> None:
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise SpaceError(f"{where}: expected [low, high] numbers, got {values}")
+    low, high = values
+    if low > high:
+        raise SpaceError(f"{where}: low {low} > high {high}")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: loguniform needs low > 0, got {low}")
+    if kind == "int" and not all(isinstance(v, int) for v in values):
+        raise SpaceError(f"{where}: int needs integer bounds, got {values}")
+
+
+def _budget(path: Path, raw: dict) -> dict[str, int]:
+    unknown = set(raw) - set(BUDGET_DEFAULTS)
+    if unknown:
+        raise SpaceError(f"{path}: key 'budget.{sorted(unknown)[0]}': unknown; valid: {', '.join(BUDGET_DEFAULTS)}")
+    budget = {**BUDGET_DEFAULTS, **raw}
+    for key, value in budget.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpaceError(f"{path}: key 'budget.{key}': expected a positive integer, got {value!r}")
+    if budget["reduction_factor"] < 2:
+        raise SpaceError(f"{path}: key 'budget.reduction_factor': expected >= 2, got {budget['reduction_factor']}")
+    return budget
+
+
+def _check_keys(space: SearchSpace) -> None:
+    """Every key must name a group and an argument its constructor accepts (for each possible name)."""
+    seen = set(space.fixed)
+    for key in list(space.fixed) + [p.name for p in space.params]:
+        where = f"{space.path}: key '{key}'"
+        param = next((p for p in space.params if p.name == key), None)
+        group, _, arg = key.partition(".")
+        if group not in build.GROUPS or not arg:
+            raise SpaceError(f"{where}: expected <group>.<argument> with group one of {', '.join(build.GROUPS)}")
+        if param:
+            for ref in param.when:
+                if ref not in seen:
+                    raise SpaceError(
+                        f"{space.path}: key 'params.{key}.when': '{ref}' must be fixed or a parameter listed before '{key}'"
+                    )
+            seen.add(key)
+        _check_arg(space, where, group, arg, param)
+
+
+def _check_arg(space: SearchSpace, where: str, group: str, arg: str, param: Param | None) -> None:
+    if group in ("model", "loss"):
+        names = space.possible_values(f"{group}.name")
+        if not names:
+            raise SpaceError(f"{space.path}: key '{group}.name' is required (fixed or a choice)")
+        if param and f"{group}.name" in param.when:
+            names = param.when[f"{group}.name"]
+        for name in names:
+            try:
+                valid = build.accepted_args(space.task, group, name)
+            except ValueError as err:
+                raise SpaceError(f"{where}: {err}") from None
+            if arg != "name" and arg not in valid:
+                raise SpaceError(
+                    f"{where}: {group} '{name}' takes no argument '{arg}'; valid: {', '.join(sorted(valid))}"
+                )
+        return
+    valid = build.accepted_args(space.task, group)
+    if arg not in valid:
+        raise SpaceError(f"{where}: unknown argument '{arg}' for {group}; valid: {', '.join(sorted(valid))}")

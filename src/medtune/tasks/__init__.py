@@ -1,0 +1,40 @@
+"""Task registry: what a search space's ``task:`` names, and how its parts are built.
+
+To add a task, add one ``TaskSpec`` here. ``model_kind``/``loss_kind`` select the model and loss
+registries; ``needs_segmenter`` makes the launcher resolve the champion segmenter and cache its masks;
+``single_label`` tasks get the HiResCAM layer of their backbone (a CAM explains one class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medtune.tasks.base import BaseTask
+from medtune.tasks.classification import ClassificationTask
+from medtune.tasks.multilabel import MultiLabelTask
+from medtune.tasks.saliency import SaliencyClassificationTask
+from medtune.tasks.segmentation import SegmentationTask
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to build one task: its system class, registries, and data requirements."""
+
+    system: type[BaseTask]
+    model_kind: str  # "segmentation" or "classification"
+    needs_segmenter: bool = False
+    single_label: bool = True
+    loss_kind: str = ""  # a key of medtune.losses.LOSSES_BY_KIND; empty: the same as model_kind
+
+    def __post_init__(self) -> None:
+        if not self.loss_kind:
+            object.__setattr__(self, "loss_kind", self.model_kind)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "segmentation": TaskSpec(SegmentationTask, "segmentation"),
+    "classification": TaskSpec(ClassificationTask, "classification"),
+    "masked_classification": TaskSpec(ClassificationTask, "classification", needs_segmenter=True),
+    "saliency_classification": TaskSpec(SaliencyClassificationTask, "classification"),
+    "multilabel_classification": TaskSpec(MultiLabelTask, "classification", single_label=False, loss_kind="multilabel"),
+}

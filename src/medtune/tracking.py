@@ -1,0 +1,146 @@
+"""MLflow conventions shared by the launcher, the trainables' logger and ``analyze.py``.
+
+Layout: one experiment per search space (or ``--experiment``); one parent run per launch, tagged
+``medtune.launch=true``; one child run per trial (``mlflow.parentRunId`` = the parent, and the
+Ray trial id in ``ray_trial_id``). Segmenters are registered as ``seg-<dataset>-<fingerprint>``;
+the alias ``champion`` points at the best version for that dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # the checkout: src/medtune/tracking.py
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "ray_trial_id"
+LAUNCH_TAG = "medtune.launch"
+CHAMPION = "champion"
+
+
+class TrackingError(RuntimeError):
+    """A tracking-store problem for the user (unknown experiment, no champion); one line."""
+
+
+def default_tracking_uri() -> str:
+    """The sqlite store in the project folder, which plain ``mlflow ui`` there also reads."""
+    return f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+
+
+SHORT_KEYS = {
+    "weight_decay": "wd",
+    "augment": "aug",
+    "mask_threshold": "thr",
+    "bce_weight": "bcew",
+    "width": "w",
+    "depth": "d",
+}
+
+
+def run_name(config: dict, searched: list[str], trial_id: str) -> str:
+    """A short readable summary of a trial's key choices, e.g. ``unet_w16_bce_dice_lr3e-04_1a2b``."""
+    parts = []
+    for key in searched:
+        if key not in config:
+            continue
+        value, last = config[key], key.split(".")[-1]
+        short = SHORT_KEYS.get(last, last[:5])
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, float):
+            parts.append(f"{short}{value:.0e}" if abs(value) < 1e-2 else f"{short}{value:.2g}")
+        else:
+            parts.append(f"{short}{value}")
+    return "_".join(parts + [trial_id[:4]])[:250]
+
+
+CODE_FOLDERS = ("src", "trainables", "benchmarks")
+
+
+def code_version() -> str:
+    """The git commit (with ``-dirty`` when modified), or a content hash of the code outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR, capture_output=True, text=True
+        )
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        digest = hashlib.sha256()  # the project's own code only: not .venv/, data or results
+        code = [p for folder in CODE_FOLDERS for p in sorted((PROJECT_DIR / folder).rglob("*.py"))]
+        for path in code + sorted(PROJECT_DIR.glob("*.py")):
+            digest.update(path.read_bytes())
+        return "sha256:" + digest.hexdigest()[:16]
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """``mlruns/<experiment>/`` beside a sqlite store's file: a store (runs and models) is one folder.
+
+    MLflow's own default is ``./mlruns/<id>`` of the current directory, wherever the store is.
+    Other stores (a tracking server, postgres) keep their configured artifact root (None).
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
+        return None
+    folder = "".join(c if c.isalnum() or c in "-_." else "-" for c in experiment)
+    return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlruns" / folder).as_uri()
+
+
+def experiment_id(client: MlflowClient, name: str, *, create: bool) -> str:
+    """The id of experiment ``name``; unknown names list the existing experiments."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "active":
+        return experiment.experiment_id
+    if create:
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+    names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY) if e.name != "Default")
+    raise TrackingError(f"unknown experiment '{name}'; existing: {', '.join(names) or 'none (run launch.py first)'}")
+
+
+def latest_launch(client: MlflowClient, exp_id: str) -> Any:
+    """The most recent parent run of an experiment."""
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.`{LAUNCH_TAG}` = 'true'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not runs:
+        raise TrackingError(f"experiment {exp_id} has no launch yet (run launch.py first)")
+    return runs[0]
+
+
+def trial_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list:
+    """Every child run of a launch (all statuses)."""
+    return client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000)
+
+
+def segmenter_name(dataset_name: str, fingerprint: str) -> str:
+    """Registered-model name of the segmenters trained on one dataset (its splits' fingerprint)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset_name)
+    return f"seg-{safe}-{fingerprint[:8]}"
+
+
+def champion(client: MlflowClient, name: str) -> Any | None:
+    """The model version holding the ``champion`` alias, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote_if_better(client: MlflowClient, name: str, version: str, score: float, mode: str) -> bool:
+    """Move ``champion`` to ``version`` if its validation ``score`` beats the current champion's."""
+    current = champion(client, name)
+    if current is not None:
+        best = float(current.tags.get("val_score", "nan"))
+        beaten = score > best if mode == "max" else score < best
+        if best == best and not beaten:  # best == best: the champion has a valid score
+            return False
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return True
