@@ -46,7 +46,7 @@ def bare(epochs: int) -> None:
     import torch
 
     from medtune.build import build_datamodule, build_system
-    from trainables.trial import make_trainer  # plain Lightning; importing it loads Ray too, so time it
+    from medtune.trainer import make_trainer  # plain Lightning, no Ray
 
     t_import = time.time()
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from medtune.data.coco import resolve_dataset
 from medtune.overlays import save_cam_overlays
 from medtune.saliency import CEntIoULoss
 from medtune.tasks.classification import ClassificationTask
-from trainables.trial import make_trainer
+from medtune.trainer import make_trainer
 
 SIZE = 64
 CONFIG = {

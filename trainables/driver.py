@@ -9,12 +9,11 @@ from pathlib import Path
 
 import ray
 import torch
-
-import medtune
-import trainables
 from mlflow.tracking import MlflowClient
 from ray.tune import ResultGrid
 
+import medtune
+import trainables
 from medtune.leaderboard import counts, format_table, leaderboard
 from medtune.prepare import Prepared, prepare, start_parent_run
 from medtune.publish import BestTrial, champion_summary, publish_best

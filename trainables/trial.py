@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from medtune.build import build_datamodule, build_system
+from medtune.trainer import make_trainer
 from trainables.sampling import flat_config
 
 CHECKPOINT_FILE = "checkpoint"
@@ -48,22 +49,6 @@ class TrialContext:
     seed: int
     threads: int
     precision: str  # Lightning precision, e.g. "32-true" or "16-mixed"
-
-
-def make_trainer(*, max_epochs: int, precision: str, callbacks: list) -> pl.Trainer:
-    """A quiet Trainer on the GPU Ray assigned to this trial, if any, else the CPU."""
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="gpu" if torch.cuda.is_available() else "cpu",
-        devices=1,
-        precision=precision if torch.cuda.is_available() else "32-true",
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
 
 
 def run_trial(config: dict, context: TrialContext) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, default_collate
 
@@ -13,6 +12,7 @@ from medtune.build import build_datamodule, build_system
 from medtune.data.cache import load_cache
 from medtune.tasks.base import BaseTask
 from medtune.tasks.multilabel import MultiLabelTask
+from medtune.trainer import make_trainer
 
 
 def load_system(
@@ -40,14 +40,7 @@ def test_metrics(
     data = build_datamodule(
         config, caches=caches, pred_masks=pred_masks, num_classes=getattr(system, "num_classes", None)
     )
-    trainer = pl.Trainer(
-        accelerator="gpu" if torch.cuda.is_available() else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer()
     results = trainer.test(system, datamodule=data, verbose=False)
     return {k: float(v) for k, v in results[0].items()}
 
