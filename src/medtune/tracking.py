@@ -134,13 +134,58 @@ def champion(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
+# What two segmenter versions must share for their validation scores to be comparable.
+COMPARABLE_TAGS = ("metric", "mode", "image_size", "dataset_fingerprint")
+PROMOTION_TAG = "promotion"  # on each new version: why it was or was not promoted
+
+
+def incomparable(new: dict[str, str], current: dict[str, str]) -> str:
+    """Why two versions' scores cannot be compared ("" when they can): metric, mode, size or split differ.
+
+    A champion registered before versions carried ``mode`` is taken to share the new version's mode
+    (its metric name still has to match).
+    """
+    current = {"mode": new.get("mode", ""), **current}
+    diffs = [
+        f"{key} {current.get(key, '?')} vs {new.get(key, '?')}"
+        for key in COMPARABLE_TAGS
+        if new.get(key) != current.get(key)
+    ]
+    return "; ".join(diffs)
+
+
 def promote_if_better(client: MlflowClient, name: str, version: str, score: float, mode: str) -> bool:
-    """Move ``champion`` to ``version`` if its validation ``score`` beats the current champion's."""
+    """Move ``champion`` to ``version`` if its validation ``score`` beats the current champion's.
+
+    Only like is compared with like: the two versions must share the metric, its mode, the image size and
+    the dataset fingerprint (``COMPARABLE_TAGS``, read from the versions' tags). Otherwise the new version
+    stays registered but is not promoted. Either way the reason is written to the new version's
+    ``promotion`` tag, and ``promotion_reason`` tells it to the caller.
+    """
+    client.set_model_version_tag(name, version, "mode", mode)
+    promoted, reason = _decide(client, name, version, score, mode)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, reason)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return promoted
+
+
+def promotion_reason(client: MlflowClient, name: str, version: str) -> str:
+    """The reason ``promote_if_better`` recorded for ``version``."""
+    return client.get_model_version(name, version).tags.get(PROMOTION_TAG, "")
+
+
+def _decide(client: MlflowClient, name: str, version: str, score: float, mode: str) -> tuple[bool, str]:
     current = champion(client, name)
-    if current is not None:
-        best = float(current.tags.get("val_score", "nan"))
-        beaten = score > best if mode == "max" else score < best
-        if best == best and not beaten:  # best == best: the champion has a valid score
-            return False
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return True
+    if current is None:
+        return True, "first champion"
+    new_tags = client.get_model_version(name, version).tags
+    if differs := incomparable(new_tags, current.tags):
+        return False, f"not comparable with champion v{current.version} ({differs}); champion kept"
+    best = float(current.tags.get("val_score", "nan"))
+    if best != best:  # the champion has no valid score: any scored version replaces it
+        return True, f"champion v{current.version} had no valid score"
+    beaten = score > best if mode == "max" else score < best
+    verdict = "better than" if beaten else "not better than"
+    kept = "" if beaten else "; champion kept"
+    return beaten, f"{current.tags.get('metric')} {score:.4f} {verdict} champion v{current.version} ({best:.4f}){kept}"
