@@ -87,11 +87,13 @@ class FocalLoss(nn.Module):
     """Sigmoid focal loss (Lin et al. 2017), averaged over pixels (or labels); as ``torchvision.ops``.
 
     Args:
-        alpha: weight of lesion pixels, or of positive labels (the rest gets 1 - alpha); None weighs both 1.
+        alpha: weight of lesion pixels, or of positive labels (the rest gets 1 - alpha); None (the default)
+            weighs both 1. Not torchvision's 0.25: tuned for detection anchors, it down-weights the lesion
+            pixels, which are already the rare class; the published segmentation loss grid uses no alpha.
         gamma: focusing exponent; 0 with ``alpha=None`` is plain BCE.
     """
 
-    def __init__(self, *, alpha: float | None = 0.25, gamma: float = 2.0):
+    def __init__(self, *, alpha: float | None = None, gamma: float = 2.0):
         super().__init__()
         self.alpha, self.gamma = alpha, gamma
 
