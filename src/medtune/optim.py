@@ -1,7 +1,8 @@
 """Optimizer and learning-rate scheduler registries shared by every task.
 
-Search spaces set them with ``optim.name``, ``optim.lr``, ... and ``sched.name``; the task passes
-its parameters and budget in. Schedulers step per epoch except ``onecycle`` and ``cyclic`` (per step).
+Search spaces set them with ``train.optimizer``, ``train.lr``, ``train.weight_decay``, ``train.momentum`` and
+``train.scheduler`` (arguments of ``BaseTask``); the task passes its parameters and budget in. Schedulers
+step per epoch except ``onecycle`` and ``cyclic`` (per step).
 """
 
 from __future__ import annotations
