@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs: no token notice (see STACK.md)
+from medtune.options import LaunchOptions
+
+# Local runs: without this, Ray prints a token-authentication notice and writes ~/.ray/auth_token.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # num_to_keep=1 forces an experiment snapshot after each checkpoint (what makes --resume exact);
 # Ray warns about it on every short epoch.
@@ -34,7 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--space", help="search space name in search_spaces/ or a YAML path")
     what.add_argument("--config", type=Path, help="train one configuration (analyze.py --export-best) and test it")
     p.add_argument("--data", type=Path, help=f"dataset folder (train/val/test.json) or one COCO file [{DEFAULT_DATA}]")
-    p.add_argument("--num-samples", type=int, help="trials to sample (overrides the space's budget)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        help="trials to sample (overrides the space's budget); a grid space runs each combination once and "
+        "refuses any other count",
+    )
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (overrides the space's budget)")
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, the splits and every trial")
@@ -57,22 +65,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def options_from(args: argparse.Namespace) -> LaunchOptions:
+    """The typed options the library reads, from this command line's flags (one field per flag)."""
+    return LaunchOptions(**vars(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from medtune.prepare import USER_ERRORS
-    from trainables.driver import run
+    from trainables.driver import INTERRUPTED, run
 
+    resume = f"continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume"
     try:
-        return run(args, default_data=DEFAULT_DATA)
+        code = run(options_from(args), default_data=DEFAULT_DATA)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"interrupted; continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C outside the search (which Ray turns into an early end)
+        print(f"interrupted; {resume}", file=sys.stderr)
+        return INTERRUPTED
+    if code == INTERRUPTED:
+        print(f"the search ended before its trials did; {resume}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

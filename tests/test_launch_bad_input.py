@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import launch
+from medtune.spaces import SPACES_DIR
 
 
 def edit_json(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -111,3 +112,16 @@ def test_multi_label_data_for_a_single_label_task(tmp_path: Path, capsys: pytest
     code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--smoke", "--data", str(tmp_path / "ml"))
     # whole_cls needs one class per image: the error names the file, the image and the fix's reason.
     assert_clean_refusal(tmp_path, code, err, "different categories; single-label tasks need exactly one")
+
+
+@pytest.mark.parametrize("samples", ["3", "60"])
+def test_num_samples_other_than_a_grid_size_is_refused(
+    samples: str, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # seg_loss_grid's smoke block crosses unet with {bce, tversky at alpha 0.3}: 2 combinations.
+    args = ("--space", "seg_loss_grid", "--smoke", "--data", str(synth_dir), "--num-samples", samples)
+    code, err = run_launch(tmp_path, capsys, *args)
+    # One line naming the flag, the grid and its size; nothing started, nothing in MLflow.
+    assert_clean_refusal(tmp_path, code, err, f"--num-samples: {SPACES_DIR / 'seg_loss_grid.yaml'} is a grid of 2")
+    assert len(err.strip().splitlines()) == 1 and f"got {samples}" in err
+    assert not (tmp_path / "runs").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.spaces import SpaceError, available, load_space
+from medtune.spaces import SpaceError, available, grid_points, load_space
 from trainables.sampling import DefineByRun
 
 GOOD = """
@@ -137,3 +137,21 @@ def test_config_file_is_a_one_trial_space(tmp_path: Path) -> None:
     path.write_text("space: whole_cls\nconfig: {model.name: resnet18, train.learning_rate: 0.1}\n")
     with pytest.raises(SpaceError, match="unknown argument 'learning_rate'"):
         load_config(path)
+
+
+def test_grid_size_and_overrides_leave_the_loaded_space_unchanged() -> None:
+    from medtune.options import LaunchOptions
+    from medtune.prepare import load_and_override
+
+    grid = load_space("seg_loss_grid")
+    size = len(grid_points(grid))
+    # A grid's sample count is its number of combinations, each run once.
+    assert grid.budget["num_samples"] == size > 1
+    overridden = load_and_override(LaunchOptions(space="seg_loss_grid", num_samples=size, max_epochs=3))
+    assert overridden.budget == {**grid.budget, "max_epochs": 3}
+    # The override made a new space and a new budget dict: the loaded space keeps the file's epochs.
+    assert grid.budget["max_epochs"] == 10 and overridden.budget is not grid.budget
+    with pytest.raises(SpaceError, match=f"--num-samples: .*seg_loss_grid.yaml is a grid of {size} combinations"):
+        load_and_override(LaunchOptions(space="seg_loss_grid", num_samples=size + 1))
+    # A sampled space takes any count.
+    assert load_and_override(LaunchOptions(space="whole_cls", num_samples=5)).budget["num_samples"] == 5

@@ -1,20 +1,28 @@
-"""The launch, driver side: prepare once, run (or resume) the Tune search, publish the winner."""
+"""The launch, driver side: prepare once, run (or resume) the Tune search, publish the winner.
+
+``run`` returns the process exit code: 0 when a winner was published, ``INTERRUPTED`` (130) when
+the search ended before every trial did (Ctrl-C, a lost cluster), so the caller can offer --resume.
+Each phase's wall-clock time is printed at the end and recorded in the ``Phases`` passed in.
+"""
 
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 import torch
 from mlflow.tracking import MlflowClient
-from ray.tune import ResultGrid
+from ray.tune import ResultGrid, Tuner
 
 import medtune
 import trainables
 from medtune.leaderboard import counts, format_table, leaderboard
+from medtune.options import LaunchOptions
 from medtune.prepare import Prepared, prepare, start_parent_run
 from medtune.publish import BestTrial, champion_summary, publish_best
 from medtune.tracking import (
@@ -26,8 +34,9 @@ from medtune.tracking import (
     trial_runs,
 )
 from trainables.mlflow_trials import MLflowTrials
+from trainables.phases import Phases
 from trainables.sampling import flat_config
-from trainables.search import Resources, can_restore, make_tuner, restore_tuner
+from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
 from trainables.trial import CHECKPOINT_FILE, TrialContext
 
 
@@ -37,29 +46,45 @@ def code_runtime_env() -> dict:
     return {"py_modules": [medtune, trainables]}
 
 
-def _context(prepared: Prepared, args: argparse.Namespace) -> TrialContext:
+INTERRUPTED = 130  # the exit code of a search that ended before its trials did (as for SIGINT)
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, phases: Phases | None = None) -> Iterator[None]:
+    """Ray started (or joined at ``address``) with the code shipped to workers, shut down after."""
+    phases = phases if phases is not None else Phases()
+    with phases.time("ray_init"):
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=code_runtime_env())
+    try:
+        yield
+    finally:
+        with phases.time("ray_shutdown"):
+            ray.shutdown()
+
+
+def _context(prepared: Prepared, options: LaunchOptions) -> TrialContext:
     return TrialContext(
         task=prepared.space.task,
         caches=prepared.caches,
         pred_masks=prepared.pred_masks,
         num_classes=prepared.dataset.num_classes,
         max_epochs=prepared.space.budget["max_epochs"],
-        seed=args.seed,
-        threads=max(1, int(args.cpus_per_trial)),
-        precision=args.precision,
+        seed=options.seed,
+        threads=max(1, int(options.cpus_per_trial)),
+        precision=options.precision,
     )
 
 
-def _resources(args: argparse.Namespace) -> Resources:
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
-    return Resources(args.cpus_per_trial, gpus, args.max_concurrent, args.max_failures)
+def _resources(options: LaunchOptions) -> Resources:
+    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else float(torch.cuda.is_available())
+    return Resources(options.cpus_per_trial, gpus, options.max_concurrent, options.max_failures)
 
 
-def _parent(client: MlflowClient, prepared: Prepared, args: argparse.Namespace) -> tuple[str, Path]:
+def _parent(client: MlflowClient, prepared: Prepared, options: LaunchOptions) -> tuple[str, Path]:
     """The parent run and Ray experiment folder: a new launch, or the one ``--resume`` continues."""
-    if not args.resume:
-        path = args.storage_path.resolve() / f"{prepared.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return start_parent_run(client, prepared, args, path), path
+    if not options.resume:
+        path = options.storage_path.resolve() / f"{prepared.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return start_parent_run(client, prepared, options, path), path
     run = latest_launch(client, experiment_id(client, prepared.experiment, create=False))
     path = Path(run.data.tags["ray_path"])
     if not can_restore(path):
@@ -70,12 +95,63 @@ def _parent(client: MlflowClient, prepared: Prepared, args: argparse.Namespace) 
     return run.info.run_id, path
 
 
-def run(args: argparse.Namespace, *, default_data: Path) -> int:
-    """The whole launch; returns the process exit code."""
-    prepared = prepare(args, default_data=default_data)
+def run(
+    options: LaunchOptions,
+    *,
+    default_data: Path,
+    policy: SearchPolicy = SearchPolicy(),
+    phases: Phases | None = None,
+) -> int:
+    """The whole launch; returns the process exit code.
+
+    Args:
+        options: what the user asked for.
+        default_data: the dataset used when ``options.data`` is None (generated if absent).
+        policy: the search's sampler, scheduler, checkpoints and trainable [what users run].
+        phases: filled with each phase's wall-clock time [a fresh one, printed only].
+    """
+    phases = phases if phases is not None else Phases()
+    with phases.time("prepare"):
+        prepared = prepare(options, default_data=default_data)
     client = MlflowClient(prepared.tracking_uri)
-    parent_run_id, path = _parent(client, prepared, args)
+    with phases.time("parent_run"):
+        parent_run_id, path = _parent(client, prepared, options)
+    try:
+        with ray_session(options.address, phases=phases):
+            tuner = _tuner(client, prepared, options, policy, parent_run_id, path)
+            with phases.time("tuner_fit"):
+                grid = tuner.fit()
+    except BaseException:
+        _close_runs(client, parent_run_id, prepared, "FAILED")
+        raise
+    if not _complete(grid, prepared.space.budget["num_samples"]):
+        _close_runs(client, parent_run_id, prepared, "KILLED")
+        code = INTERRUPTED
+    else:
+        with phases.time("finish"):
+            code = _finish(client, prepared, parent_run_id, grid)
+    print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
+    return code
+
+
+def _complete(grid: ResultGrid, num_samples: int) -> bool:
+    """Whether every sampled trial ended (finished or failed) and every sample was drawn."""
+    return grid.num_terminated + grid.num_errors == len(grid) and len(grid) >= num_samples
+
+
+def _tuner(
+    client: MlflowClient,
+    prepared: Prepared,
+    options: LaunchOptions,
+    policy: SearchPolicy,
+    parent_run_id: str,
+    path: Path,
+) -> Tuner:
+    """The new or restored Tuner, with the MLflow trial logger attached."""
     space = prepared.space
+    context, resources = _context(prepared, options), _resources(options)
+    if options.resume:
+        return restore_tuner(path, context=context, resources=resources, policy=policy)
     tags = (
         {"segmenter_version": f"{prepared.segmenter.name}/{prepared.segmenter.version}"} if prepared.segmenter else {}
     )
@@ -87,36 +163,16 @@ def run(args: argparse.Namespace, *, default_data: Path) -> int:
         searched=[p.name for p in space.params],
         tags=tags,
     )
-    context, resources = _context(prepared, args), _resources(args)
-    ray.init(
-        address=args.address,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env=code_runtime_env(),
+    return make_tuner(
+        space,
+        context=context,
+        resources=resources,
+        storage_path=path.parent,
+        name=path.name,
+        seed=options.seed,
+        callbacks=[logger],
+        policy=policy,
     )
-    try:
-        if args.resume:
-            tuner = restore_tuner(path, context=context, resources=resources)
-        else:
-            tuner = make_tuner(
-                space,
-                context=context,
-                resources=resources,
-                storage_path=path.parent,
-                name=path.name,
-                seed=args.seed,
-                callbacks=[logger],
-            )
-        grid = tuner.fit()
-    except BaseException:
-        _close_runs(client, parent_run_id, prepared, "FAILED")
-        raise
-    finally:
-        ray.shutdown()
-    if grid.num_terminated + grid.num_errors < len(grid) or len(grid) < space.budget["num_samples"]:
-        _close_runs(client, parent_run_id, prepared, "KILLED")
-        raise KeyboardInterrupt
-    return _finish(client, prepared, parent_run_id, grid)
 
 
 def _close_runs(client: MlflowClient, parent_run_id: str, prepared: Prepared, status: str) -> None:

@@ -1,20 +1,78 @@
-"""Build, run and restore the Tune search: OptunaSearch (seeded TPE) + ASHA."""
+"""Build, run and restore the Tune search: OptunaSearch (seeded TPE) + ASHA by default.
+
+What a benchmark or an ablation varies (sampler, scheduler, checkpoints kept, actor reuse, the
+trainable itself) is a field of ``SearchPolicy``, passed to ``make_tuner``; the defaults are what
+``launch.py`` runs. Nothing here is meant to be patched from outside.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from optuna.samplers import TPESampler
+from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from medtune.spaces import SearchSpace
 from trainables.sampling import DefineByRun, grid_param_space
 from trainables.trial import TrialContext, run_trial
+
+
+def _tpe(seed: int, startup: int) -> BaseSampler:
+    return TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def _random(seed: int, startup: int) -> BaseSampler:
+    return RandomSampler(seed=seed)
+
+
+SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {"tpe": _tpe, "random": _random}
+
+
+def _asha(budget: dict[str, int]) -> TrialScheduler:
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=budget["max_epochs"],
+        grace_period=min(budget["grace_period"], budget["max_epochs"]),
+        reduction_factor=budget["reduction_factor"],
+    )
+
+
+def _fifo(budget: dict[str, int]) -> TrialScheduler:
+    return FIFOScheduler()  # every trial runs to max_epochs
+
+
+SCHEDULERS: dict[str, Callable[[dict[str, int]], TrialScheduler]] = {"asha": _asha, "fifo": _fifo}
+
+
+@dataclass(frozen=True)
+class SearchPolicy:
+    """How a (non-grid) search samples, stops, checkpoints and runs its trials.
+
+    A grid space ignores ``sampler``, ``tpe_startup`` and ``scheduler``: it runs every combination
+    for the full budget.
+    """
+
+    sampler: str = "tpe"  # a name in SAMPLERS
+    # Optuna's TPE samples its first 10 trials at random: more than every shipped space's
+    # num_samples, so TPE would never run. None: warm up on a quarter of the budget (>= 2).
+    tpe_startup: int | None = None
+    scheduler: str = "asha"  # a name in SCHEDULERS
+    # Checkpoints kept per trial, the best by the space's metric (None keeps all). Keeping one
+    # forces an experiment snapshot after each checkpoint, which makes --resume exact.
+    keep_checkpoints: int | None = 1
+    reuse_actors: bool = True  # a fresh worker per trial costs about 9-10 s on a CPU
+    trainable: Callable[[dict, TrialContext], None] = run_trial  # called as trainable(config, context=...)
+
+    def __post_init__(self) -> None:
+        for value, registry, what in ((self.sampler, SAMPLERS, "sampler"), (self.scheduler, SCHEDULERS, "scheduler")):
+            if value not in registry:
+                raise ValueError(f"unknown {what} '{value}'; valid: {', '.join(registry)}")
 
 
 @dataclass(frozen=True)
@@ -32,8 +90,8 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(context: TrialContext, resources: Resources):
-    trainable = tune.with_parameters(run_trial, context=context)
+def _trainable(context: TrialContext, resources: Resources, policy: SearchPolicy):
+    trainable = tune.with_parameters(policy.trainable, context=context)
     return tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
 
 
@@ -46,68 +104,40 @@ def make_tuner(
     name: str,
     seed: int,
     callbacks: list,
+    policy: SearchPolicy = SearchPolicy(),
 ) -> Tuner:
-    """A fresh Tuner for ``space``; results go to ``storage_path/name``."""
+    """A fresh Tuner for ``space``; results go to ``storage_path/name``.
+
+    Args:
+        space: the validated space; its budget sets samples, epochs and ASHA's rungs.
+        context: constants every trial receives.
+        resources: per-trial resources, concurrency and retries.
+        storage_path: folder of Ray's experiment folders.
+        name: this experiment's folder name.
+        seed: the sampler's seed.
+        callbacks: driver-side Tune callbacks (e.g. the MLflow trial logger).
+        policy: sampler, scheduler, checkpoints, actor reuse and trainable [what launch.py runs].
+    """
     budget = space.budget
     if space.search == "grid":
         # Every combination once, each trained for the full budget: no sampler, no early stopping.
-        tuner = _tuner(
-            space,
-            BasicVariantGenerator(),
-            FIFOScheduler(),
-            context=context,
-            resources=resources,
-            storage_path=storage_path,
-            name=name,
-            callbacks=callbacks,
-            param_space=grid_param_space(space),
-        )
-        return tuner
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=budget["max_epochs"],
-        grace_period=min(budget["grace_period"], budget["max_epochs"]),
-        reduction_factor=budget["reduction_factor"],
-    )
-    # A define-by-run space never receives TuneConfig's metric/mode (Ray only forwards them along
-    # with a param_space), so the searcher is told here; the scheduler gets them from TuneConfig.
-    # Optuna's TPE samples its first 10 trials at random (n_startup_trials=10): more than every
-    # shipped space's num_samples, so TPE would never run. Warm up on a quarter of the budget (>= 2).
-    sampler = TPESampler(seed=seed, n_startup_trials=max(2, budget["num_samples"] // 4))
-    searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=sampler)
-    return _tuner(
-        space,
-        searcher,
-        scheduler,
-        context=context,
-        resources=resources,
-        storage_path=storage_path,
-        name=name,
-        callbacks=callbacks,
-    )
-
-
-def _tuner(
-    space: SearchSpace,
-    searcher,
-    scheduler,
-    *,
-    context: TrialContext,
-    resources: Resources,
-    storage_path: Path,
-    name: str,
-    callbacks: list,
-    param_space: dict | None = None,
-) -> Tuner:
-    budget = space.budget
+        searcher, scheduler, param_space = BasicVariantGenerator(), FIFOScheduler(), grid_param_space(space)
+    else:
+        startup = policy.tpe_startup if policy.tpe_startup is not None else max(2, budget["num_samples"] // 4)
+        sampler = SAMPLERS[policy.sampler](seed, startup)
+        # A define-by-run space never receives TuneConfig's metric/mode (Ray only forwards them
+        # along with a param_space), so the searcher is told here; the scheduler gets them from
+        # TuneConfig.
+        searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=sampler)
+        scheduler, param_space = SCHEDULERS[policy.scheduler](budget), None
     tune_config = TuneConfig(
         metric=space.metric,
         mode=space.mode,
         search_alg=searcher,
         scheduler=scheduler,
-        num_samples=1 if param_space else budget["num_samples"],
+        num_samples=1 if param_space else budget["num_samples"],  # a grid_search runs each point once
         max_concurrent_trials=resources.max_concurrent or None,
-        reuse_actors=True,
+        reuse_actors=policy.reuse_actors,
         trial_dirname_creator=trial_dirname,
     )
     run_config = RunConfig(
@@ -116,20 +146,25 @@ def _tuner(
         callbacks=callbacks,
         verbose=1,
         checkpoint_config=CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
+            num_to_keep=policy.keep_checkpoints,
+            checkpoint_score_attribute=space.metric,
+            checkpoint_score_order=space.mode,
         ),
         failure_config=FailureConfig(max_failures=resources.max_failures),
     )
-    return Tuner(
-        _trainable(context, resources), param_space=param_space, tune_config=tune_config, run_config=run_config
-    )
+    trainable = _trainable(context, resources, policy)
+    return Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def restore_tuner(path: Path, *, context: TrialContext, resources: Resources) -> Tuner:
-    """Continue an interrupted search: finished trials stay, unfinished ones resume from checkpoints."""
-    return Tuner.restore(
-        str(path), trainable=_trainable(context, resources), resume_unfinished=True, resume_errored=False
-    )
+def restore_tuner(
+    path: Path, *, context: TrialContext, resources: Resources, policy: SearchPolicy = SearchPolicy()
+) -> Tuner:
+    """Continue an interrupted search: finished trials stay, unfinished ones resume from checkpoints.
+
+    Only ``policy.trainable`` applies: the rest of the search was saved with the experiment.
+    """
+    trainable = _trainable(context, resources, policy)
+    return Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
 
 
 def can_restore(path: Path) -> bool:

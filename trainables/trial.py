@@ -7,13 +7,13 @@ can stop the trial after any epoch and ``--resume`` continues from the last chec
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import ray
 import torch
 from ray import tune
-from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from medtune.build import build_datamodule, build_system
 from medtune.trainer import make_trainer
@@ -22,19 +22,47 @@ from trainables.sampling import flat_config
 CHECKPOINT_FILE = "checkpoint"
 
 
-class EpochReport(TuneReportCheckpointCallback):
-    """Tune's Lightning callback plus two facts the driver records on the trial's MLflow run.
+class EpochReport(pl.Callback):
+    """One ``tune.report`` per epoch: every logged metric, two facts for the driver, a checkpoint.
 
-    ``early_stopped`` (1.0 when the task's own patience ended training, so the driver can tell it
-    from an ASHA stop) and ``node_id`` (the Ray node the trial ran on, for multi-node clusters).
+    The facts, recorded on the trial's MLflow run: ``early_stopped`` (1.0 when the task's own
+    patience ended training, so the driver can tell it from an ASHA stop) and ``node_id`` (the Ray
+    node the trial ran on, for multi-node clusters).
+
+    Reports at ``on_train_epoch_end``, which Lightning calls after the epoch's validation, so train
+    and val metrics are both in. The task's EarlyStopping decides at validation end (see
+    ``medtune.tasks.base``), so ``trainer.should_stop`` is already set here on the stopping epoch.
+
+    Args:
+        checkpoints: attach a Lightning checkpoint to each report (False: metrics only, to measure
+            what checkpoints cost; ``--resume`` and publishing need them).
     """
 
-    def _get_report_dict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict | None:
-        report = super()._get_report_dict(trainer, pl_module)
-        if report is not None:
-            report["early_stopped"] = float(trainer.should_stop)
-            report["node_id"] = ray.get_runtime_context().get_node_id()
-        return report
+    def __init__(self, *, checkpoints: bool = True) -> None:
+        self.checkpoints = checkpoints
+
+    def metrics(self, trainer: pl.Trainer) -> dict:
+        """The report's metrics: Lightning's logged values plus ``early_stopped`` and ``node_id``."""
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        metrics["early_stopped"] = float(trainer.should_stop)
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()
+        return metrics
+
+    def save(self, trainer: pl.Trainer, folder: str) -> None:
+        """Write the trainer's full state (weights, optimizer, epoch) as ``folder/CHECKPOINT_FILE``."""
+        trainer.save_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = self.metrics(trainer)
+        if not self.checkpoints:
+            tune.report(metrics)
+            return
+        # Ray copies the folder into the trial's storage during report; the temporary one can go.
+        with tempfile.TemporaryDirectory() as folder:
+            self.save(trainer, folder)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 @dataclass(frozen=True)
@@ -51,8 +79,14 @@ class TrialContext:
     precision: str  # Lightning precision, e.g. "32-true" or "16-mixed"
 
 
-def run_trial(config: dict, context: TrialContext) -> None:
-    """Train one configuration, reporting validation metrics and a checkpoint every epoch."""
+def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None = None) -> None:
+    """Train one configuration, reporting validation metrics and a checkpoint every epoch.
+
+    Args:
+        config: the sampled configuration (flat dotted keys, or a grid point).
+        context: the driver's constants.
+        report: the per-epoch report [``EpochReport()``]; a benchmark passes a subclass that times it.
+    """
     config = flat_config(config)
     torch.set_num_threads(context.threads)
     pl.seed_everything(context.seed, workers=True, verbose=False)
@@ -64,9 +98,8 @@ def run_trial(config: dict, context: TrialContext) -> None:
     data = build_datamodule(
         config, caches=caches, pred_masks=(context.pred_masks or {}).get(size), num_classes=context.num_classes
     )
-    # "train_epoch_end" runs after the epoch's validation, so both train and val metrics are in.
-    report = EpochReport(filename=CHECKPOINT_FILE, on="train_epoch_end")
-    trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=[report])
+    callbacks = [report or EpochReport()]
+    trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         trainer.fit(system, datamodule=data)

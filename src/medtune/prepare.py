@@ -6,7 +6,7 @@ so bad input leaves no half-made experiment behind.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import platform
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from medtune import build
 from medtune.data.cache import build_cache, cache_path
 from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
+from medtune.options import LaunchOptions
 from medtune.spaces import SearchSpace, SpaceError, load_config, load_space
 from medtune.tracking import (
     LAUNCH_TAG,
@@ -55,15 +56,23 @@ class Prepared:
     experiment: str
 
 
-def load_and_override(args: argparse.Namespace) -> SearchSpace:
-    """The space with ``--num-samples`` / ``--max-epochs`` applied over its budget."""
-    space = load_config(args.config) if args.config else load_space(args.space, smoke=args.smoke)
-    for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)):
-        if value is not None:
-            if value < 1:
-                raise SpaceError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
-            space.budget[key] = value
-    return space
+def load_and_override(options: LaunchOptions) -> SearchSpace:
+    """The space with ``--num-samples`` / ``--max-epochs`` applied over its budget (a new space)."""
+    space = load_config(options.config) if options.config else load_space(options.space, smoke=options.smoke)
+    overrides = {"num_samples": options.num_samples, "max_epochs": options.max_epochs}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    for key, value in overrides.items():
+        if value < 1:
+            raise SpaceError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
+    grid_size = space.budget["num_samples"]
+    if space.search == "grid" and overrides.get("num_samples", grid_size) != grid_size:
+        # A grid runs each combination once; more samples would repeat configurations, fewer
+        # would leave combinations out without saying which.
+        raise SpaceError(
+            f"--num-samples: {space.path} is a grid of {grid_size} combinations, each run once; "
+            f"got {overrides['num_samples']} (leave --num-samples out)"
+        )
+    return dataclasses.replace(space, budget={**space.budget, **overrides})
 
 
 def check_dataset(dataset: Dataset) -> None:
@@ -92,40 +101,40 @@ def image_sizes(space: SearchSpace) -> list[int]:
     return sorted({int(s) for s in sizes})
 
 
-def prepare(args: argparse.Namespace, *, default_data: Path) -> Prepared:
+def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
     """Validate the space and dataset, build caches, resolve the segmenter; writes no MLflow record."""
-    space = load_and_override(args)
-    data = args.data or default_data
-    if args.data is None and not (default_data / "train.json").is_file():
+    space = load_and_override(options)
+    data = options.data or default_data
+    if options.data is None and not (default_data / "train.json").is_file():
         from medtune.data.synth import generate
 
         print(f"[launch] generating the embedded synthetic dataset in {default_data}")
         generate(default_data)
-    dataset = resolve_dataset(data, cache_root=args.cache_dir, seed=args.seed)
+    dataset = resolve_dataset(data, cache_root=options.cache_dir, seed=options.seed)
     check_dataset(dataset)
     spec = build.task_spec(space.task)
     if spec.model_kind == "classification" and spec.single_label:  # one class per image, or say which not
         for split in SPLITS:
             single_labels(load_records(dataset, split), dataset.coco_files[split])
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    tracking_uri = options.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # also used by mlflow.pytorch.load_model / log_model
     mlflow.set_registry_uri(tracking_uri)
     segmenter = None
     if build.task_spec(space.task).needs_segmenter:
-        segmenter = _resolve_segmenter(MlflowClient(tracking_uri), dataset, args)
+        segmenter = _resolve_segmenter(MlflowClient(tracking_uri), dataset, options)
     sizes = image_sizes(space)
-    caches = {size: {s: str(build_cache(dataset, s, size, args.cache_dir)) for s in SPLITS} for size in sizes}
-    pred_masks = _mask_caches(segmenter, dataset, sizes, args.cache_dir) if segmenter else None
-    return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, args.experiment or space.name)
+    caches = {size: {s: str(build_cache(dataset, s, size, options.cache_dir)) for s in SPLITS} for size in sizes}
+    pred_masks = _mask_caches(segmenter, dataset, sizes, options.cache_dir) if segmenter else None
+    return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, options.experiment or space.name)
 
 
-def _resolve_segmenter(client: MlflowClient, dataset: Dataset, args: argparse.Namespace) -> Segmenter:
+def _resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOptions) -> Segmenter:
     from medtune.segmenter_masks import resolve_segmenter
 
     name = segmenter_name(dataset.name, dataset.fingerprint)
-    data_arg = f" --data {args.data}" if args.data else ""
+    data_arg = f" --data {options.data}" if options.data else ""
     uri, version = resolve_segmenter(
-        client, name=name, uri=args.segmenter, command=f"python launch.py --space segmentation{data_arg}"
+        client, name=name, uri=options.segmenter, command=f"python launch.py --space segmentation{data_arg}"
     )
     size = version.tags.get("image_size")
     if size is None:
@@ -154,7 +163,7 @@ def _mask_caches(seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root:
     return out
 
 
-def start_parent_run(client: MlflowClient, prepared: Prepared, args: argparse.Namespace, ray_path: Path) -> str:
+def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: Path) -> str:
     """Create the experiment (driver only) and the launch's parent run with its provenance."""
     exp_id = experiment_id(client, prepared.experiment, create=True)
     space, dataset = prepared.space, prepared.dataset
@@ -166,7 +175,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, args: argparse.Na
         "dataset_fingerprint": dataset.fingerprint,
         "code_version": code_version(),
         "ray_path": str(ray_path),
-        "smoke": str(args.smoke).lower(),
+        "smoke": str(options.smoke).lower(),
         "python": platform.python_version(),
     }
     if prepared.segmenter:
@@ -178,7 +187,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, args: argparse.Na
     params = {
         "metric": space.metric,
         "mode": space.mode,
-        "seed": args.seed,
+        "seed": options.seed,
         **{f"budget.{k}": v for k, v in space.budget.items()},
     }
     for key, value in params.items():

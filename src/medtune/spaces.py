@@ -18,7 +18,7 @@ Schema (every key checked; errors name the file and the key)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +177,8 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
         search=search,
     )
     _check_keys(space)
-    if search == "grid":
-        space.budget["num_samples"] = len(grid_points(space))
+    if search == "grid":  # a grid's size is its sample count: every combination once
+        space = replace(space, budget={**space.budget, "num_samples": len(grid_points(space))})
     return space
 
 

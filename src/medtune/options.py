@@ -1,0 +1,43 @@
+"""The options of one launch, typed: what ``launch.py``'s flags say, without argparse.
+
+The library reads these fields, never the command line's namespace, so a notebook, a benchmark or
+another front end can launch a search by building one ``LaunchOptions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Everything a launch is told; ``None`` means "the space's or the project's default".
+
+    Exactly one of ``space`` and ``config`` is set: a search space (name or YAML path), or one
+    configuration exported by ``analyze.py --export-best`` to train once and test.
+    """
+
+    space: str | None = None
+    config: Path | None = None
+    data: Path | None = None  # dataset folder or COCO file [the embedded synthetic dataset]
+    num_samples: int | None = None  # overrides the space's budget
+    max_epochs: int | None = None  # overrides the space's budget
+    smoke: bool = False  # merge the space's smoke block
+    seed: int = 0  # sampler, splits and every trial
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # [1 if a GPU is visible, else 0]
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    max_failures: int = 0  # retries per failing trial
+    address: str | None = None  # an existing Ray cluster
+    storage_path: Path = Path("runs")  # Ray results
+    experiment: str | None = None  # MLflow experiment [the space's name]
+    tracking_uri: str | None = None  # MLflow store [tracking.default_tracking_uri()]
+    segmenter: str | None = None  # models:/<name>/<version> for masked tasks [the champion]
+    cache_dir: Path = Path(".cache")  # decoded images and segmenter masks
+    precision: str = "16-mixed"  # Lightning precision on a GPU (the CPU runs 32-true)
+    resume: bool = False  # continue the experiment's interrupted latest launch
+
+    def __post_init__(self) -> None:
+        if (self.space is None) == (self.config is None):
+            raise ValueError("LaunchOptions: give exactly one of space and config")
