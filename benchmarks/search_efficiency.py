@@ -3,11 +3,11 @@
     python benchmarks/search_efficiency.py --quick   # 32 px, 4 random trials x 3 epochs, 1 seed (~1 min)
     python benchmarks/search_efficiency.py           # 64 px, 8 x 8 epochs (the space's budget), 3 seeds
 
-Both searches drive the platform's trainable (``trainables.trial.run_trial``) over the synthetic
-segmentation space. Random: ``OptunaSearch`` with Optuna's ``RandomSampler`` on the same
-define-by-run space (so ``when:`` conditions hold), FIFO scheduler, every trial to ``max_epochs``;
-its best ``val/iou`` over the whole budget is the target R*. ASHA + TPE: ``trainables.search.
-make_tuner`` exactly as launched, with twice the samples (same epoch cap); its compute to reach R*
+Both searches are ``trainables.search.make_tuner`` over the synthetic segmentation space, with the
+platform's trainable. Random: ``SearchPolicy(sampler="random", scheduler="fifo")`` (Optuna's
+``RandomSampler`` on the same define-by-run space, so ``when:`` conditions hold), every trial to
+``max_epochs``; its best ``val/iou`` over the whole budget is the target R*. ASHA + TPE: the default
+policy, exactly as launched, with twice the samples (same epoch cap); its compute to reach R*
 is the number of trial-epochs reported up to the first result >= R*, in report order. Curves
 (best val/iou so far against trial-epochs) are printed and drawn to ``WORK/search_efficiency.png``
 (``search_efficiency-quick.png`` for ``--quick``).
@@ -21,7 +21,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from common import PROJECT_DIR, WORK, load, synth_caches
+from common import WORK, load, synth_caches
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,59 +58,27 @@ def curve(grid: ResultGrid, metric: str) -> Curve:
     return out
 
 
-def run(method: str, seed: int, space: SearchSpace, context: TrialContext, storage: str) -> Curve:
-    from optuna.samplers import RandomSampler
-    from ray import tune
-    from ray.tune import CheckpointConfig, RunConfig, TuneConfig, Tuner
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+def run(
+    method: str, seed: int, space: SearchSpace, context: TrialContext, storage: Path, tpe_startup: int | None
+) -> Curve:
+    from trainables.search import Resources, SearchPolicy, make_tuner
 
-    from trainables.sampling import DefineByRun
-    from trainables.search import Resources, make_tuner
-    from trainables.trial import run_trial
-
-    name = f"{method}-s{seed}-{time.time():.0f}"
+    policies = {
+        "random": SearchPolicy(sampler="random", scheduler="fifo"),
+        "asha_tpe": SearchPolicy(tpe_startup=tpe_startup),
+    }
     resources = Resources(cpus_per_trial=1, gpus_per_trial=0, max_concurrent=0, max_failures=0)
-    if method == "asha_tpe":
-        tuner = make_tuner(
-            space, context=context, resources=resources, storage_path=storage, name=name, seed=seed, callbacks=[]
-        )
-    else:
-        searcher = OptunaSearch(
-            space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=RandomSampler(seed=seed)
-        )
-        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 1})
-        tuner = Tuner(
-            trainable,
-            tune_config=TuneConfig(
-                metric=space.metric,
-                mode=space.mode,
-                search_alg=searcher,
-                scheduler=FIFOScheduler(),
-                num_samples=space.budget["num_samples"],
-                reuse_actors=True,
-            ),
-            run_config=RunConfig(
-                name=name, storage_path=storage, verbose=0, checkpoint_config=CheckpointConfig(num_to_keep=1)
-            ),
-        )
+    tuner = make_tuner(
+        space,
+        context=context,
+        resources=resources,
+        storage_path=storage,
+        name=f"{method}-s{seed}-{time.time():.0f}",
+        seed=seed,
+        callbacks=[],
+        policy=policies[method],
+    )
     return curve(tuner.fit(), space.metric)
-
-
-def use_tpe_startup(n: int) -> None:
-    """Override the number of random start-up trials of the platform's ``TPESampler``.
-
-    ``trainables/search.py`` now uses ``max(2, num_samples // 4)`` (the fix this benchmark led to);
-    before it, Optuna's default of 10 made every shipped space's search pure random sampling.
-    """
-    import trainables.search as search
-
-    original = search.TPESampler
-
-    def sampler(*, seed: int, n_startup_trials: int) -> object:
-        return original(seed=seed, n_startup_trials=n)
-
-    search.TPESampler = sampler
 
 
 def plot(curves: dict[str, list[Curve]], path: Path) -> None:
@@ -128,6 +96,21 @@ def plot(curves: dict[str, list[Curve]], path: Path) -> None:
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
+def _print_seed(seed: int, rnd: Curve, asha: Curve, seconds: float) -> float:
+    """Print one seed's outcome; return ASHA+TPE's compute to reach random's best, as a fraction."""
+    target, spent = rnd[-1][1], rnd[-1][0]
+    reached = next((x for x, best in asha if best >= target), None)
+    fraction = (reached if reached is not None else float("inf")) / spent
+    print(
+        f"seed {seed}: random best {target:.4f} after {spent} trial-epochs; ASHA+TPE best {asha[-1][1]:.4f} "
+        f"after {asha[-1][0]}, reached R* at {reached} trial-epochs ({fraction:.2f} of random's) "
+        f"[{seconds:.0f} s, {load()}]"
+    )
+    for method, c in (("random", rnd), ("asha_tpe", asha)):
+        print(f"  curve {method}: " + " ".join(f"{x}:{y:.3f}" for x, y in c))
+    return fraction
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -137,15 +120,12 @@ def main() -> None:
     p.add_argument(
         "--tpe-startup",
         type=int,
-        help="give ASHA+TPE a TPESampler with this many random start-up trials "
-        "[Optuna's default, 10: more than the space's samples, so TPE never leaves random sampling]",
+        help="random start-up trials of ASHA+TPE's TPE sampler [the platform's max(2, samples // 4); "
+        "Optuna's default, 10, is more than the space's samples, so TPE would never leave random sampling]",
     )
     args = p.parse_args()
     args.seeds = args.seeds or (1 if args.quick else 3)
-    if args.tpe_startup:
-        use_tpe_startup(args.tpe_startup)
-    import ray
-
+    from trainables.driver import ray_session
     from trainables.trial import TrialContext
 
     size, samples, epochs = (32, 4, 3) if args.quick else (64, 8, 8)
@@ -160,32 +140,17 @@ def main() -> None:
         threads=1,
         precision="32-true",
     )
-    ray.init(
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}},
-    )
     curves: dict[str, list[Curve]] = {"random": [], "asha_tpe": []}
     fractions = []
-    for seed in range(args.seeds):
-        start = time.time()
-        rnd = run("random", seed, _space(size, samples, epochs, args.quick), context, str(WORK / "search"))
-        asha = run("asha_tpe", seed, _space(size, 2 * samples, epochs, args.quick), context, str(WORK / "search"))
-        curves["random"].append(rnd)
-        curves["asha_tpe"].append(asha)
-        target, spent = rnd[-1][1], rnd[-1][0]
-        reached = next((x for x, best in asha if best >= target), None)
-        fraction = (reached if reached is not None else float("inf")) / spent
-        fractions.append(fraction)
-        print(
-            f"seed {seed}: random best {target:.4f} after {spent} trial-epochs; ASHA+TPE best {asha[-1][1]:.4f} "
-            f"after {asha[-1][0]}, reached R* at {reached} trial-epochs ({fraction:.2f} of random's) "
-            f"[{time.time() - start:.0f} s, {load()}]"
-        )
-        for method, c in (("random", rnd), ("asha_tpe", asha)):
-            print(f"  curve {method}: " + " ".join(f"{x}:{y:.3f}" for x, y in c))
-    ray.shutdown()
+    with ray_session():
+        for seed in range(args.seeds):
+            start = time.time()
+            rnd = run("random", seed, _space(size, samples, epochs, args.quick), context, WORK / "search", None)
+            asha_space = _space(size, 2 * samples, epochs, args.quick)
+            asha = run("asha_tpe", seed, asha_space, context, WORK / "search", args.tpe_startup)
+            curves["random"].append(rnd)
+            curves["asha_tpe"].append(asha)
+            fractions.append(_print_seed(seed, rnd, asha, time.time() - start))
     stem = WORK / ("search_efficiency-quick" if args.quick else "search_efficiency")
     plot(curves, stem.with_suffix(".png"))
     stem.with_suffix(".json").write_text(json.dumps(curves))

@@ -7,7 +7,7 @@
 Both sides are fresh processes (``python ...``), timed from spawn to exit, on the same caches with
 one thread per trial. The launch runs under ``benchmarks/timed_launch.py``, which times its phases
 (imports, prepare, MLflow, Ray start, worker start, per-epoch checkpoint + report, Ray shutdown,
-test evaluation and model logging). The short-trial part runs several 1-epoch trials in one launch
+and the finish: leaderboard, test evaluation, model logging). The short-trial part runs several 1-epoch trials in one launch
 and reports seconds per trial with actor reuse (the platform's setting) and, in full mode, without.
 Prints the ratio of the longest trial last.
 """
@@ -112,7 +112,7 @@ def breakdown(run: dict) -> dict[str, float]:
     out = {
         "interpreter+imports": p["main"] - p["spawn"] + p["imports"],
         "prepare (checks, caches)": p["prepare"],
-        "mlflow parent run": p["mlflow_parent_run"],
+        "mlflow parent run": p["parent_run"],
         "ray.init": p["ray_init"],
         "worker start (fit -> trial fn)": start - p["tuner_fit_start"],
         "training (trial fn -> last report, minus reports)": last_start - start - report_s,
@@ -120,16 +120,9 @@ def breakdown(run: dict) -> dict[str, float]:
         "  save_checkpoint alone, all epochs": sum(e["seconds"] for e in ev if e["event"] == "save_checkpoint"),
         "last checkpoint+report + tune tail (-> fit returns)": p["tuner_fit_end"] - last_start,
         "ray.shutdown": p["ray_shutdown"],
-        "test evaluation": p.get("publish.test_metrics", 0) + p.get("publish.test_predictions", 0),
-        "CAM overlays + predictions artifacts": p.get("publish._log_cam_overlays", 0)
-        + p.get("publish._log_predictions", 0),
-        "model logging (pt2)": p.get("publish.log_model", 0),
-        "mlflow trial callbacks (driver, during fit)": p.get("mlflow_callbacks", 0),
+        "finish (leaderboard, test evaluation, artifacts, model logging, registry)": p.get("finish", 0.0),
         "total (spawn -> exit)": p["exit"] - p["spawn"],
     }
-    out["rest of finish (leaderboard, registry)"] = p["finish"] - sum(
-        out[k] for k in ("test evaluation", "CAM overlays + predictions artifacts", "model logging (pt2)")
-    )
     return out
 
 
