@@ -96,26 +96,33 @@ def test_uneven_n_stays_balanced() -> None:
     assert [labels.count(c) for c in range(len(CLASSES))] == [11, 10, 10]
 
 
-def test_marker_agrees_with_class_in_train_only(synth: tuple[Path, dict]) -> None:
+def test_marker_follows_train_in_val_and_is_shifted_in_test(synth: tuple[Path, dict]) -> None:
     out, _ = synth
-    # train: round(0.9 * 18) = 16 of 18 agree; val/test: a balanced random shift, 2 of 6 agree
-    for split, expected in [("train", 16 / 18), ("val", 1 / 3), ("test", 1 / 3)]:
+    # train and val: round(0.9 * n) agree (16 of 18, 5 of 6); test: a balanced random shift, 2 of 6 agree
+    for split, expected in [("train", 16 / 18), ("val", 5 / 6), ("test", 1 / 3)]:
         coco = json.loads((out / f"{split}.json").read_text())
         label = {a["image_id"]: a["category_id"] for a in coco["annotations"]}
         agree = np.mean([img["marker_class"] == label[img["id"]] for img in coco["images"]])
         assert agree == pytest.approx(expected), split
 
 
-def test_marker_is_random_outside_train_on_a_large_plan() -> None:
-    plan = assign_splits(3000, seed=3)
+@pytest.mark.parametrize(("shift", "shifted"), [("test", {"test"}), ("val+test", {"val", "test"}), ("none", set())])
+def test_marker_is_random_in_shifted_splits_on_a_large_plan(shift: str, shifted: set[str]) -> None:
+    plan = assign_splits(3000, seed=3, shift=shift)
     agreement = {split: np.mean([y == m for y, m in plan[split]]) for split in SPLITS}
-    # train agrees exactly at cue_agreement; val/test (600 each) at chance, 1/3
-    assert agreement["train"] == pytest.approx(0.9)
-    assert agreement["val"] == pytest.approx(1 / 3) and agreement["test"] == pytest.approx(1 / 3)
-    # independence: within each class of val, each marker colour takes roughly a third (200 per class)
-    for label in range(len(CLASSES)):
-        markers = [m for y, m in plan["val"] if y == label]
-        assert all(40 <= markers.count(m) <= 95 for m in range(len(CLASSES))), markers
+    # unshifted splits agree exactly at cue_agreement; shifted ones (600 images each) at chance, 1/3
+    for split in SPLITS:
+        assert agreement[split] == pytest.approx(1 / 3 if split in shifted else 0.9), split
+    # independence: within each class of a shifted split, each marker colour takes roughly a third (200 per class)
+    for split in shifted:
+        for label in range(len(CLASSES)):
+            markers = [m for y, m in plan[split] if y == label]
+            assert all(40 <= markers.count(m) <= 95 for m in range(len(CLASSES))), markers
+
+
+def test_unknown_shift_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="shift must be one of"):
+        generate(tmp_path / "data", n=30, size=32, shift="train")
 
 
 @pytest.fixture
