@@ -120,7 +120,7 @@ def breakdown(run: dict) -> dict[str, float]:
         "  save_checkpoint alone, all epochs": sum(e["seconds"] for e in ev if e["event"] == "save_checkpoint"),
         "last checkpoint+report + tune tail (-> fit returns)": p["tuner_fit_end"] - last_start,
         "ray.shutdown": p["ray_shutdown"],
-        "finish (leaderboard, test evaluation, artifacts, model logging, registry)": p.get("finish", 0.0),
+        "finish (leaderboard, test eval, model logging)": p.get("finish", 0.0),
         "total (spawn -> exit)": p["exit"] - p["spawn"],
     }
     return out
