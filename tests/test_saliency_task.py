@@ -120,13 +120,17 @@ def test_saliency_metric_can_be_turned_off(data: dict) -> None:
 
 
 def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
+    from medtune.evaluate import test_predictions
+
     whole = system("classification", data)
-    dataset = build_datamodule(CONFIG, caches=data["caches"]).dataset("test")
-    paths = save_cam_overlays(whole, dataset, tmp_path / "cams", n=3)
+    preds = test_predictions(whole, CONFIG, caches=data["caches"], max_overlays=5)
+    paths = save_cam_overlays(preds, tmp_path / "cams", n=3)
     # Three PNGs, upscaled from 64 px by a whole factor to at least 224 px (256), in RGB.
     assert len(paths) == 3 and all(p.suffix == ".png" and p.is_file() for p in paths)
     with Image.open(paths[0]) as image:
         assert image.size == (256, 256) and image.mode == "RGB"
+    # Named after the saved arrays: the first test image's id and true class.
+    assert paths[0].name.startswith(f"cam_00_img{int(preds['image_ids'][0])}_true{int(preds['labels'][0])}_pred")
 
 
 def test_test_predictions_carry_the_cams_the_report_draws(data: dict) -> None:

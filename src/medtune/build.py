@@ -103,16 +103,27 @@ def build_system(task: str, config: dict, *, num_classes: int, epochs: int, trai
 
     ``train_cache``: the training split's cache file, needed when a loss weight is ``balanced``.
     """
-    spec = task_spec(task)
+    system = task_spec(task).system
     model = build_part(task, "model", config, num_classes=num_classes)
     loss = build_part(task, "loss", config, train_cache=train_cache, num_classes=num_classes)
-    extra = {}
-    if spec.model_kind == "classification":
-        extra = {"num_classes": num_classes}
-    if spec.model_kind == "classification" and spec.single_label:  # a CAM explains one class
+    provided = platform_args(system, config, num_classes=num_classes, epochs=epochs)
+    return system(model, loss, **provided, **group_args(config, "train"))
+
+
+def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epochs: int) -> dict:
+    """The values of the platform-provided arguments ``system.platform_args`` declares.
+
+    ``cam_layer``/``cam_reshape`` come from the backbone's ``CLS_SPECS`` entry (``model.name``).
+    """
+    wanted = set(system.platform_args)
+    unknown = wanted - PROVIDED
+    if unknown:
+        raise ValueError(f"{system.__name__}.platform_args: unknown {sorted(unknown)}; valid: {sorted(PROVIDED)}")
+    values: dict = {"num_classes": num_classes, "epochs": epochs}
+    if wanted & {"cam_layer", "cam_reshape"}:
         cam = lookup(CLS_SPECS, "classification model", config["model.name"])
-        extra.update(cam_layer=cam.cam_layer, cam_reshape=cam.cam_reshape)
-    return spec.system(model, loss, epochs=epochs, **extra, **group_args(config, "train"))
+        values.update(cam_layer=cam.cam_layer, cam_reshape=cam.cam_reshape)
+    return {k: values[k] for k in system.platform_args if k in values}
 
 
 def build_datamodule(

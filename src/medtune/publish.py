@@ -14,7 +14,6 @@ import torchvision
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from medtune.build import build_datamodule
 from medtune.evaluate import load_system, test_metrics, test_predictions
 from medtune.tracking import CHAMPION, champion, promote_if_better
 
@@ -62,9 +61,10 @@ def publish_best(
         task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs, train_cache=caches["train"]
     )
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
-    _log_predictions(client, parent_run_id, test_predictions(system, best.config, caches=caches, pred_masks=pred_masks))
-    if getattr(system, "cam_layer", None):
-        _log_cam_overlays(client, parent_run_id, system, best.config, caches=caches, pred_masks=pred_masks)
+    arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
+    _log_predictions(client, parent_run_id, arrays)
+    if system.has_cam:
+        _log_cam_overlays(client, parent_run_id, arrays)
     client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in test.items()])
     client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
     client.set_tag(parent_run_id, "best_run_id", best.run_id)
@@ -101,15 +101,15 @@ def publish_best(
 
 
 def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+    """Log ``test_predictions.npz`` and, for a single-label classifier, the test confusion matrix."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "test_predictions.npz"
         np.savez_compressed(path, **arrays)
         client.log_artifact(run_id, str(path))
-    labels = arrays.get("labels")
-    if labels is not None and labels.ndim == 1:  # single-label: the test confusion matrix, rows = truth
+    if str(arrays["report_kind"]) == "classification":  # rows = truth
         k = arrays["probs"].shape[1]
         matrix = np.zeros((k, k), dtype=int)
-        np.add.at(matrix, (labels.astype(int), arrays["probs"].argmax(1)), 1)
+        np.add.at(matrix, (arrays["labels"].astype(int), arrays["probs"].argmax(1)), 1)
         client.log_dict(
             run_id,
             {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()},
@@ -117,21 +117,12 @@ def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.nda
         )
 
 
-def _log_cam_overlays(
-    client: MlflowClient,
-    run_id: str,
-    system,
-    config: dict,
-    *,
-    caches: dict[str, str],
-    pred_masks: dict[str, str] | None,
-) -> None:
-    """HiResCAM overlays of a sample of test images (what the classifier looks at)."""
+def _log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+    """HiResCAM overlays of the test images saved in the predictions (what the classifier looks at)."""
     from medtune.overlays import save_cam_overlays
 
-    data = build_datamodule(config, caches=caches, pred_masks=pred_masks)
     with tempfile.TemporaryDirectory() as folder:
-        save_cam_overlays(system, data.dataset("test"), Path(folder), n=8)
+        save_cam_overlays(arrays, Path(folder), n=8)
         client.log_artifacts(run_id, folder, "cam_overlays")
 
 

@@ -12,10 +12,12 @@ bilinearly upsampled to the input size (torch ``align_corners=False`` equals ``c
 INTER_LINEAR when upsampling), then min-max scaled again, the same order as
 ``scale_cam_image`` + ``aggregate_multi_layers``.
 
-Empty-mask convention (images without a lesion, e.g. BUSI "normal"): IoU is undefined for
-them. ``soft_iou`` and ``hard_iou`` return per-image values *and* a boolean ``valid`` tensor
-(mask non-empty); the value of an invalid image is finite (0) but meaningless. Every average
-goes over valid images only (``valid_mean``):
+Empty-mask convention (images without a lesion, e.g. BUSI "normal"): a saliency IoU is
+meaningless for them (a CAM explains the class; there is no lesion to localise). ``soft_iou`` and
+``hard_iou`` return per-image values *and* a boolean ``valid`` tensor (mask non-empty); the value
+of an invalid image is finite but meaningless (``hard_iou`` follows the one IoU rule of
+``medtune.metrics``, the segmentation metric's). Every saliency average goes over valid images
+only (``valid_mean``):
 
 * metric: average over valid images, weighting each batch by ``valid.sum()``; skip a batch
   with none, so ``val/saliency_iou`` is never NaN and never polluted by images that have
@@ -45,6 +47,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from medtune.metrics import per_image_iou
 
 CAM_EPS = 1e-7  # the epsilon of pytorch_grad_cam's scale_cam_image, kept for equivalence
 
@@ -228,13 +232,12 @@ def hard_iou(cams: Tensor, masks: Tensor, threshold: float = 0.5) -> tuple[Tenso
         threshold: CAM value from which a pixel counts as salient.
 
     Returns:
-        ``(iou [B], valid [B] bool)``, same empty-mask convention as ``soft_iou``.
+        ``(iou [B], valid [B] bool)``: ``medtune.metrics.per_image_iou`` of the salient pixels and
+        the mask (so 1.0 when both are empty), and ``valid`` = mask non-empty, as in ``soft_iou``:
+        a CAM on a lesion-free image localises nothing, so saliency averages skip those images.
     """
     masks = _match_masks(masks, cams.shape[-2:]) > 0.5
-    salient = cams.detach() >= threshold
-    inter = (salient & masks).sum(dim=(-2, -1)).float()
-    union = (salient | masks).sum(dim=(-2, -1)).float()
-    return inter / union.clamp_min(1.0), masks.any(dim=-1).any(dim=-1)
+    return per_image_iou(cams.detach() >= threshold, masks), masks.flatten(1).any(1)
 
 
 def valid_mean(values: Tensor, valid: Tensor) -> Tensor:

@@ -68,11 +68,12 @@ def open_entries(client: MlflowClient, experiments: list[str]) -> list[Entry]:
 
 def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
     preds = load_predictions(client, run.info.run_id)
-    if preds is None or not {"labels", "probs"} <= set(preds) or preds["probs"].ndim != 2:
+    kind = "" if preds is None else str(preds.get("report_kind", ""))
+    if kind not in ("classification", "multilabel"):
         raise CompareError(
             f"cannot compare: the latest launch of '{name}' ({run.info.run_id}) has no per-image classification predictions ({PREDICTIONS})"
         )
-    if preds["labels"].ndim != 1:
+    if kind == "multilabel":
         raise CompareError(f"cannot compare: '{name}' is multi-label; --compare covers single-label classifiers")
     tags = run.data.tags
     return Entry(

@@ -1,12 +1,15 @@
 """Plots of the best trial on the test split, drawn from the launch's ``test_predictions.npz``.
 
-The arrays (written by ``src/medtune/publish.py``; see ``medtune.evaluate.test_predictions``):
+The arrays are what the task answered (``BaseTask.predictions``, one ``predict_batch`` per task);
+``report_kind`` says which layout the file has (``medtune.report.write`` picks the plot by it):
 
-* classification: ``labels`` int [N], ``probs`` float [N,K] (softmax), optional ``class_names`` str [K];
-* segmentation: ``images`` uint8 [M,3,S,S], ``masks`` uint8 [M,1,S,S], ``probs`` float [M,1,S,S] for
-  the first M test images, and ``iou`` float [N] per image (NaN where mask and prediction are empty);
-* saliency, when present: ``cams`` float [M,S,S] or [M,1,S,S] in [0, 1], with ``images`` (and
-  ``masks`` when the dataset has them) for the same first M images.
+* ``classification``: ``labels`` int [N], ``probs`` float [N,K] (softmax), optional ``class_names``
+  str [K]; with a CAM layer also ``images``, ``masks``, ``cams`` [M,S,S] and ``saliency_iou`` [M] of
+  the first M test images, as the network saw them;
+* ``multilabel``: ``labels`` uint8 [N,K] (multi-hot), ``probs`` float [N,K] (sigmoid);
+* ``segmentation``: ``images`` uint8 [M,3,S,S], ``masks`` uint8 [M,1,S,S], ``probs`` float [M,1,S,S]
+  for the first M test images, and ``iou`` float [N] per image (``medtune.metrics.per_image_iou``:
+  1.0 where mask and prediction are both empty, as in ``test/image_iou``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from medtune.overlays import cam_overlay, overlay_side
 from medtune.report.plots import save
 
 MAX_PANELS = 8  # overlays shown: enough to judge, small enough to embed
@@ -85,22 +89,25 @@ def segmentation_overlays(preds: dict[str, np.ndarray], path: Path, *, title: st
         if (probs[i] >= 0.5).any():
             ax.contour(probs[i].squeeze(0).astype(float), levels=[0.5], colors="red", linewidths=1.2)
         if iou is not None and i < len(iou):
-            ax.set_title("IoU n/a (both empty)" if np.isnan(iou[i]) else f"IoU {iou[i]:.2f}", fontsize=9)
+            ax.set_title(
+                f"IoU {iou[i]:.2f}" + (" (both empty)" if not masks[i].any() and iou[i] == 1 else ""), fontsize=9
+            )
     fig.suptitle(f"{title}\ngreen: ground truth, red: prediction (p >= 0.5)", fontsize=10)
     return save(fig, path)
 
 
 def saliency_overlays(preds: dict[str, np.ndarray], path: Path, *, title: str) -> Path:
-    """Test images with the classifier's saliency map (CAM) and the lesion outline when known."""
+    """Test images with the classifier's CAM and the lesion outline (``medtune.overlays.cam_overlay``).
+
+    The same renderer and images as the run's ``cam_overlays/`` PNGs.
+    """
     images, cams = preds["images"], preds["cams"]
     masks = preds.get("masks")
     fig, axes = _panels(len(cams))
     for i, ax in enumerate(axes):
-        ax.imshow(_rgb(images[i]))
-        ax.imshow(np.squeeze(cams[i]).astype(float), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        if masks is not None and masks[i].any():
-            ax.contour(np.squeeze(masks[i]), levels=[0.5], colors="white", linewidths=1.0)
+        side = overlay_side(images[i].shape[-1])
+        ax.imshow(cam_overlay(images[i], cams[i], None if masks is None else masks[i], side=side))
         if "labels" in preds and i < len(preds["labels"]):
             ax.set_title(f"label {int(preds['labels'][i])}", fontsize=9)
-    fig.suptitle(f"{title}\nsaliency (CAM) over the image; white: lesion outline", fontsize=10)
+    fig.suptitle(f"{title}\nsaliency (CAM) over the image the classifier saw; white: lesion outline", fontsize=10)
     return save(fig, path)

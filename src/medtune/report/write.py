@@ -81,24 +81,26 @@ def dataset_categories(root: str | None) -> list[str] | None:
 
 
 def _prediction_plots(launch: Launch, out: Path) -> tuple[dict[str, Path], list[str]]:
+    """The test-split figures, chosen by the ``report_kind`` the task saved with its predictions."""
     preds = launch.predictions
     if preds is None:
         return {}, [f"test-split plots skipped: the launch's parent run has no {PREDICTIONS} artifact"]
-    pngs, title = {}, f"{launch.experiment}: best trial on the test split"
-    if {"images", "masks", "probs"} <= set(preds) and preds["probs"].ndim == 4:
-        pngs["test"] = predictions.segmentation_overlays(preds, out / FILES["test"], title=title)
-    elif {"labels", "probs"} <= set(preds) and preds["labels"].ndim == 2:
+    kind, title = str(preds.get("report_kind", "")), f"{launch.experiment}: best trial on the test split"
+    if kind == "segmentation":
+        pngs = {"test": predictions.segmentation_overlays(preds, out / FILES["test"], title=title)}
+    elif kind == "classification":
+        names = predictions.class_names(preds, dataset_categories(launch.tags.get("dataset")))
+        pngs = {"test": predictions.confusion_and_roc(preds, names, out / FILES["test"], title=title)}
+    elif kind == "multilabel":
         return {}, [
             "test-split plots skipped: multi-label predictions have no confusion matrix (see the per-label AUROC metrics)"
         ]
-    elif {"labels", "probs"} <= set(preds) and preds["probs"].ndim == 2:
-        names = predictions.class_names(preds, dataset_categories(launch.tags.get("dataset")))
-        pngs["test"] = predictions.confusion_and_roc(preds, names, out / FILES["test"], title=title)
     else:
         return {}, [
-            f"test-split plots skipped: {PREDICTIONS} holds no arrays this report knows ({', '.join(sorted(preds))})"
+            f"test-split plots skipped: {PREDICTIONS} has report_kind '{kind}', expected segmentation, "
+            "classification or multilabel (a file from an older medtune has none)"
         ]
-    if {"cams", "images"} <= set(preds):
+    if "cams" in preds:
         pngs["saliency"] = predictions.saliency_overlays(preds, out / FILES["saliency"], title=title)
     return pngs, []
 

@@ -1,8 +1,10 @@
 """Task registry: what a search space's ``task:`` names, and how its parts are built.
 
-To add a task, add one ``TaskSpec`` here. ``model_kind``/``loss_kind`` select the model and loss
-registries; ``needs_segmenter`` makes the launcher resolve the champion segmenter and cache its masks;
-``single_label`` tasks get the HiResCAM layer of their backbone (a CAM explains one class).
+To add a task, write its system (a ``BaseTask`` with ``report_kind``, ``platform_args`` and
+``predict_batch``) and add one ``TaskSpec`` here. ``model_kind``/``loss_kind`` select the model and
+loss registries; ``needs_segmenter`` makes the launcher resolve the champion segmenter and cache its
+masks. What the system predicts, how the report draws it and which platform arguments (e.g. the
+HiResCAM layer) it takes, the system class says itself.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ class TaskSpec:
     system: type[BaseTask]
     model_kind: str  # "segmentation" or "classification"
     needs_segmenter: bool = False
-    single_label: bool = True
     loss_kind: str = ""  # a key of medtune.losses.LOSSES_BY_KIND; empty: the same as model_kind
 
     def __post_init__(self) -> None:
         if not self.loss_kind:
             object.__setattr__(self, "loss_kind", self.model_kind)
+
+    @property
+    def single_label(self) -> bool:
+        """One class per image (the data must say which): the system reports as a classifier."""
+        return self.system.report_kind == "classification"
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -36,5 +42,5 @@ TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec(ClassificationTask, "classification"),
     "masked_classification": TaskSpec(ClassificationTask, "classification", needs_segmenter=True),
     "saliency_classification": TaskSpec(SaliencyClassificationTask, "classification"),
-    "multilabel_classification": TaskSpec(MultiLabelTask, "classification", single_label=False, loss_kind="multilabel"),
+    "multilabel_classification": TaskSpec(MultiLabelTask, "classification", loss_kind="multilabel"),
 }

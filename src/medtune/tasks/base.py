@@ -1,7 +1,14 @@
-"""Shared Lightning plumbing: optimizer/scheduler set-up, finite-loss guard, metric logging."""
+"""Shared Lightning plumbing: optimizer/scheduler set-up, finite-loss guard, metric logging, and the
+contract every task answers for the platform (what it saves as test predictions, how the report
+draws them, which constructor arguments the platform provides), so no caller tests task types.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import ClassVar
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
@@ -9,14 +16,33 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from medtune import optim
+from medtune.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the trial fails with this message."""
 
 
+def seen_images(images: torch.Tensor) -> torch.Tensor:
+    """Normalised test images [B, 3, S, S] back to uint8: exactly what the network saw.
+
+    The test transform is ``ToDtype(scale=True)`` then ``Normalize`` (no augmentation), so this
+    undoes it to the cached pixels, or to the masked/cropped view in masked classification.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 class BaseTask(pl.LightningModule):
     """A system that receives its network and loss and owns optimizer, scheduler and metrics.
+
+    Class attributes each task sets (the platform asks them instead of testing the task's type):
+
+    * ``report_kind``: ``segmentation``, ``classification`` or ``multilabel``; saved in
+      ``test_predictions.npz`` so the report knows how to draw the arrays of ``predictions``;
+    * ``platform_args``: the constructor arguments the platform provides (``epochs``,
+      ``num_classes``, ``cam_layer``, ...; see ``medtune.build.platform_args``), never searched.
 
     Args:
         model: the network (from a model registry).
@@ -30,6 +56,9 @@ class BaseTask(pl.LightningModule):
         patience: stop after this many epochs without a lower ``val/loss`` (0: never). The trial
             then ends before ``epochs`` and is recorded as ``early_stopped``, not as stopped by ASHA.
     """
+
+    report_kind: ClassVar[str] = ""
+    platform_args: ClassVar[tuple[str, ...]] = ("epochs",)
 
     def __init__(
         self,
@@ -91,10 +120,45 @@ class BaseTask(pl.LightningModule):
         self.log_dict(self.metrics["test"].compute())
         self.metrics["test"].reset()
 
+    @property
+    def has_cam(self) -> bool:
+        """Whether ``predictions`` carries saliency maps (``cams``) to draw as overlays."""
+        return False
+
+    def predict_batch(self, batch: dict, *, overlays: int) -> dict[str, torch.Tensor]:
+        """Per-image prediction arrays of one batch (first dimension: images).
+
+        Args:
+            batch: a test batch (``image``, ``mask``, ``label``, ...).
+            overlays: how many of its first images also get the arrays for figures (``images``,
+                ``masks``, ...); those keys are left out when 0.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predictions(self, batches: Iterable[dict], *, max_overlays: int = 16) -> dict[str, np.ndarray]:
+        """The arrays saved as ``test_predictions.npz``: ``predict_batch`` over ``batches``, joined.
+
+        Figure arrays cover the first ``max_overlays`` images; ``report_kind`` is added as a
+        0-d string array, so the report reads how to draw the file instead of guessing.
+        """
+        self.eval()
+        parts: dict[str, list[torch.Tensor]] = {}
+        seen = 0
+        for batch in batches:
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            size = batch["image"].shape[0]
+            for key, value in self.predict_batch(batch, overlays=min(size, max(0, max_overlays - seen))).items():
+                parts.setdefault(key, []).append(value.detach().cpu())
+            seen += size
+        arrays = {key: torch.cat(values).numpy() for key, values in parts.items()}
+        return {**arrays, "report_kind": np.array(self.report_kind)}
+
     def configure_callbacks(self) -> list[pl.Callback]:
         if self.patience <= 0:
             return []
-        return [EarlyStopping(monitor="val/loss", mode="min", patience=self.patience)]
+        # Decided at validation end, before on_train_epoch_end, so the epoch's report knows it stopped.
+        return [EarlyStopping(monitor="val/loss", mode="min", patience=self.patience, check_on_train_epoch_end=False)]
 
     def configure_optimizers(self) -> dict:
         steps = self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs or 1)

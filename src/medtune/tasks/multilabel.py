@@ -14,6 +14,9 @@ rather than scored 0 (a split where no label qualifies gives NaN).
   challenge (there on pooled labels, here on the per-label averages above).
 
 No saliency metric: HiResCAM explains one class, and an image here has a set of them.
+
+Test predictions (``predict_batch``): ``labels`` uint8 [N,K] (multi-hot, 1 = label present) and
+``probs`` [N,K] (sigmoid, one per label).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class MultiLabelTask(BaseTask):
         **train_args: optimizer and scheduler arguments of ``BaseTask``.
     """
 
+    report_kind = "multilabel"
+    platform_args = ("epochs", "num_classes")
+
     def __init__(
         self, model: nn.Module, loss: nn.Module, *, num_classes: int, threshold: float = 0.5, **train_args
     ) -> None:
@@ -87,6 +93,11 @@ class MultiLabelTask(BaseTask):
 
     def update_metrics(self, stage: str, logits: Tensor, batch: dict) -> None:
         self.metrics[stage].update(torch.sigmoid(logits), self.targets(batch).long())
+
+    def predict_batch(self, batch: dict, *, overlays: int) -> dict[str, Tensor]:
+        """Multi-hot labels and sigmoid probabilities (no figures: no CAM for a set of labels)."""
+        probs = torch.sigmoid(self.model(batch["image"]))
+        return {"labels": self.targets(batch).to(torch.uint8), "probs": probs}
 
     def _log_scores(self, stage: str) -> None:
         with warnings.catch_warnings():  # labels without positives (or negatives): multilabel_scores leaves them out

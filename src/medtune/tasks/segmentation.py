@@ -4,7 +4,12 @@ Pixel metrics (``iou``, ``dice``, ``precision``, ``recall``, ``specificity``, ``
 computed over all pixels of the split. Per-image metrics: ``image_iou`` (mean IoU per image) and
 ``fail_rate``, the share of images with IoU below 0.65 (a standard failure count for lesion
 segmentation). Images without a lesion: IoU is 1 when the prediction is empty too, else 0, so a
-segmenter that hallucinates lesions on normal images is counted as failing there.
+segmenter that hallucinates lesions on normal images is counted as failing there (the one IoU
+rule of ``medtune.metrics.per_image_iou``, shared with the saved test predictions).
+
+Test predictions (``predict_batch``): ``iou`` [N] per image (the same values ``image_iou`` averages)
+and, for the first images, ``images`` uint8 [M,3,S,S], ``masks`` uint8 [M,1,S,S], ``probs`` float16
+[M,1,S,S].
 """
 
 from __future__ import annotations
@@ -20,16 +25,10 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
-from medtune.tasks.base import BaseTask
+from medtune.metrics import per_image_iou
+from medtune.tasks.base import BaseTask, seen_images
 
 FAIL_IOU = 0.65  # below this a lesion segmentation counts as failed
-
-
-def per_image_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU per image of boolean masks [B,1,H,W]; 1.0 when both are empty."""
-    inter = (pred & target).flatten(1).sum(1).float()
-    union = (pred | target).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 class SegmentationTask(BaseTask):
@@ -39,6 +38,8 @@ class SegmentationTask(BaseTask):
         threshold: probability above which a pixel is lesion (for metrics, not the loss).
         **train_args: see ``BaseTask``.
     """
+
+    report_kind = "segmentation"
 
     def __init__(self, model, loss, *, threshold: float = 0.5, **train_args) -> None:
         self.threshold = threshold
@@ -73,3 +74,13 @@ class SegmentationTask(BaseTask):
         ious = per_image_iou(probs >= self.threshold, target > 0)
         metrics["image_iou"].update(ious)
         metrics["fail_rate"].update((ious < FAIL_IOU).float())
+
+    def predict_batch(self, batch: dict, *, overlays: int) -> dict[str, torch.Tensor]:
+        """``iou`` per image (the rule of ``image_iou``); images, masks and probabilities for figures."""
+        probs, target = torch.sigmoid(self.model(batch["image"])), batch["mask"] > 0
+        out = {"iou": per_image_iou(probs >= self.threshold, target)}
+        if overlays:
+            out["images"] = seen_images(batch["image"][:overlays])
+            out["masks"] = target[:overlays].to(torch.uint8)
+            out["probs"] = probs[:overlays].half()
+        return out
