@@ -37,12 +37,10 @@ def test_every_sampler_trains_one_step(name: str, task_caches: dict) -> None:
     assert torch.isfinite(fit_one_step("segmentation", config, task_caches).callback_metrics["train/loss"])
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"none"}))  # none: no sampler, see the next test
 def test_every_sampler_draws_one_epoch_of_valid_indices(name: str) -> None:
     labels, masks = sets([0], [1], [0, 2], []), masks_with_areas(8, 1, 0, 4)
     sampler = SAMPLERS[name](labels, masks, floor=0.05)
-    if sampler is None:  # "none": the DataLoader shuffles
-        return
     drawn = list(sampler)
     # An epoch keeps the dataset's length and only names existing images.
     assert len(sampler) == len(drawn) == 4 and set(drawn) <= {0, 1, 2, 3}
@@ -122,6 +120,18 @@ def test_datamodule_resamples_the_training_split_only(caches: dict[str, str]) ->
     # The training loader draws through the sampler, one dataset length per epoch; validation is read in order.
     assert train.sampler.__class__.__name__ == "WeightedRandomSampler" and len(train.sampler) == 10
     assert [int(x) for b in val for x in b["label"]] == [0, 1, 0]
+
+
+def test_no_sampler_leaves_shuffling_to_the_loader(caches: dict[str, str]) -> None:
+    assert SAMPLERS["none"](sets([0], [1]), masks_with_areas(1, 0), floor=0.05) is None
+    torch.manual_seed(0)
+    train = CachedDataModule(caches=caches, batch_size=10, augment=0.0, sampler="none").train_dataloader()
+    epochs = [[int(i) for b in train for i in b["label"]] for _ in range(2)]
+    # The loader shuffles the training split: each epoch is a permutation of its 8 + 2 labels ...
+    assert isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert all(sorted(e) == [0] * 8 + [1] * 2 for e in epochs)
+    # ... drawn anew each epoch (under seed 0 neither is the file order, and they differ).
+    assert [0] * 8 + [1] * 2 not in epochs and epochs[0] != epochs[1]
 
 
 def test_unknown_sampler_lists_the_valid_names(caches: dict[str, str]) -> None:
