@@ -1,18 +1,18 @@
-"""Shared fixtures: tiny synthetic datasets, and a runner for the real launch.py / analyze.py."""
+"""Shared fixtures: tiny synthetic datasets, workspaces for the real CLIs, and the session's shared launches."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from tests.helpers import CLS_ARGS, Workspace, tail
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -52,59 +52,6 @@ def task_caches(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"caches": files, "pred_masks": preds, "num_classes": dataset.num_classes}
 
 
-class Workspace:
-    """A temporary MLflow store, Ray storage and cache, and a way to run the real CLIs in it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-
-    def launch(self, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return self._run(["launch.py", *args, *self._common()], timeout, env)
-
-    def start_launch(self, *args: str, log: Path) -> subprocess.Popen:
-        """``launch.py`` in the background, in its own process group, stdout and stderr to ``log``.
-
-        A file, not a pipe: a pipe nobody reads blocks the launcher once it holds 64 KiB.
-        """
-        with log.open("w") as out:
-            return subprocess.Popen(
-                [sys.executable, "launch.py", *args, *self._common()],
-                cwd=PROJECT_DIR,
-                env=self._env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def analyze(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        return self._run(["analyze.py", *args, "--tracking-uri", self.tracking_uri], timeout)
-
-    def _common(self) -> list[str]:
-        return [
-            "--tracking-uri",
-            self.tracking_uri,
-            "--storage-path",
-            str(self.root / "runs"),
-            "--cache-dir",
-            str(self.root / "cache"),
-        ]
-
-    @staticmethod
-    def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
-
-    def _run(self, argv: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, *argv],
-            cwd=PROJECT_DIR,
-            env=self._env(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     ws = Workspace(tmp_path_factory.mktemp("workspace"))
@@ -114,13 +61,51 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 @pytest.fixture(autouse=True)
 def _drop_ray_results(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test on the module's workspace, delete its Ray results.
+    """After each test on the module's or the session's workspace, delete its Ray results.
 
     Every trial keeps its best and its latest checkpoint, 128 MiB each for resnet18: kept for the
     whole module they added up to gigabytes (a suite run left 6 GB under the pytest temp folder).
     No test reads another test's Ray results; MLflow runs and registered models stay.
     """
     yield
-    ws = request.node.funcargs.get("workspace")
-    if isinstance(ws, Workspace):
-        shutil.rmtree(ws.root / "runs", ignore_errors=True)
+    for name in ("workspace", "shared_workspace"):
+        ws = request.node.funcargs.get(name)
+        if isinstance(ws, Workspace):
+            shutil.rmtree(ws.root / "runs", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """One store for the session's shared launches on ``synth_dir`` (see ``seg_launch`` and the others).
+
+    Tests that read these launches must not change them; a test that needs its own runs uses another
+    experiment name in this store, or the module's ``workspace``.
+    """
+    ws = Workspace(tmp_path_factory.mktemp("shared"))
+    yield ws
+    shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
+
+
+def _shared_launch(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
+    result = ws.launch(*args)
+    shutil.rmtree(ws.root / "runs", ignore_errors=True)  # Ray checkpoints: nobody reads them, 128 MiB each
+    assert result.returncode == 0, tail(result)
+    return result
+
+
+@pytest.fixture(scope="session")
+def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.CompletedProcess:
+    """``segmentation --smoke`` (2 trials, at most 2 epochs): the dataset's first segmenter, its champion."""
+    return _shared_launch(shared_workspace, "--space", "segmentation", "--smoke", "--data", str(synth_dir))
+
+
+@pytest.fixture(scope="session")
+def masked_launch(seg_launch: subprocess.CompletedProcess, shared_workspace: Workspace, synth_dir: Path):
+    """``masked_cls --smoke`` on the masks of ``seg_launch``'s champion."""
+    return _shared_launch(shared_workspace, "--space", "masked_cls", "--smoke", "--data", str(synth_dir))
+
+
+@pytest.fixture(scope="session")
+def cls_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.CompletedProcess:
+    """``whole_cls --smoke`` (2 trials, at most 2 epochs) with ``CLS_ARGS``, experiment ``whole_cls``."""
+    return _shared_launch(shared_workspace, *CLS_ARGS, "--data", str(synth_dir))

@@ -1,12 +1,22 @@
-"""Shared test helpers (no test module imports another): contract configurations and one-step fits."""
+"""Shared test helpers (no test module imports another): contract configurations, one-step fits, and a
+runner for the real ``launch.py`` / ``analyze.py`` in a temporary store."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytorch_lightning as pl
+from mlflow.tracking import MlflowClient
 
 from medtune.build import build_datamodule, build_system
 from medtune.tasks import TASKS
+from medtune.tracking import LAUNCH_TAG, PARENT_TAG
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 BASE = {"data.image_size": 32, "data.batch_size": 4, "train.lr": 1e-3}
 TASK_CONFIGS = {
     "segmentation": {"model.name": "unet", "model.width": 4, "model.depth": 2, "loss.name": "bce_dice"},
@@ -17,14 +27,95 @@ TASK_CONFIGS = {
 }
 # The metric each task's spaces optimise; every other task reports val/balanced_acc.
 OBJECTIVES = {"segmentation": "val/iou", "multilabel_classification": "val/challenge_score"}
+# The session's shared whole_cls launch (conftest ``cls_launch``): seeded, one trial at a time, so that a
+# second launch with the same arguments must reproduce it.
+CLS_ARGS = ("--space", "whole_cls", "--smoke", "--seed", "7", "--max-concurrent", "1")
+
+
+def build_one(task: str, config: dict, caches: dict, *, epochs: int = 2) -> tuple[pl.LightningModule, object]:
+    """The task's system and DataModule on the session's caches (``task_caches``), as a trial builds them."""
+    system = build_system(task, config, num_classes=caches["num_classes"], epochs=epochs)
+    pred = caches["pred_masks"] if TASKS[task].needs_segmenter else None
+    return system, build_datamodule(config, caches=caches["caches"], pred_masks=pred)
 
 
 def fit_one_step(task: str, config: dict, caches: dict) -> pl.Trainer:
-    system = build_system(task, config, num_classes=caches["num_classes"], epochs=2)
-    pred = caches["pred_masks"] if TASKS[task].needs_segmenter else None
-    data = build_datamodule(config, caches=caches["caches"], pred_masks=pred)
+    """One training and one validation batch (``fast_dev_run``) on the CPU."""
+    system, data = build_one(task, config, caches)
     trainer = pl.Trainer(
         fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     trainer.fit(system, datamodule=data)
     return trainer
+
+
+def runs_of(client: MlflowClient, experiment: str) -> tuple[list, list]:
+    """An experiment's launch (parent) runs and trial (child) runs."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get(LAUNCH_TAG) == "true"], [r for r in runs if PARENT_TAG in r.data.tags]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(result: subprocess.CompletedProcess, chars: int = 3000) -> str:
+    """The end of a CLI's stdout and stderr, for an assert's message."""
+    return result.stdout[-chars:] + result.stderr[-chars:]
+
+
+class Workspace:
+    """A temporary MLflow store, Ray storage and cache, and a way to run the real CLIs in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    def launch(self, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return self._run(["launch.py", *args, *self._common()], timeout, env)
+
+    def start_launch(self, *args: str, log: Path) -> subprocess.Popen:
+        """``launch.py`` in the background, in its own process group, stdout and stderr to ``log``.
+
+        A file, not a pipe: a pipe nobody reads blocks the launcher once it holds 64 KiB.
+        """
+        with log.open("w") as out:
+            return subprocess.Popen(
+                [sys.executable, "launch.py", *args, *self._common()],
+                cwd=PROJECT_DIR,
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def analyze(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        return self._run(["analyze.py", *args, "--tracking-uri", self.tracking_uri], timeout)
+
+    def _common(self) -> list[str]:
+        return [
+            "--tracking-uri",
+            self.tracking_uri,
+            "--storage-path",
+            str(self.root / "runs"),
+            "--cache-dir",
+            str(self.root / "cache"),
+        ]
+
+    @staticmethod
+    def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
+
+    def _run(self, argv: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *argv],
+            cwd=PROJECT_DIR,
+            env=self._env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )

@@ -1,10 +1,13 @@
 """``analyze.py`` on a small MLflow store built by the real ``launch.py`` (tiny synthetic searches).
 
-The session fixture runs two real launches (about 90 s on 2 cores): ``whole_cls`` on one synthetic
-dataset and ``other_data`` on a second one generated with another seed. To make failed and stopped
-trials deterministic, it then adds two child runs to the first launch by hand, written the way
-``trainables/mlflow_trials.py`` writes them, and a copy of the first launch (same dataset) with
-perturbed test predictions as a second experiment to compare against.
+The store is a copy of the session's shared store (conftest ``shared_workspace``) once its
+``whole_cls`` launch (``cls_launch``: 2 trials of at most 2 epochs) is in it, so no search is run
+again for this module; its artifacts stay where that launch logged them. One launch is added:
+``other_data``, 1 trial of 1 epoch on a second synthetic set generated with another seed. To make
+failed and stopped trials deterministic, the fixture then adds two child runs to the ``whole_cls``
+launch by hand, written the way ``trainables/mlflow_trials.py`` writes them, and a copy of that
+launch (same dataset) with perturbed test predictions as a second experiment to compare against.
+Only the copy of the store changes: the shared launch stays as other tests expect it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from medtune.report.bootstrap import METRICS, paired_bootstrap
 from medtune.report.importance import param_importance
 from medtune.report.load import PREDICTIONS, Launch, load_predictions
 from medtune.tracking import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
+from tests.helpers import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 FAILED_ERROR = "RuntimeError: fabricated failure for the report test"
 
 
@@ -137,13 +140,12 @@ def _copy_launch(client: MlflowClient, parent: str, root: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+def store(tmp_path_factory: pytest.TempPathFactory, shared_workspace: Workspace, cls_launch: object) -> Store:
     root = tmp_path_factory.mktemp("analyze")
-    generate(root / "data", n=48, size=32, seed=0)
+    shutil.copy(shared_workspace.root / "mlflow.db", root / "mlflow.db")
     generate(root / "data2", n=48, size=32, seed=1)
-    _launch(root, "data", "--num-samples", "3", "--max-epochs", "2")
     _launch(root, "data2", "--experiment", "other_data", "--num-samples", "1", "--max-epochs", "1")
-    shutil.rmtree(root / "runs")  # analyze.py reads MLflow only; the checkpoints are ~0.8 GB
+    shutil.rmtree(root / "runs")  # analyze.py reads MLflow only; the checkpoints are ~0.3 GB
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     exp_id = experiment_id(client, "whole_cls", create=False)
@@ -171,6 +173,7 @@ def report(store: Store) -> tuple[Path, str, Path]:
     return out, text, best
 
 
+@pytest.mark.slow
 def test_report_files_exist_and_are_logged(store: Store, report: tuple[Path, str, Path]) -> None:
     out = report[0]
     expected = {
@@ -188,6 +191,7 @@ def test_report_files_exist_and_are_logged(store: Store, report: tuple[Path, str
     assert expected <= logged
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(report: tuple[Path, str, Path]) -> None:
     page = (report[0] / "report.html").read_text()
     sources = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", page)
@@ -207,6 +211,7 @@ def _table(text: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_leaderboard_order_follows_metric_and_mode(store: Store, report: tuple[Path, str, Path]) -> None:
     client = MlflowClient(store.uri)
     params = client.get_run(store.parent).data.params
@@ -221,9 +226,10 @@ def test_leaderboard_order_follows_metric_and_mode(store: Store, report: tuple[P
     # Ranked by each trial's best epoch of the launch's metric, in its mode; the failed trial, with
     # no value ("-"), comes last.
     assert printed == [f"{v:.4f}" for v in expected] + ["-"]
-    assert len(rows) == 5 and rows[-1][2] == "failed"
+    assert len(rows) == 4 and rows[-1][2] == "failed"
 
 
+@pytest.mark.slow
 def test_failed_and_stopped_trials_are_shown(report: tuple[Path, str, Path]) -> None:
     out, text, _ = report
     statuses = {row[1]: row[2] for row in _table(text)}
@@ -235,6 +241,7 @@ def test_failed_and_stopped_trials_are_shown(report: tuple[Path, str, Path]) -> 
     assert '<tr class="stopped"><td>' in page and "stopped (ASHA)" in page and '<tr class="failed">' in page
 
 
+@pytest.mark.slow
 def test_export_best_is_the_winning_config(store: Store, report: tuple[Path, str, Path]) -> None:
     exported = yaml.safe_load(report[2].read_text())
     client = MlflowClient(store.uri)
@@ -246,6 +253,7 @@ def test_export_best_is_the_winning_config(store: Store, report: tuple[Path, str
     assert exported["budget"] == {"max_epochs": 2}
 
 
+@pytest.mark.slow
 def test_few_trials_report_importance_as_unavailable(store: Store) -> None:
     out = store.root / "report_other"
     code, text, err = _run("--experiment", "other_data", "--tracking-uri", store.uri, "--out", str(out))
@@ -256,6 +264,7 @@ def test_few_trials_report_importance_as_unavailable(store: Store) -> None:
     assert "not available" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_compare_same_dataset(store: Store) -> None:
     out = store.root / "compare"
     code, text, err = _run("--compare", "whole_cls", "whole_cls_copy", "--tracking-uri", store.uri, "--out", str(out))
@@ -273,6 +282,7 @@ def test_compare_same_dataset(store: Store) -> None:
     assert (out / "compare.html").is_file() and (out / "compare.png").is_file()
 
 
+@pytest.mark.slow
 def test_compare_refuses_different_datasets(store: Store) -> None:
     code, text, err = _run("--compare", "whole_cls", "other_data", "--tracking-uri", store.uri)
     assert code == 2 and text == ""
@@ -281,6 +291,7 @@ def test_compare_refuses_different_datasets(store: Store) -> None:
     )
 
 
+@pytest.mark.slow
 def test_unknown_experiment_fails_clearly(store: Store) -> None:
     done = subprocess.run(
         [sys.executable, "analyze.py", "--experiment", "nope", "--tracking-uri", store.uri],
@@ -289,11 +300,13 @@ def test_unknown_experiment_fails_clearly(store: Store) -> None:
         text=True,
         timeout=120,
     )
-    # One line naming the existing experiments, no traceback.
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == "error: unknown experiment 'nope'; existing: other_data, whole_cls, whole_cls_copy\n"
+    existing = sorted(e.name for e in MlflowClient(store.uri).search_experiments() if e.name != "Default")
+    # One line naming the existing experiments (the shared store's, copied, and this module's), no traceback.
+    assert done.returncode == 2 and done.stdout == "" and {"other_data", "whole_cls", "whole_cls_copy"} <= set(existing)
+    assert done.stderr == f"error: unknown experiment 'nope'; existing: {', '.join(existing)}\n"
 
 
+@pytest.mark.slow
 def test_launch_of_another_experiment_is_refused(store: Store) -> None:
     code, _, err = _run("--experiment", "other_data", "--launch", store.parent, "--tracking-uri", store.uri)
     assert code == 2 and "not a launch (parent run) of experiment 'other_data'" in err

@@ -1,28 +1,21 @@
 """End to end through the real CLIs: segmentation -> champion -> masked_cls -> analyze.
 
 Ray, Optuna (TPE), ASHA, Lightning, MLflow tracking and the model registry are all real; only the
-sizes are tiny (48 images at 32 px, 2 trials of at most 2 epochs per search).
+sizes are tiny (48 images at 32 px, 2 trials of at most 2 epochs per search). The two searches are
+the session's shared launches (conftest ``seg_launch``, ``masked_launch``), which other tests read too.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from medtune.data.coco import resolve_dataset
-from medtune.tracking import LAUNCH_TAG, PARENT_TAG, champion, segmenter_name
-
-pytestmark = pytest.mark.slow
-
-
-def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(LAUNCH_TAG) == "true"]
-    children = [r for r in runs if PARENT_TAG in r.data.tags]
-    return parents, children
+from medtune.tracking import champion, segmenter_name
+from tests.helpers import Workspace, runs_of
 
 
 def test_masked_cls_without_champion_fails_fast(workspace, synth_dir: Path) -> None:
@@ -35,11 +28,16 @@ def test_masked_cls_without_champion_fails_fast(workspace, synth_dir: Path) -> N
     assert client.get_experiment_by_name("masked_cls") is None
 
 
-def test_segmentation_then_masked_cls_then_analyze(workspace, synth_dir: Path) -> None:
-    seg = workspace.launch("--space", "segmentation", "--smoke", "--data", str(synth_dir))
-    assert seg.returncode == 0, seg.stdout[-3000:] + seg.stderr[-3000:]
+@pytest.mark.slow
+def test_segmentation_then_masked_cls_then_analyze(
+    shared_workspace: Workspace,
+    seg_launch: subprocess.CompletedProcess,
+    masked_launch: subprocess.CompletedProcess,
+    synth_dir: Path,
+) -> None:
+    workspace = shared_workspace
     client = MlflowClient(workspace.tracking_uri)
-    parents, children = _runs(client, "segmentation")
+    parents, children = runs_of(client, "segmentation")
     # One parent per launch and one child per trial (smoke: 2 samples), none left RUNNING.
     assert len(parents) == 1 and len(children) == 2
     assert all(r.info.status in ("FINISHED", "FAILED") for r in parents + children)
@@ -56,9 +54,7 @@ def test_segmentation_then_masked_cls_then_analyze(workspace, synth_dir: Path) -
     # The first segmenter of a dataset always becomes its champion.
     assert version is not None and version.tags["run_id"] == parents[0].data.tags["best_run_id"]
 
-    masked = workspace.launch("--space", "masked_cls", "--smoke", "--data", str(synth_dir))
-    assert masked.returncode == 0, masked.stdout[-3000:] + masked.stderr[-3000:]
-    parents, children = _runs(client, "masked_cls")
+    parents, children = runs_of(client, "masked_cls")
     assert len(parents) == 1 and len(children) == 2
     # Every masked trial records which segmenter version produced its masks.
     assert {r.data.tags.get("segmenter_version") for r in children} == {f"{name}/{version.version}"}

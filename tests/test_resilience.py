@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from medtune.evaluate import load_system
-from medtune.tracking import LAUNCH_TAG, PARENT_TAG
-from tests.conftest import Workspace
+from tests.helpers import Workspace, free_port, runs_of
 
 FAILING_GRID = """
 task: classification
@@ -28,12 +26,6 @@ params:
   model.image_size: {choice: [224], when: {model.name: vit_b_16}}   # 224 px ViT on 32 px images: raises
 budget: {max_epochs: 1}
 """
-
-
-def runs_of(client: MlflowClient, experiment: str) -> tuple[list, list]:
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return [r for r in runs if r.data.tags.get(LAUNCH_TAG) == "true"], [r for r in runs if PARENT_TAG in r.data.tags]
 
 
 @pytest.mark.slow
@@ -88,12 +80,6 @@ def test_many_trials_finishing_together_lose_no_metric(workspace: Workspace, syn
     assert len(children) == 24 and all(r.info.status == "FINISHED" for r in children)
     assert missing == []
     print(f"load test: 24 trials in {minutes:.2f} min = {24 / minutes:.1f} trials/min, lost metrics: {len(missing)}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
