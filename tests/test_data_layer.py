@@ -6,11 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from medtune.data.cache import build_cache, load_cache
+from medtune.data.cache import build_cache, load_cache, save_tensors
 from medtune.data.coco import DataError, resolve_dataset
+from medtune.data.cocoio import atomic_file, segmentation_mask
 from medtune.data.datasets import CachedDataModule, CachedDataset, build_transform
 
 
@@ -102,3 +104,31 @@ def test_unknown_mask_mode_lists_valid(synth_dir: Path, tmp_path: Path) -> None:
     cache = build_cache(dataset, "val", 32, tmp_path)
     with pytest.raises(ValueError, match="valid: none, soft, hard"):
         CachedDataset(str(cache), build_transform(0.0, train=False), mask_mode="blur")
+
+
+def test_annotations_of_an_image_are_united_by_the_one_decoder() -> None:
+    from pycocotools import mask as mask_utils
+
+    from medtune.data.cache import _mask
+
+    square = [[1, 1, 4, 1, 4, 4, 1, 4]]  # polygon: pixels (1..3, 1..3) of a 6x8 image
+    block = np.zeros((6, 8), dtype=np.uint8, order="F")
+    block[4:6, 5:8] = 1
+    rle = mask_utils.encode(block)
+    rle["counts"] = rle["counts"].decode()  # as JSON stores compressed RLE
+    union = _mask([square, rle, [[0, 0, 1, 1]]], 6, 8)  # the last polygon has 2 points: skipped
+    # The cache's mask is the OR of cocoio.segmentation_mask over the annotations, as uint8.
+    expected = segmentation_mask(square, 6, 8) | segmentation_mask(rle, 6, 8)
+    assert union.dtype == np.uint8 and (union == expected).all()
+    assert union.sum() == segmentation_mask(square, 6, 8).sum() + 6 and union[4:6, 5:8].all()
+
+
+def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "cache.pt"
+    save_tensors({"x": torch.arange(3)}, target)
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_bytes(b"half a file")
+        raise RuntimeError("interrupted")
+    # The previous content survives and no temporary file is left beside it.
+    assert torch.equal(load_cache(target)["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.pt"]

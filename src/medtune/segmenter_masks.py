@@ -7,15 +7,13 @@ computed from; probabilities are stored as uint8 (0..255) at the classifier's im
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medtune.data.cache import load_cache
+from medtune.data.cache import load_cache, save_tensors
 from medtune.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -39,12 +37,7 @@ def build_mask_cache(model: nn.Module, seg_image_cache: Path, out: Path, *, out_
         return out
     images = load_cache(seg_image_cache)["images"]
     probs = predict_probs(model, images, out_size=out_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"probs": probs}, tmp)
-    os.replace(tmp, out)
-    return out
+    return save_tensors({"probs": probs}, out)
 
 
 def resolve_segmenter(client, *, name: str, uri: str | None, command: str) -> tuple[str, object]:

@@ -86,10 +86,11 @@ def resolve_path(name: str) -> Path:
     return path
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge(base: dict, override: dict) -> dict:
+    """``override`` merged into ``base`` key by key (nested mappings merged too): how a smoke block applies."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -106,7 +107,7 @@ def load_space(name: str, *, smoke: bool = False) -> SearchSpace:
     if unknown:
         raise SpaceError(f"{path}: unknown key '{sorted(unknown)[0]}'; valid: {', '.join(sorted(TOP_KEYS))}")
     if smoke:
-        raw = _merge(raw, _mapping(path, raw, "smoke"))
+        raw = merge(raw, _mapping(path, raw, "smoke"))
     return _validate(path, raw)
 
 

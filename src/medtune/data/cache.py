@@ -5,19 +5,18 @@ lesions keep their shape. The cache file holds uint8 ``images`` [N,3,S,S], ``mas
 (lesion = 1), the label sets and the image ids.
 Trials open it with ``torch.load(mmap=True, weights_only=True)``, so memory is shared, not copied.
 """
+
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
 
-from medtune.data.coco import Dataset, DataError, Records, load_records
+from medtune.data.coco import DataError, Dataset, Records, load_records
+from medtune.data.cocoio import atomic_file, segmentation_mask
 
 CACHE_VERSION = "1"
 
@@ -40,19 +39,18 @@ def _decode(path: Path) -> Image.Image:
 
 
 def _mask(segmentations: list, height: int, width: int) -> np.ndarray:
-    out = np.zeros((height, width), dtype=np.uint8)
+    """uint8 (height, width) union of an image's annotations (``cocoio.segmentation_mask`` each)."""
+    out = np.zeros((height, width), dtype=bool)
     for seg in segmentations:
-        if isinstance(seg, list):  # polygons
-            polys = [p for p in seg if len(p) >= 6]
-            if not polys:
-                continue
-            rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(seg, height, width)
-        else:
-            rle = seg
-        out |= mask_utils.decode(rle).astype(np.uint8)
-    return out
+        out |= segmentation_mask(seg, height, width)
+    return out.astype(np.uint8)
+
+
+def save_tensors(tensors: dict, path: Path) -> Path:
+    """``torch.save`` through ``cocoio.atomic_file``: concurrent builders never see half a file."""
+    with atomic_file(path) as tmp:
+        torch.save(tensors, tmp)
+    return path
 
 
 def letterbox(img: Image.Image, size: int, resample: int) -> np.ndarray:
@@ -90,12 +88,7 @@ def build_cache(dataset: Dataset, split: str, size: int, cache_root: Path) -> Pa
     records = load_records(dataset, split)
     tensors = _encode_split(records, size)
     tensors["labels"] = [torch.tensor(labels, dtype=torch.long) for labels in records.labels]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(tensors, tmp)
-    os.replace(tmp, path)  # atomic: concurrent builders never see half a file
-    return path
+    return save_tensors(tensors, path)
 
 
 def load_cache(path: str | Path) -> dict:

@@ -8,6 +8,7 @@ Image folder convention, in order: ``--images DIR``; else ``info.images_dir`` in
 (written by ``split`` and the other tools when their output lies away from the images); else the
 folder ``images/`` next to the JSON if it exists; else the JSON's own folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -67,7 +70,9 @@ def require_keys(path: Path, coco: dict) -> dict:
             for name, kind in fields.items():
                 value = entry.get(name) if isinstance(entry, dict) else None
                 if not isinstance(value, kind) or isinstance(value, bool):
-                    raise DataError(f"{path}: {key}[{i}] needs {kind.__name__} '{name}' (run `python -m medtune.data check`)")
+                    raise DataError(
+                        f"{path}: {key}[{i}] needs {kind.__name__} '{name}' (run `python -m medtune.data check`)"
+                    )
     return coco
 
 
@@ -101,24 +106,33 @@ def record_images_dir(coco: dict, out_path: Path, images_dir: Path) -> dict:
     return coco
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces ``path`` (``os.replace``) when the body succeeds.
+
+    The one atomic write of the project (JSON here, tensor caches in ``medtune.data.cache``):
+    readers, including concurrent builders of the same file, never see half a file; on failure the
+    temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write ``obj`` as JSON to ``path`` through ``atomic_file`` (never half-written)."""
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
     except OSError as err:
         raise DataError(f"{path}: cannot write ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise DataError(f"{path}: cannot write ({err.strerror})") from None
-        raise
 
 
 def escapes(file_name: str) -> str | None:
@@ -140,7 +154,11 @@ def polygon_area(polygon: list[float]) -> float:
 
 
 def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """Boolean ``(height, width)`` mask of a COCO segmentation (polygons or RLE) via pycocotools."""
+    """Boolean ``(height, width)`` mask of a COCO segmentation (polygons or RLE) via pycocotools.
+
+    The one COCO mask decoder: the dataset tools and the training caches (``medtune.data.cache``)
+    both call it. Polygons with fewer than 3 points are skipped; RLE may be compressed or not.
+    """
     from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, dict):
@@ -171,7 +189,12 @@ def pixel_hash(path: Path) -> tuple[str, tuple[int, int]]:
         size = img.size
     if arr.ndim == 3 and arr.shape[2] in (2, 4) and (arr[..., -1] == np.iinfo(arr.dtype).max).all():
         arr = arr[..., :-1]  # opaque alpha carries nothing
-    if arr.ndim == 3 and arr.shape[2] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+    if (
+        arr.ndim == 3
+        and arr.shape[2] == 3
+        and (arr[..., 0] == arr[..., 1]).all()
+        and (arr[..., 1] == arr[..., 2]).all()
+    ):
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]

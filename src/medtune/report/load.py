@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtune.leaderboard import Row, leaderboard
+from medtune.spaces import merge
 from medtune.tracking import LAUNCH_TAG, TrackingError, experiment_id, latest_launch, trial_runs
 
 PREDICTIONS = "test_predictions.npz"  # logged on the parent run by src/medtune/publish.py
@@ -160,13 +161,4 @@ def _space(client: MlflowClient, run_id: str, *, smoke: bool) -> dict:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return _merge(raw, raw.get("smoke") or {}) if smoke else raw
-
-
-def _merge(base: dict, override: dict) -> dict:
-    """``override`` merged into ``base`` key by key (nested mappings merged too), as launch.py does."""
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both else value
-    return out
+    return merge(raw, raw.get("smoke") or {}) if smoke else raw
