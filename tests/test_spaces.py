@@ -155,3 +155,33 @@ def test_grid_size_and_overrides_leave_the_loaded_space_unchanged() -> None:
         load_and_override(LaunchOptions(space="seg_loss_grid", num_samples=size + 1))
     # A sampled space takes any count.
     assert load_and_override(LaunchOptions(space="whole_cls", num_samples=5)).budget["num_samples"] == 5
+
+
+MASKED = """
+task: masked_classification
+metric: val/balanced_acc
+mode: max
+fixed: {data.image_size: 32, model.name: resnet18, loss.name: ce}
+params:
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+budget: {num_samples: 2, max_epochs: 2}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", "key 'data.mask_mode' is required for task masked_classification"),
+        ("  data.mask_mode: {choice: [soft, none]}\n", "key 'data.mask_mode': 'none' is not valid"),
+    ],
+)
+def test_masked_space_needs_a_real_mask_mode(tmp_path: Path, extra: str, expected: str) -> None:
+    # Without a mask mode (or with none) the "masked" classifier would see whole images.
+    with pytest.raises(SpaceError, match=expected) as err:
+        load_space(write(tmp_path, MASKED.replace("params:\n", "params:\n" + extra)))
+    assert "\n" not in str(err.value)
+
+
+def test_masked_space_with_mask_modes_loads(tmp_path: Path) -> None:
+    text = MASKED.replace("params:\n", "params:\n  data.mask_mode: {choice: [soft, hard, crop]}\n")
+    assert load_space(write(tmp_path, text)).possible_values("data.mask_mode") == ("soft", "hard", "crop")

@@ -178,6 +178,7 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
         search=search,
     )
     _check_keys(space)
+    _check_required_data(space)
     if search == "grid":  # a grid's size is its sample count: every combination once
         space = replace(space, budget={**space.budget, "num_samples": len(grid_points(space))})
     return space
@@ -262,6 +263,21 @@ def _check_keys(space: SearchSpace) -> None:
                     )
             seen.add(key)
         _check_arg(space, where, group, arg, param)
+
+
+def _check_required_data(space: SearchSpace) -> None:
+    """The task's required ``data.*`` keys are set (fixed or searched) to allowed values only."""
+    for arg, allowed in build.task_spec(space.task).required_data:
+        values = space.possible_values(f"data.{arg}")
+        if not values:
+            raise SpaceError(
+                f"{space.path}: key 'data.{arg}' is required for task {space.task}: expected one of {', '.join(allowed)}"
+            )
+        if bad := [v for v in values if v not in allowed]:
+            raise SpaceError(
+                f"{space.path}: key 'data.{arg}': {bad[0]!r} is not valid for task {space.task}; "
+                f"expected one of {', '.join(allowed)}"
+            )
 
 
 def _check_arg(space: SearchSpace, where: str, group: str, arg: str, param: Param | None) -> None:

@@ -26,6 +26,8 @@ class TaskSpec:
     model_kind: str  # "segmentation" or "classification"
     needs_segmenter: bool = False
     loss_kind: str = ""  # a key of medtune.losses.LOSSES_BY_KIND; empty: the same as model_kind
+    # data.<arg> keys a space must set, with the values allowed (checked when the space is loaded)
+    required_data: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.loss_kind:
@@ -40,7 +42,13 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "segmentation": TaskSpec(SegmentationTask, "segmentation"),
     "classification": TaskSpec(ClassificationTask, "classification"),
-    "masked_classification": TaskSpec(ClassificationTask, "classification", needs_segmenter=True),
+    # A masked task without a mask mode would train on whole images under the name "masked".
+    "masked_classification": TaskSpec(
+        ClassificationTask,
+        "classification",
+        needs_segmenter=True,
+        required_data=(("mask_mode", ("soft", "hard", "crop")),),
+    ),
     "saliency_classification": TaskSpec(SaliencyClassificationTask, "classification"),
     "multilabel_classification": TaskSpec(MultiLabelTask, "classification", loss_kind="multilabel"),
 }
