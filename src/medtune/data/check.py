@@ -8,7 +8,14 @@ with segmentation ``[]`` and area 0 means "image without lesion" (BUSI normal im
 
 ``check_coco(..., fast=True)`` never opens an image (no size, readability or duplicate checks):
 the pre-training path. Exit status: 0 clean, 1 problems found (also with ``--fix``), 2 bad input.
+
+Near duplicates (``medtune.data.duplicates``: perceptual hash within ``--near-threshold`` bits) are
+reported as groups with their ids and file names; in one file they are information, not problems.
+``--coco DIR`` with ``train.json``, ``val.json``, ``test.json`` checks each split, then looks for
+duplicate groups across them: a group that straddles two splits leaks test images into training,
+and is a problem (exit 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +24,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import cocoio
+from medtune.data import cocoio, duplicates
 
 KINDS: dict[str, str] = {
     "malformed_entry": "entry missing a key or with a wrong type",
@@ -65,6 +72,8 @@ class Report:
     images_dir: Path
     problems: list[Problem] = field(default_factory=list)
     duplicate_groups: list[list[tuple[object, str]]] = field(default_factory=list)  # (id, file_name)
+    near_groups: list[list[dict]] = field(default_factory=list)  # image entries; exact copies included
+    near_threshold: int = duplicates.DEFAULT_THRESHOLD
     coco: dict = field(default_factory=dict, repr=False)
 
     def counts(self) -> dict[str, int]:
@@ -77,12 +86,22 @@ class Report:
         return not self.problems
 
 
-def check_coco(coco_path: Path, images_dir: Path | None = None, *, fast: bool = False) -> Report:
+def check_coco(
+    coco_path: Path,
+    images_dir: Path | None = None,
+    *,
+    fast: bool = False,
+    near_threshold: int = duplicates.DEFAULT_THRESHOLD,
+) -> Report:
     """Check ``coco_path``; raises ``cocoio.DataError`` only if the file itself cannot be read."""
     coco = cocoio.load_coco(coco_path)
-    report = Report(Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco)
+    report = Report(
+        Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco, near_threshold=near_threshold
+    )
     known_categories = _check_categories(report)
     images = _check_images(report, fast=fast)
+    if not fast:  # missing and unreadable files are skipped here (reported above)
+        report.near_groups = duplicates.image_groups(list(images.values()), report.images_dir, near_threshold)[0]
     annotated = _check_annotations(report, images, known_categories)
     for i, img in enumerate(coco["images"]):
         if isinstance(img, dict) and img.get("id") in images and img["id"] not in annotated:
@@ -94,9 +113,25 @@ def _check_categories(report: Report) -> set:
     seen: set = set()
     for i, cat in enumerate(report.coco["categories"]):
         if not isinstance(cat, dict) or not _is_id(cat.get("id")) or not isinstance(cat.get("name"), str):
-            report.problems.append(Problem("malformed_entry", None, None, f"categories[{i}] needs an integer 'id' and a string 'name'", entry=("categories", i)))
+            report.problems.append(
+                Problem(
+                    "malformed_entry",
+                    None,
+                    None,
+                    f"categories[{i}] needs an integer 'id' and a string 'name'",
+                    entry=("categories", i),
+                )
+            )
         elif cat["id"] in seen:
-            report.problems.append(Problem("duplicate_category_id", None, None, f"category id {cat['id']} ('{cat['name']}') used before", entry=("categories", i)))
+            report.problems.append(
+                Problem(
+                    "duplicate_category_id",
+                    None,
+                    None,
+                    f"category id {cat['id']} ('{cat['name']}') used before",
+                    entry=("categories", i),
+                )
+            )
         else:
             seen.add(cat["id"])
     return seen
@@ -109,13 +144,23 @@ def _check_images(report: Report, *, fast: bool) -> dict:
     for i, img in enumerate(report.coco["images"]):
         name = img.get("file_name") if isinstance(img, dict) else None
         if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(name, str) or not name:
-            report.problems.append(Problem("malformed_entry", None, None, f"images[{i}] needs an integer 'id' and a 'file_name'", entry=("images", i)))
+            report.problems.append(
+                Problem(
+                    "malformed_entry",
+                    None,
+                    None,
+                    f"images[{i}] needs an integer 'id' and a 'file_name'",
+                    entry=("images", i),
+                )
+            )
             continue
         if not (_is_size(img.get("width")) and _is_size(img.get("height"))):
             _image_problem(report, i, "malformed_entry", "'width' and 'height' must be positive integers")
             continue
         if img["id"] in images:
-            _image_problem(report, i, "duplicate_image_id", f"id {img['id']} used before by {images[img['id']]['file_name']}")
+            _image_problem(
+                report, i, "duplicate_image_id", f"id {img['id']} used before by {images[img['id']]['file_name']}"
+            )
         else:
             images[img["id"]] = img
         escape = cocoio.escapes(name)
@@ -143,7 +188,9 @@ def _check_files(report: Report, indices: list[int]) -> None:
             _image_problem(report, i, "unreadable_file", f"cannot decode {path} ({type(err).__name__})")
             continue
         if (width, height) != (img["width"], img["height"]):
-            _image_problem(report, i, "size_mismatch", f"file is {width}x{height}, JSON says {img['width']}x{img['height']}")
+            _image_problem(
+                report, i, "size_mismatch", f"file is {width}x{height}, JSON says {img['width']}x{img['height']}"
+            )
         groups[digest].append((img["id"], img["file_name"]))
         first = first_by_hash.setdefault(digest, img)
         if first is not img:
@@ -162,7 +209,15 @@ def _check_annotations(report: Report, images: dict, categories: set) -> set:
     annotated: set = set()
     for j, ann in enumerate(report.coco["annotations"]):
         if not isinstance(ann, dict) or not all(_is_id(ann.get(k)) for k in ("id", "image_id", "category_id")):
-            report.problems.append(Problem("malformed_entry", None, None, f"annotations[{j}] needs integer 'id', 'image_id' and 'category_id'", entry=("annotations", j)))
+            report.problems.append(
+                Problem(
+                    "malformed_entry",
+                    None,
+                    None,
+                    f"annotations[{j}] needs integer 'id', 'image_id' and 'category_id'",
+                    entry=("annotations", j),
+                )
+            )
             continue
         img = images.get(ann["image_id"])
         name = img["file_name"] if img else None
@@ -205,7 +260,12 @@ def _segmentation_problems(ann: dict, img: dict | None) -> list[tuple[str, str]]
         elif img is not None:
             xs, ys = poly[0::2], poly[1::2]
             if min(xs) < 0 or min(ys) < 0 or max(xs) > img["width"] or max(ys) > img["height"]:
-                found.append(("polygon_outside", f"polygon {k} spans x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)}; image is {img['width']}x{img['height']}"))
+                found.append(
+                    (
+                        "polygon_outside",
+                        f"polygon {k} spans x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)}; image is {img['width']}x{img['height']}",
+                    )
+                )
     return list(dict.fromkeys(found))
 
 
@@ -249,8 +309,10 @@ def fix_coco(report: Report, out: Path) -> dict:
     for i in keep["images"]:
         if coco["images"][i]["id"] not in annotated:
             reasons[("images", i)].append("all its annotations were removed")
-    removed = {key: [{"entry": coco[key][i], "reasons": why} for (k, i), why in sorted(reasons.items()) if k == key]
-               for key in ("images", "annotations", "categories")}
+    removed = {
+        key: [{"entry": coco[key][i], "reasons": why} for (k, i), why in sorted(reasons.items()) if k == key]
+        for key in ("images", "annotations", "categories")
+    }
     coco.update(
         images=[img for i, img in enumerate(coco["images"]) if ("images", i) not in reasons],
         annotations=kept_annotations,
@@ -270,7 +332,9 @@ def removed_path(out: Path) -> Path:
 def print_report(report: Report, *, max_report: int = 20) -> None:
     """Problem lines (at most ``max_report`` per kind), then counts per kind and duplicate groups."""
     coco = report.coco
-    print(f"check: {report.coco_path} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, images in {report.images_dir})")
+    print(
+        f"check: {report.coco_path} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, images in {report.images_dir})"
+    )
     by_kind: dict[str, list[Problem]] = defaultdict(list)
     for p in report.problems:
         by_kind[p.kind].append(p)
@@ -280,6 +344,10 @@ def print_report(report: Report, *, max_report: int = 20) -> None:
             print(f"  {p.line()}")
         if len(by_kind[kind]) > len(shown):
             print(f"  {kind}: ... and {len(by_kind[kind]) - len(shown)} more")
+    for line in duplicates.group_lines(
+        report.near_groups, label=f"near duplicates (<= {report.near_threshold} bits)", max_report=max_report
+    ):
+        print(line)
     if report.ok:
         print("no problems found")
         return
@@ -292,18 +360,50 @@ def print_report(report: Report, *, max_report: int = 20) -> None:
         print(f"duplicate content: {len(report.duplicate_groups)} group(s): {shapes}")
 
 
+def check_split_folder(folder: Path, images_dir: Path | None, *, near_threshold: int, max_report: int = 20) -> int:
+    """Check each split of ``folder``, then duplicate groups across splits; returns the exit status."""
+    files = {s: Path(folder) / f"{s}.json" for s in ("train", "val", "test")}
+    if not all(path.is_file() for path in files.values()):
+        raise cocoio.DataError(
+            f"--coco {folder}: a folder must hold train.json, val.json and test.json (as `split` writes)"
+        )
+    reports = {s: check_coco(path, images_dir, near_threshold=near_threshold) for s, path in files.items()}
+    for report in reports.values():
+        print_report(report, max_report=max_report)
+    groups = duplicates.split_groups(files, {s: r.images_dir for s, r in reports.items()}, near_threshold)
+    across = duplicates.straddling(groups)
+    print(f"across splits: {len(groups)} duplicate group(s), {len(across)} straddling two or more splits")
+    for line in duplicates.group_lines(across, label="straddling_duplicates", max_report=max_report):
+        print(line)
+    if across:
+        print(
+            f"  keep each group in one split: `python -m medtune.data split` does by default (--near-threshold {near_threshold})"
+        )
+    return 0 if all(r.ok for r in reports.values()) and not across else 1
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--coco", type=Path, required=True, help="COCO JSON file to check")
-    parser.add_argument("--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)")
-    parser.add_argument("--fix", type=Path, metavar="OUT", help="write a cleaned copy to OUT and the removals to OUT.removed.json")
-    parser.add_argument("--max-report", type=int, default=20, metavar="N", help="problem lines printed per kind (0: all; default 20)")
+    parser.add_argument("--coco", type=Path, required=True, help="COCO JSON file, or a folder with train/val/test.json")
+    parser.add_argument(
+        "--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)"
+    )
+    parser.add_argument(
+        "--fix", type=Path, metavar="OUT", help="write a cleaned copy to OUT and the removals to OUT.removed.json"
+    )
+    parser.add_argument(
+        "--max-report", type=int, default=20, metavar="N", help="problem lines printed per kind (0: all; default 20)"
+    )
+    duplicates.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.fix is not None and args.fix.resolve() == args.coco.resolve():
             raise cocoio.DataError(f"--fix {args.fix}: must differ from --coco (the input is kept)")
-        report = check_coco(args.coco, args.images)
+        threshold = duplicates.check_threshold(args.near_threshold)
+        if args.coco.is_dir():
+            return check_split_folder(args.coco, args.images, near_threshold=threshold, max_report=args.max_report)
+        report = check_coco(args.coco, args.images, near_threshold=threshold)
         print_report(report, max_report=args.max_report)
         if args.fix is not None:
             removed = fix_coco(report, args.fix)

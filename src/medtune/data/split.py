@@ -11,7 +11,13 @@ image-level ``FIELD`` (e.g. ``patient_id``), keyed by their most common image ke
 straddles two splits. Within a key, units are shuffled (``seed``), larger groups first, and each
 goes to the split furthest below its share of that key (ties: furthest below its overall share).
 A class too small to reach every split gives a warning, not an error. Same seed, same split.
+
+Duplicates: by default each near-duplicate group (``medtune.data.duplicates``, within
+``near_threshold`` bits; exact copies included) is merged into one unit with the units of its
+images, so a copy of a test image never lands in train. ``--ignore-duplicates`` (``near_threshold=None``)
+turns this off; image files that cannot be read are left out of the grouping with a warning.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import cocoio
+from medtune.data import cocoio, duplicates
 
 SPLITS = ("train", "val", "test")
 
@@ -34,6 +40,7 @@ class SplitResult:
     class_counts: dict[str, dict[str, int]]  # class name -> split -> images containing it
     images_dir: Path
     warnings: list[str] = field(default_factory=list)
+    duplicate_groups: list[list[dict]] = field(default_factory=list)  # each kept inside one split
 
 
 def split_coco(
@@ -45,6 +52,7 @@ def split_coco(
     seed: int = 0,
     images_dir: Path | None = None,
     group_by: str | None = None,
+    near_threshold: int | None = duplicates.DEFAULT_THRESHOLD,
 ) -> SplitResult:
     """Split ``coco_path`` into ``out_dir/{train,val,test}.json`` (see the module docstring)."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
@@ -53,6 +61,12 @@ def split_coco(
     images_dir = cocoio.images_dir_for(coco_path, coco, images_dir)
     keys = _image_keys(coco_path, coco)
     units = _units(coco_path, coco, group_by)
+    groups, unreadable = [], []
+    if near_threshold is not None:
+        groups, unreadable = duplicates.image_groups(
+            coco["images"], images_dir, duplicates.check_threshold(near_threshold)
+        )
+        units = _merge_units(units, groups)
     strata: dict[tuple, list[tuple[object, int]]] = defaultdict(list)
     for unit, ids in units.items():
         key = min(Counter(keys[i] for i in ids).most_common(), key=lambda kc: (-kc[1], kc[0]))[0]
@@ -60,7 +74,14 @@ def split_coco(
     shares = {"train": 1 - val - test, "val": val, "test": test}
     where = _allocate(strata, shares, random.Random(seed))
     image_ids = {s: sorted(i for unit, ids in units.items() if where[unit] == s for i in ids) for s in SPLITS}
-    info = {"source": str(Path(coco_path).resolve()), "seed": seed, "val": val, "test": test, "group_by": group_by}
+    info = {
+        "source": str(Path(coco_path).resolve()),
+        "seed": seed,
+        "val": val,
+        "test": test,
+        "group_by": group_by,
+        "near_threshold": near_threshold,
+    }
     for split in SPLITS:
         chosen = set(image_ids[split])
         out = {
@@ -72,9 +93,16 @@ def split_coco(
         out["info"]["images_dir"] = str(images_dir)
         cocoio.write_json_atomic(Path(out_dir) / f"{split}.json", out)
     result = _summarise(coco, keys, image_ids, shares, images_dir)
+    result.duplicate_groups = groups
+    if unreadable:
+        result.warnings.append(
+            f"{len(unreadable)} image files could not be read (first: {unreadable[0]}) and are left out of duplicate grouping; run `python -m medtune.data check`"
+        )
     orphans = sum(ann["image_id"] not in keys for ann in coco["annotations"])
     if orphans:
-        result.warnings.append(f"{orphans} annotations point at unknown image ids and were left out (run `python -m medtune.data check`)")
+        result.warnings.append(
+            f"{orphans} annotations point at unknown image ids and were left out (run `python -m medtune.data check`)"
+        )
     return result
 
 
@@ -84,11 +112,15 @@ def _image_keys(path: Path, coco: dict) -> dict[int, tuple[str, ...]]:
     labels: dict[int, set[str]] = {}
     for img in coco["images"]:
         if img["id"] in labels:
-            raise cocoio.DataError(f"{path}: image id {img['id']} used twice; run `python -m medtune.data check --coco {path} --fix OUT`")
+            raise cocoio.DataError(
+                f"{path}: image id {img['id']} used twice; run `python -m medtune.data check --coco {path} --fix OUT`"
+            )
         labels[img["id"]] = set()
     for ann in coco["annotations"]:
         if ann["category_id"] not in names:
-            raise cocoio.DataError(f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']}; run `python -m medtune.data check`")
+            raise cocoio.DataError(
+                f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']}; run `python -m medtune.data check`"
+            )
         if ann["image_id"] in labels:
             labels[ann["image_id"]].add(names[ann["category_id"]])
     return {i: tuple(sorted(s)) for i, s in labels.items()}
@@ -102,9 +134,24 @@ def _units(path: Path, coco: dict, group_by: str | None) -> dict[object, list[in
     for img in coco["images"]:
         value = img.get(group_by)
         if value is None or not isinstance(value, (str, int, float)):
-            raise cocoio.DataError(f"{path}: image {img['id']} has no string or number '{group_by}' (needed by --group-by)")
+            raise cocoio.DataError(
+                f"{path}: image {img['id']} has no string or number '{group_by}' (needed by --group-by)"
+            )
         units[("group", value)].append(img["id"])
     return units
+
+
+def _merge_units(units: dict[object, list[int]], groups: list[list[dict]]) -> dict[object, list[int]]:
+    """``units`` with the units of each duplicate group's images merged into one (keyed by its first)."""
+    keys = list(units)
+    index = {unit: k for k, unit in enumerate(keys)}
+    unit_of = {i: unit for unit, ids in units.items() for i in ids}
+    pairs = [(index[unit_of[g[0]["id"]]], index[unit_of[img["id"]]]) for g in groups for img in g[1:]]
+    merged = {unit: list(ids) for unit, ids in units.items()}
+    for component in duplicates.union_groups(keys, pairs):
+        for unit in component[1:]:
+            merged[component[0]] += merged.pop(unit)
+    return merged
 
 
 def _allocate(strata: dict[tuple, list[tuple[object, int]]], shares: dict[str, float], rng: random.Random) -> dict:
@@ -127,7 +174,9 @@ def _allocate(strata: dict[tuple, list[tuple[object, int]]], shares: dict[str, f
     return where
 
 
-def _summarise(coco: dict, keys: dict, image_ids: dict[str, list[int]], shares: dict[str, float], images_dir: Path) -> SplitResult:
+def _summarise(
+    coco: dict, keys: dict, image_ids: dict[str, list[int]], shares: dict[str, float], images_dir: Path
+) -> SplitResult:
     counts = {c["name"]: dict.fromkeys(SPLITS, 0) for c in coco["categories"]}
     for split, ids in image_ids.items():
         for i in ids:
@@ -155,22 +204,50 @@ def format_table(result: SplitResult) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco", type=Path, required=True, help="COCO JSON file to split")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for train.json, val.json, test.json")
-    parser.add_argument("--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder for train.json, val.json, test.json"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)"
+    )
     parser.add_argument("--val", type=float, default=0.15, help="share of images in val (default 0.15)")
     parser.add_argument("--test", type=float, default=0.15, help="share of images in test (default 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--group-by", metavar="FIELD", help="image field whose groups stay in one split, e.g. patient_id")
+    parser.add_argument(
+        "--group-by", metavar="FIELD", help="image field whose groups stay in one split, e.g. patient_id"
+    )
+    duplicates.add_arguments(
+        parser,
+        off_flag="--ignore-duplicates",
+        off_help="do not keep near-duplicate groups inside one split (the behaviour before duplicate grouping)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = split_coco(args.coco, args.out, val=args.val, test=args.test, seed=args.seed,
-                            images_dir=args.images, group_by=args.group_by)
+        threshold = None if args.ignore_duplicates else duplicates.check_threshold(args.near_threshold)
+        result = split_coco(
+            args.coco,
+            args.out,
+            val=args.val,
+            test=args.test,
+            seed=args.seed,
+            images_dir=args.images,
+            group_by=args.group_by,
+            near_threshold=threshold,
+        )
     except cocoio.DataError as err:
         return cocoio.fail(err)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(format_table(result))
+    if args.ignore_duplicates:
+        print("duplicates: not grouped (--ignore-duplicates); `check --coco DIR` lists groups that straddle splits")
+    else:
+        n_images = sum(map(len, result.duplicate_groups))
+        print(
+            f"duplicates: kept {len(result.duplicate_groups)} near-duplicate groups ({n_images} images) each inside one split "
+            f"(<= {threshold} bits)"
+        )
     print(f"split: wrote train.json, val.json, test.json to {args.out} (info.images_dir: {result.images_dir})")
     return 0
