@@ -4,7 +4,10 @@ Image sizes come from the JSON's width/height (the image header is read, from ``
 for entries without them). Mask coverage of an image is the summed area of its annotations (the
 ``area`` field, else the polygons' area) over width x height, capped at 1; the distribution is over
 images with a lesion. An image "without lesion" has annotations whose segmentations are all empty.
+Duplicate groups (``medtune.data.duplicates``) are counted when the image folder is known; images
+whose files cannot be read are counted as ``unreadable`` and left out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data import cocoio
+from medtune.data import cocoio, duplicates
 
 
-def coco_stats(coco: dict, images_dir: Path | None = None) -> dict:
+def coco_stats(
+    coco: dict, images_dir: Path | None = None, *, near_threshold: int = duplicates.DEFAULT_THRESHOLD
+) -> dict:
     """Statistics of ``coco`` as a JSON-ready dict (see the module docstring)."""
     names = {c["id"]: c["name"] for c in coco["categories"]}  # unknown ids get "unknown id N" rows
     by_image: dict[int, list[dict]] = defaultdict(list)
@@ -51,6 +56,19 @@ def coco_stats(coco: dict, images_dir: Path | None = None) -> dict:
         "images_without_annotations": no_annotation,
         "coverage": _quartiles(coverage),
         "sizes": _sizes(sizes),
+        "duplicate_groups": _duplicate_groups(coco, images_dir, near_threshold),
+    }
+
+
+def _duplicate_groups(coco: dict, images_dir: Path | None, threshold: int) -> dict:
+    if images_dir is None:
+        return {"groups": None}
+    groups, unreadable = duplicates.image_groups(coco["images"], images_dir, threshold)
+    return {
+        "threshold": threshold,
+        "groups": len(groups),
+        "images": sum(map(len, groups)),
+        "unreadable": len(unreadable),
     }
 
 
@@ -101,35 +119,55 @@ def _sizes(sizes: Counter) -> dict:
 def format_stats(stats: dict) -> str:
     """The statistics as a plain text report."""
     width = max([len(name) for name in stats["classes"]] + [5]) + 2
-    lines = [f"{stats['images']} images, {stats['annotations']} annotations", "",
-             f"{'class':<{width}}{'id':>5}{'annotations':>13}{'images':>8}"]
+    lines = [
+        f"{stats['images']} images, {stats['annotations']} annotations",
+        "",
+        f"{'class':<{width}}{'id':>5}{'annotations':>13}{'images':>8}",
+    ]
     for name, row in stats["classes"].items():
         lines.append(f"{name:<{width}}{row['id']:>5}{row['annotations']:>13}{row['images']:>8}")
-    lines += ["", f"images with several classes: {stats['images_with_several_classes']}",
-              f"images without lesion (empty segmentation): {stats['images_without_lesion']}",
-              f"images without annotations: {stats['images_without_annotations']}"]
+    lines += [
+        "",
+        f"images with several classes: {stats['images_with_several_classes']}",
+        f"images without lesion (empty segmentation): {stats['images_without_lesion']}",
+        f"images without annotations: {stats['images_without_annotations']}",
+    ]
     cov = stats["coverage"]
     if cov["images"]:
-        lines.append(f"mask coverage over {cov['images']} images with a lesion: min {cov['min']:.4f}  q1 {cov['q1']:.4f}  "
-                     f"median {cov['median']:.4f}  q3 {cov['q3']:.4f}  max {cov['max']:.4f}")
+        lines.append(
+            f"mask coverage over {cov['images']} images with a lesion: min {cov['min']:.4f}  q1 {cov['q1']:.4f}  "
+            f"median {cov['median']:.4f}  q3 {cov['q3']:.4f}  max {cov['max']:.4f}"
+        )
     sizes = stats["sizes"]
     if sizes["distinct"]:
         common = ", ".join(f"{s} ({n})" for s, n in sizes["most_common"])
-        lines.append(f"image sizes: {sizes['distinct']} distinct, width {sizes['width'][0]}-{sizes['width'][1]}, "
-                     f"height {sizes['height'][0]}-{sizes['height'][1]}; most common {common}")
+        lines.append(
+            f"image sizes: {sizes['distinct']} distinct, width {sizes['width'][0]}-{sizes['width'][1]}, "
+            f"height {sizes['height'][0]}-{sizes['height'][1]}; most common {common}"
+        )
+    dup = stats["duplicate_groups"]
+    if dup["groups"] is not None:
+        lines.append(
+            f"duplicate groups (near duplicates within {dup['threshold']} bits): {dup['groups']} groups, "
+            f"{dup['images']} images" + (f"; {dup['unreadable']} image files unreadable" if dup["unreadable"] else "")
+        )
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco", type=Path, required=True, help="COCO JSON file")
-    parser.add_argument("--images", type=Path, help="image folder, read only for entries without width/height")
+    parser.add_argument(
+        "--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)"
+    )
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    duplicates.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         coco = cocoio.require_keys(args.coco, cocoio.load_coco(args.coco))
-        stats = coco_stats(coco, cocoio.images_dir_for(args.coco, coco, args.images))
+        threshold = duplicates.check_threshold(args.near_threshold)
+        stats = coco_stats(coco, cocoio.images_dir_for(args.coco, coco, args.images), near_threshold=threshold)
     except cocoio.DataError as err:
         return cocoio.fail(err)
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
