@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", help="MLflow experiment [the space name]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
     p.add_argument("--segmenter", help="segmenter for masked tasks: models:/<name>/<version> [the dataset's champion]")
+    p.add_argument(
+        "--allow-foreign-segmenter",
+        action="store_true",
+        help="accept a --segmenter trained on another dataset's split (its training images may be your test "
+        "images); recorded on the runs as segmenter_foreign=true",
+    )
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded images and segmenter masks")
     p.add_argument("--precision", default="16-mixed", help="Lightning precision on GPU (CPU always uses 32-true)")
     p.add_argument("--resume", action="store_true", help="continue the experiment's interrupted latest launch")

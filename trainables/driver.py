@@ -152,8 +152,9 @@ def _tuner(
     context, resources = _context(prepared, options), _resources(options)
     if options.resume:
         return restore_tuner(path, context=context, resources=resources, policy=policy)
+    seg = prepared.segmenter
     tags = (
-        {"segmenter_version": f"{prepared.segmenter.name}/{prepared.segmenter.version}"} if prepared.segmenter else {}
+        {"segmenter_version": f"{seg.name}/{seg.version}", "segmenter_foreign": str(seg.foreign).lower()} if seg else {}
     )
     logger = MLflowTrials(
         tracking_uri=prepared.tracking_uri,

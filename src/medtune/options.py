@@ -34,6 +34,7 @@ class LaunchOptions:
     experiment: str | None = None  # MLflow experiment [the space's name]
     tracking_uri: str | None = None  # MLflow store [tracking.default_tracking_uri()]
     segmenter: str | None = None  # models:/<name>/<version> for masked tasks [the champion]
+    allow_foreign_segmenter: bool = False  # accept a segmenter trained on another dataset's split
     cache_dir: Path = Path(".cache")  # decoded images and segmenter masks
     precision: str = "16-mixed"  # Lightning precision on a GPU (the CPU runs 32-true)
     resume: bool = False  # continue the experiment's interrupted latest launch

@@ -7,6 +7,7 @@ so bad input leaves no half-made experiment behind.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 from dataclasses import dataclass
@@ -35,12 +36,25 @@ MAX_PROBLEM_LINES = 20
 
 @dataclass
 class Segmenter:
-    """The segmenter a masked task uses: its model URI and registry version."""
+    """The segmenter a masked task uses: its model URI, registry version and what identifies its weights."""
 
     uri: str
     name: str
     version: str
     image_size: int
+    run_id: str  # the run that logged the model: a random id, new for every model ever logged
+    source: str  # where its artifacts are
+    foreign: bool = False  # trained on another dataset's split (--allow-foreign-segmenter)
+
+    @property
+    def cache_key(self) -> str:
+        """The mask cache folder: what determines the masks, not only the name and version.
+
+        A reset store (or another --tracking-uri) numbers its first segmenter v1 again; its run id
+        and source differ, so its masks are computed afresh instead of reusing an old v1's.
+        """
+        digest = hashlib.sha256(f"{self.run_id}|{self.source}|{self.image_size}".encode()).hexdigest()
+        return f"{self.name}-v{self.version}-{digest[:12]}"
 
 
 @dataclass
@@ -129,6 +143,7 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
 
 
 def _resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOptions) -> Segmenter:
+    """The champion, or ``--segmenter``; either must have been trained on this dataset's splits."""
     from medtune.segmenter_masks import resolve_segmenter
 
     name = segmenter_name(dataset.name, dataset.fingerprint)
@@ -141,7 +156,16 @@ def _resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOp
         raise TrackingError(
             f"segmenter {uri} (version {version.version}) has no image_size tag; was it logged by launch.py?"
         )
-    return Segmenter(uri, version.name, str(version.version), int(size))
+    foreign = version.tags.get("dataset_fingerprint") != dataset.fingerprint
+    if foreign and not options.allow_foreign_segmenter:
+        raise TrackingError(
+            f"segmenter {uri} was trained on dataset {version.tags.get('dataset', '?')} (fingerprint "
+            f"{version.tags.get('dataset_fingerprint', 'none')[:8]}), not on this one ({dataset.fingerprint[:8]}): its "
+            "training images may be this dataset's test images; pass --allow-foreign-segmenter to use it anyway"
+        )
+    if foreign:
+        print(f"[launch] warning: {uri} was trained on another dataset's split (--allow-foreign-segmenter)")
+    return Segmenter(uri, version.name, str(version.version), int(size), version.run_id or "", version.source, foreign)
 
 
 def _mask_caches(seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root: Path) -> dict[int, dict[str, str]]:
@@ -153,9 +177,7 @@ def _mask_caches(seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root:
         out[size] = {}
         for split in SPLITS:
             seg_images = build_cache(dataset, split, seg.image_size, cache_root)
-            target = (
-                cache_root / "masks" / f"{seg.name}-v{seg.version}" / cache_path(dataset, split, size, cache_root).name
-            )
+            target = cache_root / "masks" / seg.cache_key / cache_path(dataset, split, size, cache_root).name
             if not target.is_file() and model is None:
                 print(f"[launch] computing masks of {seg.uri} (version {seg.version}) once for all trials")
                 model = load_segmenter(seg.uri)
@@ -182,6 +204,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         tags.update(
             segmenter_uri=prepared.segmenter.uri,
             segmenter_version=f"{prepared.segmenter.name}/{prepared.segmenter.version}",
+            segmenter_foreign=str(prepared.segmenter.foreign).lower(),
         )
     run = client.create_run(exp_id, run_name=f"launch-{ray_path.name}", tags=tags)
     params = {

@@ -1,0 +1,79 @@
+"""Which segmenter a masked task uses, and which masks: foreign segmenters are refused, and a reset
+store with a kept cache folder gets fresh masks (the cache is keyed by the model, not its name)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from medtune.data.cache import load_cache
+from medtune.data.coco import resolve_dataset
+from medtune.models import SEG_MODELS
+from medtune.options import LaunchOptions
+from medtune.prepare import _mask_caches, _resolve_segmenter
+from medtune.tracking import CHAMPION, TrackingError, segmenter_name
+
+
+def store(tmp_path: Path) -> str:
+    # A unique file: MLflow caches one store per URI, and pytest may reuse a deleted tmp_path's name.
+    return f"sqlite:///{tmp_path / f'mlflow-{uuid.uuid4().hex}.db'}"
+
+
+def log_segmenter(uri: str, name: str, seed: int, tags: dict[str, str]) -> None:
+    """Log a tiny random U-Net as a new version of ``name`` in the store ``uri``, as publish_best does."""
+    torch.manual_seed(seed)
+    model = SEG_MODELS["unet"](width=4, depth=2).eval()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            input_example=np.zeros((2, 3, 32, 32), np.float32),
+            pip_requirements=[],
+            serialization_format="pt2",
+        )
+    client, version = MlflowClient(uri), str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+@pytest.fixture(scope="module")
+def dataset(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return resolve_dataset(synth_dir, cache_root=tmp_path_factory.mktemp("cache"))
+
+
+def test_reset_store_with_kept_cache_gets_fresh_masks(dataset, tmp_path: Path) -> None:
+    name, cache = segmenter_name(dataset.name, dataset.fingerprint), tmp_path / "cache"
+    tags = {"image_size": "32", "dataset_fingerprint": dataset.fingerprint}
+    probs = []
+    for seed in (0, 1):  # two stores, each with its own "v1": the second is the store after a reset
+        uri = store(tmp_path)
+        log_segmenter(uri, name, seed, tags)
+        segmenter = _resolve_segmenter(MlflowClient(uri), dataset, LaunchOptions(space="masked_cls"))
+        assert segmenter.version == "1"
+        files = _mask_caches(segmenter, dataset, [32], cache)
+        probs.append(load_cache(files[32]["test"])["probs"])
+    # Same name and version, other weights: the second launch computed its own masks.
+    assert not torch.equal(probs[0], probs[1])
+    assert len(list((cache / "masks").iterdir())) == 2
+
+
+def test_segmenter_of_another_dataset_is_refused_unless_allowed(dataset, tmp_path: Path) -> None:
+    uri, name = store(tmp_path), "seg-other-12345678"
+    log_segmenter(uri, name, 0, {"image_size": "32", "dataset_fingerprint": "0" * 16, "dataset": "/data/other"})
+    options = LaunchOptions(space="masked_cls", segmenter=f"models:/{name}/1")
+    # Its training split may hold this dataset's test images: one line saying why and what to do.
+    with pytest.raises(TrackingError, match="not on this one.*--allow-foreign-segmenter") as err:
+        _resolve_segmenter(MlflowClient(uri), dataset, options)
+    assert "\n" not in str(err.value)
+    allowed = LaunchOptions(space="masked_cls", segmenter=f"models:/{name}/1", allow_foreign_segmenter=True)
+    assert _resolve_segmenter(MlflowClient(uri), dataset, allowed).foreign
