@@ -13,7 +13,7 @@ Images: BUSI (``../shared/datasets/busi/images``) when present: ultrasound image
 hard case for false pairs. BUSI has its own near duplicates (frames of one lesion); images joined at
 ``KNOWN_BITS`` (visually checked: same scene) count as one original, so they are not "distinct".
 Pairs of BUSI images above it that look like the same lesion still count as false: the false rate
-is an upper bound. Without BUSI, the embedded synthetic generator. ``--quick``: 150 images.
+is an upper bound. Without BUSI, the embedded synthetic generator. ``--quick``: 300 images.
 """
 
 from __future__ import annotations
@@ -94,11 +94,11 @@ def measure(distances: np.ndarray, origin: np.ndarray, n: int, threshold: int) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="150 images instead of 780")
+    parser.add_argument("--quick", action="store_true", help="300 images instead of 780")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.time()
-    name, files = source_images(150 if args.quick else 780)
+    name, files = source_images(300 if args.quick else 780)
     rng = random.Random(args.seed)
     originals = [Image.open(f) for f in files]
     hashes = np.stack(
