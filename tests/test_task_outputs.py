@@ -151,3 +151,12 @@ def test_published_pngs_and_report_share_the_renderer(tmp_path: Path) -> None:
     # The PNG is exactly the renderer's output the report's saliency figure shows.
     side = overlay_side(16)
     assert np.array_equal(written, cam_overlay(preds["images"][0], preds["cams"][0], preds["masks"][0], side=side))
+
+
+def test_report_draws_saved_segmentation_predictions(tmp_path: Path) -> None:
+    cache = _lesion_cache(tmp_path / "test.pt")
+    system = SegmentationTask(_Bright(), SEG_LOSSES["bce"](), epochs=1)
+    saved = _saved(evaluate.test_predictions(system, {"data.augment": 0.0}, caches={"test": cache}))
+    pngs, notes = _prediction_plots(SimpleNamespace(experiment="e", tags={}, predictions=saved), tmp_path / "r")
+    # The segmentation kind gets its overlay figure, and nothing is skipped.
+    assert set(pngs) == {"test"} and pngs["test"].read_bytes()[:4] == b"\x89PNG" and not notes
