@@ -59,7 +59,10 @@ def test_segmentation_then_masked_cls_then_analyze(
     # Every masked trial records which segmenter version produced its masks.
     assert {r.data.tags.get("segmenter_version") for r in children} == {f"{name}/{version.version}"}
     assert "test/balanced_acc" in parents[0].data.metrics
-    assert (workspace.root / "cache" / "masks" / f"{name}-v{version.version}").is_dir()
+    # Its masks are cached under the segmenter's name, version and weights (run id), computed once.
+    assert [p.name.rsplit("-", 1)[0] for p in (workspace.root / "cache" / "masks").iterdir()] == [
+        f"{name}-v{version.version}"
+    ]
 
     report = workspace.analyze("--experiment", "masked_cls", "--out", str(workspace.root / "report"))
     assert report.returncode == 0, report.stderr[-3000:]

@@ -30,6 +30,7 @@ from medtune.tracking import (
     TrackingError,
     experiment_id,
     latest_launch,
+    promotion_reason,
     segmenter_name,
     trial_runs,
 )
@@ -237,8 +238,9 @@ def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: 
     print(f"best trial: {best.run_id} {space.metric}={best.val_score:.4f}")
     print("test split: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(published.test.items())))
     if name:
-        verb = "promoted to champion" if published.promoted else "registered (champion kept: not better)"
-        print(f"segmenter {published.registered} {verb}; {champion_summary(client, name)}")
+        reason = promotion_reason(client, name, published.registered.rsplit("/", 1)[1])
+        verb = "promoted to champion" if published.promoted else "registered, not promoted"
+        print(f"segmenter {published.registered} {verb} ({reason}); {champion_summary(client, name)}")
     print(
         f"see every trial: mlflow ui --backend-store-uri {prepared.tracking_uri}  (experiment '{prepared.experiment}')"
     )
