@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import Workspace
-from tests.test_resilience import free_port, runs_of
+from tests.helpers import Workspace, free_port, runs_of
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -28,35 +30,104 @@ params:
   train.lr: {choice: [0.001, 0.002, 0.003, 0.004]}
 budget: {max_epochs: 4}
 """
+STARTED = "Ray runtime started"  # what ``ray start`` prints once its node is up
 
 
-def ray_cmd(*args: str, env: dict) -> None:
-    subprocess.run([RAY, *args], check=True, capture_output=True, text=True, env=env, timeout=180)
+def in_sessions(sids: set[int]) -> set[int]:
+    """Processes on this machine whose session id is one of ``sids`` (read from /proc/<pid>/stat)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name: state ppid pgrp session
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) in sids:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """``ray start --block`` as a child in a session of its own (its Ray processes join that session)."""
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            [RAY, "start", "--block", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    for _ in range(360):
+        if STARTED in log.read_text() or node.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert STARTED in log.read_text(), log.read_text()[-3000:]
+    return node
+
+
+def stop_nodes(nodes: list[subprocess.Popen]) -> set[int]:
+    """SIGTERM to the nodes' sessions (``ray start --block`` then stops its node), SIGKILL to what is left.
+
+    Only the processes of those sessions are signalled: other Ray clusters on the machine (another
+    test run, a user's ``ray start``) go on. Returns the processes still alive afterwards.
+    """
+    sids = {node.pid for node in nodes}  # a session leader's pid is its session id
+    for pid in in_sessions(sids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for _ in range(60):
+        if not in_sessions(sids):
+            break
+        time.sleep(0.5)
+    for pid in in_sessions(sids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for node in nodes:
+        node.wait(timeout=30)
+    time.sleep(1)
+    return in_sessions(sids)
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path: Path):
+def bystander(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A process named ``raylet`` outside the test's cluster: ``ray stop`` would kill it (it matches by name)."""
+    shutil.copy("/bin/sleep", tmp_path / "raylet")
+    proc = subprocess.Popen([str(tmp_path / "raylet"), "900"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path: Path, bystander: subprocess.Popen) -> Iterator[str]:
     port = free_port()
     temp_dir = Path("/tmp") / f"ray-mt-{port}"  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    ray_cmd(
-        "start",
-        "--head",
-        f"--port={port}",
-        "--num-cpus=1",
-        "--num-gpus=0",
-        "--include-dashboard=false",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        env=env,
-    )
-    address = f"127.0.0.1:{port}"
+    nodes: list[subprocess.Popen] = []
     try:
-        ray_cmd("start", f"--address={address}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", env=env)
-        yield address
+        head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
+        nodes.append(start_node(head, tmp_path / "head.log", env))
+        nodes.append(start_node([f"--address=127.0.0.1:{port}"], tmp_path / "worker.log", env))
+        names = [comm(pid) for pid in in_sessions({node.pid for node in nodes})]
+        # Each node's raylet runs in the session of its ``ray start``, where the teardown finds it.
+        assert names.count("raylet") == 2 and "gcs_server" in names, names
+        yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        left = stop_nodes(nodes)
         shutil.rmtree(temp_dir, ignore_errors=True)
+    # Every process of both nodes is gone, and the raylet-named process outside them still runs.
+    assert not left, sorted(left)
+    assert bystander.poll() is None
 
 
 def test_trials_run_on_both_nodes(two_node_cluster: str, synth_dir: Path, tmp_path: Path) -> None:
