@@ -77,7 +77,7 @@ def test_classification_contract(name: str) -> None:
     torch.manual_seed(0)
     model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, **_tiny_kwargs(CLS_MODELS[name]))
     seen: list[torch.Tensor] = []
-    cam_target_layer(model, name).register_forward_hook(lambda _m, _i, out: seen.append(out))
+    cam_target_layer(model, name).register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
     logits = model(torch.randn(BATCH, 3, SIZE, SIZE))
     assert logits.shape == (BATCH, NUM_CLASSES)
     logits.logsumexp(dim=1).mean().backward()
@@ -207,3 +207,27 @@ def test_cached_segmentation_weights_get_a_one_class_head(tmp_path, monkeypatch:
     assert torch.equal(model.net.backbone["0"][0].weight, saved.backbone["0"][0].weight)
     assert model.net.aux_classifier is None
     assert model(torch.randn(BATCH, 3, SIZE, SIZE)).shape == (BATCH, 1, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("name", sorted(CLS_MODELS))
+def test_every_backbone_has_a_finer_cam_block(name: str) -> None:
+    model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, **_tiny_kwargs(CLS_MODELS[name]))
+    model.eval()
+    grids = {}
+    for block in ("last", "mid"):
+        seen: list[torch.Tensor] = []
+        hook = cam_target_layer(model, name, block).register_forward_hook(
+            lambda _m, _i, out, seen=seen: seen.append(out)
+        )
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64) if name != "vit_b_16" else torch.randn(1, 3, SIZE, SIZE))
+        hook.remove()
+        out = seen[0]
+        reshape = CLS_SPECS[name].cam_reshape
+        grids[block] = out.shape[-2:] if reshape == "" else out.shape[1:3] if reshape == "swin_nhwc" else out.shape[1:2]
+    if name == "vit_b_16":  # the token grid is the same at every depth: only another layer
+        assert grids["mid"] == grids["last"]
+    else:  # 64 px: the mid block's CAM is at least 7x7 (8x8 but squeezenet's 7x7), finer than the last block's
+        assert min(grids["mid"]) >= 7 and grids["mid"][0] > grids["last"][0], grids
+    with pytest.raises(ValueError, match="unknown cam_block 'first'; valid: last, mid"):
+        build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, cam_block="first")

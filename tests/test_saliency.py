@@ -289,3 +289,16 @@ def test_centiou_loss_values() -> None:
     torch.testing.assert_close(weighted(logits, y, cams, _maps(TOP, TOP)), ce_w)
     with pytest.raises(ValueError, match="ce_weight"):
         CEntIoULoss(ce_weight=1.5)
+
+
+def test_cam_ceiling_is_exact_at_full_resolution_and_lower_when_coarse() -> None:
+    from medtune.saliency import cam_ceiling
+
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, :, 20:36, 24:40] = 1  # a 16x16 lesion off the 2x2 grid lines; image 1 has none
+    full, valid = cam_ceiling(masks, (64, 64))
+    # A map as fine as the image is the mask itself; an image without a lesion is not scored.
+    assert full[0].item() == pytest.approx(1.0) and valid.tolist() == [True, False]
+    coarse = {g: cam_ceiling(masks, (g, g))[0][0].item() for g in (2, 8)}
+    # 8x8 outlines the lesion well, 2x2 cannot: the ceiling rises with resolution.
+    assert coarse[2] < 0.5 < coarse[8] <= 1.0

@@ -113,7 +113,8 @@ def build_system(task: str, config: dict, *, num_classes: int, epochs: int, trai
 def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epochs: int) -> dict:
     """The values of the platform-provided arguments ``system.platform_args`` declares.
 
-    ``cam_layer``/``cam_reshape`` come from the backbone's ``CLS_SPECS`` entry (``model.name``).
+    ``cam_layer``/``cam_reshape`` come from the backbone's ``CLS_SPECS`` entry (``model.name``), at the
+    block ``model.cam_block`` names (``last`` unless the space sets it).
     """
     wanted = set(system.platform_args)
     unknown = wanted - PROVIDED
@@ -122,7 +123,7 @@ def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epo
     values: dict = {"num_classes": num_classes, "epochs": epochs}
     if wanted & {"cam_layer", "cam_reshape"}:
         cam = lookup(CLS_SPECS, "classification model", config["model.name"])
-        values.update(cam_layer=cam.cam_layer, cam_reshape=cam.cam_reshape)
+        values.update(cam_layer=cam.cam_path(config.get("model.cam_block", "last")), cam_reshape=cam.cam_reshape)
     return {k: values[k] for k in system.platform_args if k in values}
 
 

@@ -62,6 +62,7 @@ def publish_best(
     )
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
     arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
+    test.update(_saliency_ceiling(client, parent_run_id, arrays))
     _log_predictions(client, parent_run_id, arrays)
     if system.has_cam:
         _log_cam_overlays(client, parent_run_id, arrays)
@@ -98,6 +99,19 @@ def publish_best(
     client.set_tag(parent_run_id, "registered_model", f"{register_as}/{version}")
     client.set_tag(parent_run_id, "promoted_to_champion", str(promoted).lower())
     return Published(test, info.model_uri, f"{register_as}/{version}", promoted)
+
+
+def _saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """``test/saliency_iou_ceiling`` (mean over test images with a lesion) and the ``cam_grid`` tag.
+
+    Logged beside ``test/saliency_iou`` so a reader sees how far from what the CAM's resolution
+    allows the model's saliency is (``medtune.saliency.cam_ceiling``).
+    """
+    if "saliency_ceiling" not in arrays or np.isnan(arrays["saliency_ceiling"]).all():
+        return {}
+    h, w = (int(v) for v in arrays["cam_grid"][0])
+    client.set_tag(run_id, "cam_grid", f"{h}x{w}")
+    return {"test/saliency_iou_ceiling": float(np.nanmean(arrays["saliency_ceiling"]))}
 
 
 def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:

@@ -240,6 +240,26 @@ def hard_iou(cams: Tensor, masks: Tensor, threshold: float = 0.5) -> tuple[Tenso
     return per_image_iou(cams.detach() >= threshold, masks), masks.flatten(1).any(1)
 
 
+def cam_ceiling(masks: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """What a CAM of ``grid`` resolution can reach: ``hard_iou`` of the mask's own coarse map.
+
+    The map is the lesion mask averaged over each of the ``grid`` cells (the best coarse summary
+    of the lesion in the squared-error sense), drawn exactly as a CAM is (normalised, bilinear
+    upsampling, normalised again, thresholded at 0.5). A 2x2 map cannot outline a lesion, an 8x8
+    one mostly can: the ceiling tells whether ``saliency_iou`` can tell models apart at all.
+
+    Args:
+        masks: lesion masks [B, 1, H, W] or [B, H, W] in {0, 1}.
+        grid: the CAM layer's (h, w).
+
+    Returns:
+        ``(iou [B], valid [B])`` with the ``hard_iou`` convention (images without a lesion invalid).
+    """
+    target = masks.float() if masks.dim() == 4 else masks.float()[:, None]
+    coarse = F.adaptive_avg_pool2d(target, grid)[:, 0]
+    return hard_iou(_scale_to_input(coarse, tuple(target.shape[-2:])), target)
+
+
 def valid_mean(values: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``values`` over ``valid`` entries; 0 (still on the graph) when none is valid."""
     weights = valid.to(values.dtype)

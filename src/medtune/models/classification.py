@@ -82,6 +82,9 @@ class ClassifierSpec:
         cam_layer: dotted path of the layer HiResCAM hooks: the last conv/feature block.
         min_size: smallest square input (px) that runs (measured in eval mode); far below what a
             useful CAM needs, it is here so tests and configs can check a size before training.
+        mid_cam_layer: an earlier block for ``cam_block: mid``: stride 8 for conv nets and Swin (an
+            8x8 CAM at 64 px where the last block gives 2x2), the 6th of 12 encoder layers for ViT
+            (whose token grid is the same at every depth).
         cam_reshape: how to turn the CAM layer's activations into [B, C, h, w]: ``""`` for conv
             nets (already that shape); ``"vit_tokens"``: [B, 1 + h*w, C], drop the class token and
             reshape; ``"swin_nhwc"``: [B, h, w, C], permute. Transformers need this reshape
@@ -92,24 +95,35 @@ class ClassifierSpec:
     head: str
     cam_layer: str
     min_size: int
+    mid_cam_layer: str
     cam_reshape: str = ""
 
+    def cam_path(self, block: str) -> str:
+        """The dotted path of the CAM layer for ``block`` (a name in ``CAM_BLOCKS``)."""
+        return lookup({"last": self.cam_layer, "mid": self.mid_cam_layer}, "cam_block", block)
 
+
+CAM_BLOCKS = ("last", "mid")  # values of the classifiers' cam_block argument
+# mid_cam_layer (stride 8): resnets' layer2, mobilenet/efficientnet features.3, densenet's second
+# dense block, convnext's second stage, swin's second stage (at 64 px each gives an 8x8 map).
 CLS_SPECS: dict[str, ClassifierSpec] = {
-    "resnet18": ClassifierSpec("resnet18", "fc", "layer4", 1),
-    "resnet50": ClassifierSpec("resnet50", "fc", "layer4", 1),
-    "mobilenet_v3_small": ClassifierSpec("mobilenet_v3_small", "classifier.3", "features", 1),
-    "efficientnet_b0": ClassifierSpec("efficientnet_b0", "classifier.1", "features", 1),
+    "resnet18": ClassifierSpec("resnet18", "fc", "layer4", 1, "layer2"),
+    "resnet50": ClassifierSpec("resnet50", "fc", "layer4", 1, "layer2"),
+    "mobilenet_v3_small": ClassifierSpec("mobilenet_v3_small", "classifier.3", "features", 1, "features.3"),
+    "efficientnet_b0": ClassifierSpec("efficientnet_b0", "classifier.1", "features", 1, "features.3"),
     # Stride-4 stem, then three unpadded 2x2 average pools: below 29 px the last one gets a 1x1 map.
-    "densenet121": ClassifierSpec("densenet121", "classifier", "features", 29),
+    "densenet121": ClassifierSpec("densenet121", "classifier", "features", 29, "features.denseblock2"),
     # Stride-4 stem, then three unpadded 2x2 downsamplings: below 32 px the last one gets a 1x1 map.
-    "convnext_small": ClassifierSpec("convnext_small", "classifier.2", "features", 32),
+    "convnext_small": ClassifierSpec("convnext_small", "classifier.2", "features", 32, "features.3"),
     # Head: Dropout, Conv2d(512, K, 1), ReLU, AvgPool; its logits are >= 0 (torchvision design).
-    "squeezenet1_0": ClassifierSpec("squeezenet1_0", "classifier.1", "features", 21),
+    # Its mid block (after the second max pool, stride about 9) is a 7x7 map at 64 px.
+    "squeezenet1_0": ClassifierSpec("squeezenet1_0", "classifier.1", "features", 21, "features.7"),
     # ViT takes exactly image_size (224 unless the factory is given another multiple of 16).
-    "vit_b_16": ClassifierSpec("vit_b_16", "heads.head", "encoder.ln", 16, "vit_tokens"),
+    "vit_b_16": ClassifierSpec(
+        "vit_b_16", "heads.head", "encoder.ln", 16, "encoder.layers.encoder_layer_5", "vit_tokens"
+    ),
     # Swin pads to its 7x7 windows, so small inputs run; it needs the 4x4 patch embedding to fit.
-    "swin_s": ClassifierSpec("swin_s", "head", "norm", 4, "swin_nhwc"),
+    "swin_s": ClassifierSpec("swin_s", "head", "norm", 4, "features.3", "swin_nhwc"),
 }
 
 
@@ -170,6 +184,7 @@ def classifier(
     weights: str = "none",
     freeze_backbone: bool = False,
     bn_momentum: float = BN_MOMENTUM,
+    cam_block: str = "last",
 ) -> nn.Module:
     """Build the torchvision classifier ``name`` with a ``num_classes`` head.
 
@@ -183,7 +198,11 @@ def classifier(
             still lag the weights, and in eval mode every image got the same class (val
             balanced accuracy exactly 1/3 in all 8 epochs on the synthetic set, 0.57 with batch
             statistics). 0.1 for every backbone unless a space sets it.
+        cam_block: which block HiResCAM explains (``CAM_BLOCKS``): ``last`` (the last feature
+            block, 2x2 at 64 px for most backbones) or ``mid`` (stride 8: 8x8 at 64 px). The network
+            is the same; the task reads the layer from ``CLS_SPECS[name].cam_path(cam_block)``.
     """
+    CLS_SPECS[name].cam_path(cam_block)  # an unknown block fails here, naming the valid ones
     return _build(
         name,
         num_classes=num_classes,
@@ -201,6 +220,7 @@ def vit_b_16(
     freeze_backbone: bool = False,
     image_size: int = 224,
     bn_momentum: float = BN_MOMENTUM,
+    cam_block: str = "last",
 ) -> nn.Module:
     """ViT-B/16; it accepts only ``image_size`` x ``image_size`` inputs.
 
@@ -212,7 +232,9 @@ def vit_b_16(
         image_size: input side in px, a multiple of the 16 px patch.
         bn_momentum: accepted like every classifier's (ViT has no BatchNorm), so one space can
             fix it for a choice of backbones.
+        cam_block: as in ``classifier``; ViT's token grid is image_size / 16 at every depth.
     """
+    CLS_SPECS["vit_b_16"].cam_path(cam_block)
     if image_size <= 0 or image_size % 16:
         raise ValueError(f"vit_b_16 image_size must be a positive multiple of 16, got {image_size}")
     return _build(
@@ -231,10 +253,10 @@ CLS_MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def cam_target_layer(model: nn.Module, name: str) -> nn.Module:
-    """The layer HiResCAM should hook in ``model``, built as ``CLS_MODELS[name]``.
+def cam_target_layer(model: nn.Module, name: str, block: str = "last") -> nn.Module:
+    """The layer HiResCAM should hook in ``model``, built as ``CLS_MODELS[name]``, at ``block``.
 
     For ``vit_b_16`` and ``swin_s`` the activations need the reshape named by
     ``CLS_SPECS[name].cam_reshape`` before a CAM can be drawn.
     """
-    return model.get_submodule(lookup(CLS_SPECS, "classification model", name).cam_layer)
+    return model.get_submodule(lookup(CLS_SPECS, "classification model", name).cam_path(block))

@@ -105,6 +105,23 @@ def _prediction_plots(launch: Launch, out: Path) -> tuple[dict[str, Path], list[
     return pngs, []
 
 
+def saliency_caption(launch: Launch) -> str:
+    """The CAM's resolution, the IoU a map of that resolution can reach on these lesions, and the model's.
+
+    Without the ceiling a saliency IoU of 0.2 reads as "looks elsewhere" when a 2x2 map could do no
+    better than 0.25 (``medtune.saliency.cam_ceiling``).
+    """
+    test, grid = launch.test or {}, launch.tags.get("cam_grid")
+    ceiling, reached = test.get("test/saliency_iou_ceiling"), test.get("test/saliency_iou")
+    if grid is None or ceiling is None:
+        return ""
+    model = f"; this model's test saliency IoU: {reached:.3f}" if reached is not None else ""
+    return (
+        f"CAM resolution {grid}: a map that coarse reaches at most {ceiling:.3f} IoU with the test lesions "
+        f"(the lesion's own {grid} average, drawn like a CAM){model}."
+    )
+
+
 def _summary(launch: Launch) -> str:
     tags, status = launch.tags, counts(launch.rows)
     facts = [
@@ -169,7 +186,7 @@ def _page(launch: Launch, report: Report) -> str:
             "Finished trials; colour is the objective; dashed: stopped by ASHA.",
         ),
         _figure(report, "test", "Best trial on the test split", ""),
-        _figure(report, "saliency", "Saliency", ""),
+        _figure(report, "saliency", "Saliency", saliency_caption(launch)),
     ]
     if report.notes:
         parts.append(html.heading("Notes") + "".join(html.note(n) for n in report.notes))

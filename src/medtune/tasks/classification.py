@@ -30,7 +30,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassCohenKappa, MulticlassF1Score
 
 from medtune.registry import lookup
-from medtune.saliency import hard_iou, hirescam, swin_reshape, vit_reshape
+from medtune.saliency import FeatureHook, cam_ceiling, hard_iou, hirescam, swin_reshape, vit_reshape
 from medtune.tasks.base import BaseTask, seen_images
 
 # ``CLS_SPECS[name].cam_reshape`` -> how the CAM layer's output becomes [B, C, h, w].
@@ -140,9 +140,26 @@ class ClassificationTask(BaseTask):
         """A backbone with a CAM layer: test predictions carry HiResCAMs to draw."""
         return bool(self.cam_layer)
 
+    @torch.no_grad()
+    def cam_grid(self, images: Tensor) -> tuple[int, int]:
+        """The (h, w) of the CAM layer's map for ``images`` (its resolution before upsampling)."""
+        with FeatureHook(self.model.get_submodule(self.cam_layer)) as hook:
+            self.model(images[:1])
+        activation = hook.activation if self.cam_reshape is None else self.cam_reshape(hook.activation)
+        return int(activation.shape[-2]), int(activation.shape[-1])
+
     def predict_batch(self, batch: dict, *, overlays: int) -> dict[str, Tensor]:
-        """Labels and softmax probabilities; the seen images, lesions and CAMs for figures."""
+        """Labels and softmax probabilities; the seen images, lesions and CAMs for figures.
+
+        With a CAM layer, every image also gets ``cam_grid`` (the CAM's h, w) and
+        ``saliency_ceiling``: the ``cam_ceiling`` IoU at that resolution (NaN without a lesion).
+        """
         out = {"labels": batch["label"], "probs": torch.softmax(self.model(batch["image"]), dim=1)}
+        if self.has_cam:
+            grid = self.cam_grid(batch["image"])
+            ceiling, valid = cam_ceiling(batch["mask"], grid)
+            out["saliency_ceiling"] = ceiling.where(valid, float("nan"))
+            out["cam_grid"] = torch.tensor(grid).expand(len(ceiling), 2)
         if overlays and self.has_cam:
             images, labels, masks = batch["image"][:overlays], batch["label"][:overlays], batch["mask"][:overlays]
             _, cams = self.cam(images, labels)
