@@ -231,3 +231,24 @@ def test_every_backbone_has_a_finer_cam_block(name: str) -> None:
         assert min(grids["mid"]) >= 7 and grids["mid"][0] > grids["last"][0], grids
     with pytest.raises(ValueError, match="unknown cam_block 'first'; valid: last, mid"):
         build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, cam_block="first")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "resnet18"])
+def test_saliency_loss_backpropagates_through_the_mid_cam_block(name: str) -> None:
+    from medtune.saliency import hirescam
+
+    torch.manual_seed(0)
+    model = build(CLS_MODELS, "classification model", name, num_classes=NUM_CLASSES, cam_block="mid")
+    # No torch Hardsigmoid is left: it has no second derivative (MobileNetV3's squeeze-excitation used it).
+    assert not any(isinstance(m, nn.Hardsigmoid) for m in model.modules())
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    _, cams = hirescam(model, cam_target_layer(model, name, "mid"), images, labels, create_graph=True)
+    cams.mean().backward()  # the CAM's own gradient reaches the weights (the saliency loss's path)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_replacement_hardsigmoid_is_the_same_function() -> None:
+    from medtune.models.classification import Hardsigmoid
+
+    x = torch.linspace(-5, 5, 101)
+    torch.testing.assert_close(Hardsigmoid()(x), nn.Hardsigmoid()(x))

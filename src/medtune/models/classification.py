@@ -127,6 +127,25 @@ CLS_SPECS: dict[str, ClassifierSpec] = {
 }
 
 
+class Hardsigmoid(nn.Module):
+    """``relu6(x + 3) / 6``: the same function as ``nn.Hardsigmoid``, but twice differentiable.
+
+    PyTorch has no derivative for ``hardsigmoid_backward``, so the saliency loss (which
+    backpropagates through a HiResCAM gradient) failed on MobileNetV3 whenever its CAM layer sat
+    before a squeeze-excitation block (``cam_block: mid``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu6(x + 3.0) / 6.0
+
+
+def _twice_differentiable(model: nn.Module) -> None:
+    """Swap every ``nn.Hardsigmoid`` for the identical ``Hardsigmoid`` above."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Hardsigmoid):
+            model.set_submodule(name, Hardsigmoid())
+
+
 def _replace_head(model: nn.Module, path: str, num_classes: int) -> nn.Module:
     """Swap the Linear or 1x1 Conv2d at ``path`` for a fresh one with ``num_classes`` outputs."""
     old = model.get_submodule(path)
@@ -167,6 +186,7 @@ def _build(
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = bn_momentum
+    _twice_differentiable(model)
     head = _replace_head(model, spec.head, num_classes)
     if freeze_backbone:
         model.requires_grad_(False)
