@@ -54,6 +54,7 @@ def task_caches(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """A store of the module's own (its tests may depend on their order in the module)."""
     ws = Workspace(tmp_path_factory.mktemp("workspace"))
     yield ws
     shutil.rmtree(ws.root / "mlruns", ignore_errors=True)  # logged models, beside mlflow.db
@@ -100,7 +101,9 @@ def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.Compl
 
 
 @pytest.fixture(scope="session")
-def masked_launch(seg_launch: subprocess.CompletedProcess, shared_workspace: Workspace, synth_dir: Path):
+def masked_launch(
+    seg_launch: subprocess.CompletedProcess, shared_workspace: Workspace, synth_dir: Path
+) -> subprocess.CompletedProcess:
     """``masked_cls --smoke`` on the masks of ``seg_launch``'s champion."""
     return _shared_launch(shared_workspace, "--space", "masked_cls", "--smoke", "--data", str(synth_dir))
 
