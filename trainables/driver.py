@@ -130,7 +130,7 @@ def run(
         code = INTERRUPTED
     else:
         with phases.time("finish"):
-            code = _finish(client, prepared, parent_run_id, grid)
+            code = _finish(client, prepared, options, parent_run_id, grid)
     print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
     return code
 
@@ -208,7 +208,9 @@ def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, gr
     return BestTrial(run_id, flat_config(result.config), local, score)
 
 
-def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid) -> int:
+def _finish(
+    client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, grid: ResultGrid
+) -> int:
     space, size_caches = prepared.space, prepared.caches
     best = _best_trial(client, prepared, parent_run_id, grid)
     exp_id = experiment_id(client, prepared.experiment, create=False)
@@ -233,10 +235,15 @@ def _finish(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: 
         mode=space.mode,
         register_as=name,
         version_tags={"dataset": str(prepared.dataset.root), "dataset_fingerprint": prepared.dataset.fingerprint},
+        seed=options.seed,
+        repeats=space.budget["repeats"],
+        precision=options.precision,
     )
     client.set_terminated(parent_run_id, "FINISHED")
     print(f"best trial: {best.run_id} {space.metric}={best.val_score:.4f}")
     print("test split: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(published.test.items())))
+    for metric, score in (published.seeds or {}).items():
+        print(f"test {metric} {score}")
     if name:
         reason = promotion_reason(client, name, published.registered.rsplit("/", 1)[1])
         verb = "promoted to champion" if published.promoted else "registered, not promoted"

@@ -23,6 +23,7 @@ class LaunchOptions:
     data: Path | None = None  # dataset folder or COCO file [the embedded synthetic dataset]
     num_samples: int | None = None  # overrides the space's budget
     max_epochs: int | None = None  # overrides the space's budget
+    repeats: int | None = None  # seeds the winner is trained with; overrides the space's budget
     smoke: bool = False  # merge the space's smoke block
     seed: int = 0  # sampler, splits and every trial
     cpus_per_trial: float = 1.0

@@ -71,9 +71,9 @@ class Prepared:
 
 
 def load_and_override(options: LaunchOptions) -> SearchSpace:
-    """The space with ``--num-samples`` / ``--max-epochs`` applied over its budget (a new space)."""
+    """The space with ``--num-samples`` / ``--max-epochs`` / ``--repeats`` applied over its budget (a new space)."""
     space = load_config(options.config) if options.config else load_space(options.space, smoke=options.smoke)
-    overrides = {"num_samples": options.num_samples, "max_epochs": options.max_epochs}
+    overrides = {"num_samples": options.num_samples, "max_epochs": options.max_epochs, "repeats": options.repeats}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     for key, value in overrides.items():
         if value < 1:
@@ -85,6 +85,12 @@ def load_and_override(options: LaunchOptions) -> SearchSpace:
         raise SpaceError(
             f"--num-samples: {space.path} is a grid of {grid_size} combinations, each run once; "
             f"got {overrides['num_samples']} (leave --num-samples out)"
+        )
+    if overrides.get("repeats", 1) > 1 and not build.task_spec(space.task).single_label:
+        # The seeds' predictions and their bootstrap are defined for single-label classifiers only.
+        raise SpaceError(
+            f"--repeats: retraining with more seeds covers single-label classification; {space.path} is a "
+            f"'{space.task}' space (leave --repeats out)"
         )
     return dataclasses.replace(space, budget={**space.budget, **overrides})
 

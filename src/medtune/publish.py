@@ -1,4 +1,5 @@
-"""After the search: test the best trial once, log the model, register and promote segmenters."""
+"""After the search: test the best trial (and its retrains with more seeds), log the model, register and
+promote segmenters."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ import numpy as np
 import torch
 import torchvision
 from mlflow.entities import Metric
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
+from medtune.build import task_spec
 from medtune.evaluate import load_system, test_metrics, test_predictions
+from medtune.repeats import Recipe
+from medtune.report.bootstrap import SeedScore, seed_scores
+from medtune.tasks.base import BaseTask
 from medtune.tracking import CHAMPION, champion, promote_if_better
 
 PIP_REQUIREMENTS = [
@@ -39,6 +45,7 @@ class Published:
     model_uri: str
     registered: str | None = None  # "name/version" for segmenters
     promoted: bool = False
+    seeds: dict[str, SeedScore] | None = None  # per metric, over every seed (single-label classifiers)
 
 
 def publish_best(
@@ -55,14 +62,24 @@ def publish_best(
     mode: str,
     register_as: str | None = None,
     version_tags: dict[str, str] | None = None,
+    seed: int = 0,
+    repeats: int = 1,
+    precision: str = "32-true",
 ) -> Published:
-    """Evaluate ``best`` on the test split and record it on the parent run (and registry)."""
+    """Evaluate ``best`` on the test split and record it on the parent run (and registry).
+
+    A single-label classifier with ``repeats`` > 1 is first retrained ``repeats - 1`` more times
+    (``medtune.repeats``, seeds ``seed + 1`` ...; ``seed`` is the one the trials used, ``precision``
+    theirs); every seed's test probabilities are saved and scored (``test_seeds/*``).
+    """
     system = load_system(
         task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs, train_cache=caches["train"]
     )
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
     arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
     test.update(_saliency_ceiling(client, parent_run_id, arrays))
+    recipe = Recipe(task, best.config, caches, pred_masks, num_classes, epochs, metric, mode, precision)
+    scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats)
     _log_predictions(client, parent_run_id, arrays)
     if system.has_cam:
         _log_cam_overlays(client, parent_run_id, arrays)
@@ -73,9 +90,52 @@ def publish_best(
     for key, value in test.items():
         client.log_metric(best.run_id, key, value)
     size = int(best.config["data.image_size"])
+    info = _log_model(parent_run_id, system, size, register_as)
+    if register_as is None:
+        return Published(test, info.model_uri, seeds=scores)
+    tags = {"val_score": repr(best.val_score), "metric": metric, "image_size": str(size), "run_id": best.run_id}
+    version = str(info.registered_model_version)
+    promoted = _register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
+    return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores)
+
+
+def _register(
+    client: MlflowClient, run_id: str, name: str, version: str, tags: dict[str, str], best: BestTrial, mode: str
+) -> bool:
+    """Tag the new version ``name/version`` with what it was scored on and promote it if better."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    promoted = promote_if_better(client, name, version, best.val_score, mode)
+    client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    client.set_tag(run_id, "promoted_to_champion", str(promoted).lower())
+    return promoted
+
+
+def _over_seeds(
+    client: MlflowClient, run_id: str, recipe: Recipe, arrays: dict[str, np.ndarray], *, seed: int, repeats: int
+) -> dict[str, SeedScore] | None:
+    """The winner's test scores over ``repeats`` seeds, for a single-label classifier (else None).
+
+    Adds ``probs_seeds`` [R, N, K] and ``seeds`` [R] to ``arrays`` (the retrains of
+    ``medtune.repeats``), logs ``test_seeds/<metric>_{mean,sd,low,high}`` on the run, and the
+    param ``repeats``: the seeds the test score rests on (1 for other tasks, which are not retrained).
+    """
+    retrain = repeats > 1 and task_spec(recipe.task).single_label
+    client.log_param(run_id, "repeats", repeats if retrain else 1)
+    if not retrain:
+        return None
+    arrays.update(recipe.seed_predictions(arrays["probs"], seed=seed, repeats=repeats))
+    scores = seed_scores(arrays["labels"].astype(int), arrays["probs_seeds"])
+    metrics = [_metric(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
+    client.log_batch(run_id, metrics=metrics)
+    return scores
+
+
+def _log_model(run_id: str, system: BaseTask, size: int, register_as: str | None) -> ModelInfo:
+    """Log the winner's network on the run (and register it as ``register_as`` when given)."""
     example = np.zeros((2, 3, size, size), dtype=np.float32)
-    with mlflow.start_run(run_id=parent_run_id):
-        info = mlflow.pytorch.log_model(
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pytorch.log_model(
             system.model.cpu().eval(),
             name="model",
             input_example=example,
@@ -83,22 +143,6 @@ def publish_best(
             registered_model_name=register_as,
             serialization_format="pt2",
         )
-    if register_as is None:
-        return Published(test, info.model_uri)
-    version = str(info.registered_model_version)
-    tags = {
-        "val_score": repr(best.val_score),
-        "metric": metric,
-        "image_size": str(size),
-        "run_id": best.run_id,
-        **(version_tags or {}),
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(register_as, version, key, value)
-    promoted = promote_if_better(client, register_as, version, best.val_score, mode)
-    client.set_tag(parent_run_id, "registered_model", f"{register_as}/{version}")
-    client.set_tag(parent_run_id, "promoted_to_champion", str(promoted).lower())
-    return Published(test, info.model_uri, f"{register_as}/{version}", promoted)
 
 
 def _saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -12,7 +12,7 @@ Schema (every key checked; errors name the file and the key)::
       model.width: {int: [8, 32], when: {model.name: unet}}   # only exists under that choice
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}
       train.weight_decay: {uniform: [0.0, 0.1]}
-    budget: {num_samples: 8, max_epochs: 6, grace_period: 2, reduction_factor: 2}
+    budget: {num_samples: 8, max_epochs: 6, grace_period: 2, reduction_factor: 2, repeats: 3}
     smoke: {fixed: {...}, params: {...}, budget: {...}}       # merged over the above by --smoke
 """
 
@@ -30,7 +30,9 @@ SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"  # beside src
 KINDS = ("choice", "uniform", "loguniform", "int")
 TOP_KEYS = {"task", "metric", "mode", "search", "fixed", "params", "budget", "smoke"}
 SEARCHES = ("tpe", "grid")  # tpe: Optuna TPE + ASHA; grid: every combination, no early stopping
-BUDGET_DEFAULTS = {"num_samples": 8, "max_epochs": 5, "grace_period": 1, "reduction_factor": 2}
+# repeats: seeds the winner is trained with (the search's run + repeats - 1 retrains; single-label
+# classification only), so its test score carries training variance; 1 keeps the search's run alone.
+BUDGET_DEFAULTS = {"num_samples": 8, "max_epochs": 5, "grace_period": 1, "reduction_factor": 2, "repeats": 1}
 
 
 class SpaceError(ValueError):

@@ -1,9 +1,20 @@
-"""Classification metrics on per-image predictions, and a paired bootstrap over test images.
+"""Classification metrics on per-image predictions, and a two-level bootstrap over test images and seeds.
 
 The metrics follow the torchmetrics definitions the trials log (``src/medtune/tasks/classification.py``):
 accuracy (micro), balanced accuracy (mean recall over the classes present), macro F1 (over classes
 that occur in the labels or the predictions) and macro one-vs-rest AUROC. Re-computing them here
 from ``labels`` and ``probs`` lets every bootstrap resample be scored the same way.
+
+A test score has two sources of variance: which test images were drawn, and which training run
+(seed) produced the model (``launch.py --repeats R`` retrains the winner with R seeds). The
+two-level bootstrap (:func:`seed_bootstrap`) covers both: each resample draws the N test images
+with replacement and, per model, R of its seeds with replacement, and scores the mean over the
+drawn seeds of the metric on the drawn images. The point estimate is the mean over seeds of the
+metric on all images. With R = 1 it is the usual bootstrap over images. With R = 3 the seed part is
+crude (a resample sees at most three distinct training runs, so the interval's seed share is
+itself uncertain); more seeds make it honest. When models are compared, every resample draws the
+same images for all of them (paired) and the seeds of each model independently, so a difference's
+interval reflects how the models disagree and how much each varies between training runs.
 """
 
 from __future__ import annotations
@@ -78,6 +89,46 @@ def _interval(value: float, samples: np.ndarray, level: float) -> Interval:
     return Interval(value, float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
 
 
+def seed_bootstrap(
+    labels: np.ndarray,
+    probs_seeds: list[np.ndarray],
+    metric: Metric,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = 0.95,
+) -> tuple[list[Interval], list[Interval]]:
+    """Per-model intervals over images and seeds, and intervals of each model's difference vs the first.
+
+    Each resample draws the same test images (with replacement) for every model and, per model, as
+    many of its seeds as it has (with replacement); a model's resample score is the mean over its
+    drawn seeds of ``metric`` on the drawn images (see the module docstring). The image draws come
+    first from the generator, so models with one seed, or with identical seeds, get exactly the
+    intervals of the image-only bootstrap. Resamples where the metric is undefined (e.g. AUROC
+    without a positive) are dropped.
+
+    Args:
+        labels: true class per test image [N].
+        probs_seeds: per model, class probabilities [R, N, K] of its R seeds (R may differ between
+            models) for the same images in the same order.
+        metric: a function of (labels, probs), e.g. one of ``METRICS``.
+        resamples: number of bootstrap resamples.
+        seed: seed of the resampling.
+        level: coverage of the intervals.
+    """
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    samples = np.empty((resamples, len(probs_seeds)))  # [B, models]
+    for m, probs in enumerate(probs_seeds):
+        per_seed = np.array([[metric(labels[idx], p[idx]) for p in probs] for idx in draws])  # [B, R]
+        picks = rng.integers(0, len(probs), size=(resamples, len(probs)))
+        samples[:, m] = np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
+    points = [float(np.mean([metric(labels, p) for p in probs])) for probs in probs_seeds]
+    values = [_interval(points[m], samples[:, m], level) for m in range(len(points))]
+    diffs = [_interval(points[m] - points[0], samples[:, m] - samples[:, 0], level) for m in range(len(points))]
+    return values, diffs
+
+
 def paired_bootstrap(
     labels: np.ndarray,
     probs: list[np.ndarray],
@@ -87,24 +138,38 @@ def paired_bootstrap(
     seed: int = SEED,
     level: float = 0.95,
 ) -> tuple[list[Interval], list[Interval]]:
-    """Per-model intervals and intervals of the difference of each model against the first.
+    """:func:`seed_bootstrap` of one trained model per entry: probabilities [N, K] each."""
+    return seed_bootstrap(labels, [p[None] for p in probs], metric, resamples=resamples, seed=seed, level=level)
 
-    Every resample draws the same test images (with replacement) for all models, so the
-    difference's interval reflects only how the models disagree, not which images were drawn.
-    Resamples where the metric is undefined (e.g. AUROC without a positive) are dropped.
 
-    Args:
-        labels: true class per test image [N].
-        probs: per model, class probabilities [N,K] for the same images in the same order.
-        metric: a function of (labels, probs), e.g. one of ``METRICS``.
-        resamples: number of bootstrap resamples.
-        seed: seed of the resampling.
-        level: coverage of the intervals.
-    """
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
-    samples = np.array([[metric(labels[idx], p[idx]) for p in probs] for idx in draws])  # [B, models]
-    points = [metric(labels, p) for p in probs]
-    values = [_interval(points[m], samples[:, m], level) for m in range(len(probs))]
-    diffs = [_interval(points[m] - points[0], samples[:, m] - samples[:, 0], level) for m in range(len(probs))]
-    return values, diffs
+@dataclass
+class SeedScore:
+    """A test metric over R seeds and N images: mean and sd over seeds, two-level bootstrap interval."""
+
+    mean: float
+    sd: float  # between seeds (0 with one seed)
+    low: float
+    high: float
+    seeds: int
+    images: int
+
+    def __str__(self) -> str:
+        return (
+            f"over {self.seeds} seeds x {self.images} images: mean {self.mean:.3f} (sd {self.sd:.3f}), "
+            f"95% interval [{self.low:.2f}, {self.high:.2f}]"
+        )
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """``test_seeds/<name>_mean``, ``_sd``, ``_low`` and ``_high``, as logged on the launch's run."""
+        return {f"test_seeds/{name}_{key}": getattr(self, key) for key in ("mean", "sd", "low", "high")}
+
+
+def seed_scores(labels: np.ndarray, probs_seeds: np.ndarray) -> dict[str, SeedScore]:
+    """Every metric of ``METRICS`` for one model's seeds (probabilities [R, N, K]), 95% intervals."""
+    scores = {}
+    for name, metric in METRICS.items():
+        per_seed = [metric(labels, p) for p in probs_seeds]
+        sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+        (interval,), _ = seed_bootstrap(labels, [probs_seeds], metric)
+        scores[name] = SeedScore(interval.value, sd, interval.low, interval.high, len(per_seed), len(labels))
+    return scores

@@ -2,8 +2,11 @@
 
 Every experiment's launch must be on the same dataset (same ``dataset_fingerprint``) and have logged
 its per-image test predictions (``test_predictions.npz``); the metrics are re-computed from them and
-each difference against the first experiment gets a paired bootstrap interval (same images drawn
-for every model in each resample).
+each difference against the first experiment gets a two-level bootstrap interval
+(``medtune.report.bootstrap``): the same images drawn for every experiment in each resample
+(paired), each experiment's seeds drawn on their own. A launch with ``--repeats R`` saved the
+predictions of its R training runs (``probs_seeds``); one without them counts as one seed. Each
+difference is then said in words: which experiment is better, or that none is shown.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from medtune.report import html
-from medtune.report.bootstrap import METRICS, RESAMPLES, SEED, Interval, paired_bootstrap
+from medtune.report.bootstrap import METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
 from medtune.report.load import PREDICTIONS, load_predictions
 from medtune.report.plots import save
 from medtune.tracking import TrackingError, experiment_id, latest_launch
 
 SALIENCY = "test/saliency_iou"  # logged by saliency-trained classifiers; shown when present
+# A difference whose interval includes 0 and is wider than +-0.05 cannot rule out a difference of
+# 0.05 or more (e.g. 3 images in 60 for accuracy): too wide to conclude "no difference".
+CONCLUSIVE_HALF_WIDTH = 0.05
 
 
 class CompareError(TrackingError):
@@ -39,7 +45,8 @@ class Entry:
     dataset: str
     fingerprint: str
     labels: np.ndarray
-    probs: np.ndarray
+    probs: np.ndarray  # the search's winner [N, K]
+    probs_seeds: np.ndarray  # every seed's model [R, N, K]; index 0 is the winner
     image_ids: np.ndarray | None
     saliency_iou: float  # NaN when the launch logged none
 
@@ -76,20 +83,22 @@ def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
     if kind == "multilabel":
         raise CompareError(f"cannot compare: '{name}' is multi-label; --compare covers single-label classifiers")
     tags = run.data.tags
+    probs = preds["probs"].astype(float)
     return Entry(
         experiment=name,
         run_id=run.info.run_id,
         dataset=tags.get("dataset", "?"),
         fingerprint=tags.get("dataset_fingerprint", "?"),
         labels=preds["labels"].astype(int),
-        probs=preds["probs"].astype(float),
+        probs=probs,
+        probs_seeds=preds["probs_seeds"].astype(float) if "probs_seeds" in preds else probs[None],
         image_ids=preds.get("image_ids"),
         saliency_iou=float(run.data.metrics.get(SALIENCY, math.nan)),
     )
 
 
 def _aligned(entries: list[Entry]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Labels and each entry's probabilities, ordered by image id so every row is the same image."""
+    """Labels and each entry's probabilities [R, N, K], ordered by image id so every image is the same."""
     first, probs = entries[0], []
     order0 = np.argsort(first.image_ids) if first.image_ids is not None else np.arange(len(first.labels))
     for entry in entries:
@@ -103,16 +112,16 @@ def _aligned(entries: list[Entry]) -> tuple[np.ndarray, list[np.ndarray]]:
             raise CompareError(
                 f"cannot compare: '{entry.experiment}' was tested on other images than '{first.experiment}'"
             )
-        probs.append(entry.probs[order])
+        probs.append(entry.probs_seeds[:, order])
     return first.labels[order0], probs
 
 
 def compare(entries: list[Entry], *, resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
-    """Every metric of every entry with bootstrap intervals, and paired differences vs the first."""
+    """Every metric of every entry over its seeds and the test images, and paired differences vs the first."""
     labels, probs = _aligned(entries)
     values, diffs = {}, {}
     for name, metric in METRICS.items():
-        values[name], diffs[name] = paired_bootstrap(labels, probs, metric, resamples=resamples, seed=seed)
+        values[name], diffs[name] = seed_bootstrap(labels, probs, metric, resamples=resamples, seed=seed)
     return Comparison(entries, values, diffs)
 
 
@@ -124,10 +133,10 @@ def _columns(result: Comparison) -> list[str]:
 def table_rows(result: Comparison) -> tuple[list[str], list[list[str]]]:
     """Header and rows: each experiment's metrics, then its difference vs the first [95% CI]."""
     columns = _columns(result)
-    header = ["experiment", "launch", "test images"] + columns
+    header = ["experiment", "launch", "seeds", "test images"] + columns
     rows = []
     for i, entry in enumerate(result.entries):
-        cells = [entry.experiment, entry.run_id[:8], str(len(entry.labels))]
+        cells = [entry.experiment, entry.run_id[:8], str(len(entry.probs_seeds)), str(len(entry.labels))]
         for name in columns:
             if name == "saliency_iou":
                 cells.append("-" if math.isnan(entry.saliency_iou) else f"{entry.saliency_iou:.3f}")
@@ -139,19 +148,59 @@ def table_rows(result: Comparison) -> tuple[list[str], list[list[str]]]:
 
 
 def format_text(result: Comparison) -> str:
-    """The comparison as an aligned plain-text table, with a line on how the intervals were made."""
+    """The comparison as an aligned plain-text table, how the intervals were made, and what they say."""
     header, rows = table_rows(result)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header] + rows]
-    return "\n".join(lines + [_method(result)])
+    return "\n".join(lines + [_method(result)] + verdicts(result))
+
+
+def _rests_on(entry: Entry) -> str:
+    """What an experiment's numbers rest on, e.g. ``over 3 seeds and 60 test images``."""
+    seeds = len(entry.probs_seeds)
+    return f"over {seeds} seed{'s' if seeds > 1 else ''} and {len(entry.labels)} test images"
 
 
 def _method(result: Comparison) -> str:
-    first = result.entries[0].experiment
+    first = result.entries[0]
+    each = "; ".join(f"{e.experiment} {_rests_on(e)}" for e in result.entries)
     return (
-        f"diff: against {first}, 95% paired bootstrap interval over the {len(result.entries[0].labels)} test images "
-        f"({RESAMPLES} resamples, seed {SEED}); metrics re-computed from {PREDICTIONS}"
+        f"values: mean over each experiment's seeds ({each}). diff: against {first.experiment}, 95% two-level "
+        f"bootstrap interval (test images paired, seeds drawn per experiment; {RESAMPLES} resamples, seed {SEED}); "
+        f"metrics re-computed from {PREDICTIONS}"
     )
+
+
+def verdict(better: str, worse: str, diff: Interval) -> str:
+    """What a difference ``better - worse`` and its interval say, in words.
+
+    Args:
+        better: the experiment the difference favours when positive.
+        worse: the experiment it is measured against.
+        diff: the difference ``better - worse`` with its 95% interval.
+    """
+    if not (math.isfinite(diff.low) and math.isfinite(diff.high)):
+        return "no interval (the metric is undefined on the resampled images)"
+    if diff.low > 0:
+        return f"{better} is better"
+    if diff.high < 0:
+        return f"{worse} is better"
+    said = "no difference shown (the interval includes 0)"
+    half = (diff.high - diff.low) / 2
+    if half > CONCLUSIVE_HALF_WIDTH:
+        said += f"; too wide to conclude (half-width {half:.3f} > {CONCLUSIVE_HALF_WIDTH}): more seeds or test images"
+    return said
+
+
+def verdicts(result: Comparison) -> list[str]:
+    """One line per experiment after the first and per metric: the difference and what it says."""
+    first = result.entries[0].experiment
+    return [
+        f"{entry.experiment} vs {first}, {name}: {result.diffs[name][i]}: {verdict(entry.experiment, first, result.diffs[name][i])}"
+        for i, entry in enumerate(result.entries)
+        if i > 0
+        for name in METRICS
+    ]
 
 
 def bar_chart(result: Comparison, path: Path) -> Path:
@@ -165,7 +214,8 @@ def bar_chart(result: Comparison, path: Path) -> Path:
         heights = [iv.value for iv in intervals]
         errors = np.array([[max(0.0, iv.value - iv.low), max(0.0, iv.high - iv.value)] for iv in intervals]).T
         xs = np.arange(len(names)) + (i - (count - 1) / 2) * width
-        ax.bar(xs, heights, width, yerr=np.nan_to_num(errors), capsize=3, label=entry.experiment)
+        label = f"{entry.experiment} ({len(entry.probs_seeds)} seeds)"
+        ax.bar(xs, heights, width, yerr=np.nan_to_num(errors), capsize=3, label=label)
     ax.set_xticks(range(len(names)), names)
     ax.set(
         ylim=(0, 1.05),
@@ -186,9 +236,11 @@ def write_page(result: Comparison, out: Path) -> Path:
         html.note(f"dataset {entry.dataset} (fingerprint {entry.fingerprint})"),
         html.table(header, rows),
         html.note(_method(result)),
+        *[html.note(line) for line in verdicts(result)],
         html.image(chart, "metrics per experiment"),
         html.note(
-            "Error bars: 95% bootstrap interval of each value (not paired); use the table's diff intervals to compare."
+            "Error bars: 95% bootstrap interval of each value over its seeds and the test images (not paired); "
+            "use the table's diff intervals to compare."
         ),
     ]
     page = out / "compare.html"
