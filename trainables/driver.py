@@ -129,8 +129,12 @@ def run(
         _close_runs(client, parent_run_id, prepared, "KILLED")
         code = INTERRUPTED
     else:
-        with phases.time("finish"):
-            code = _finish(client, prepared, options, parent_run_id, grid)
+        try:
+            with phases.time("finish"):
+                code = _finish(client, prepared, options, parent_run_id, grid)
+        except BaseException:  # testing, retraining or logging the winner failed: never leave RUNNING
+            _close_runs(client, parent_run_id, prepared, "FAILED")
+            raise
     print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
     return code
 
