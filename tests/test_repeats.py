@@ -201,3 +201,21 @@ def test_launch_with_repeats_reports_over_seeds(workspace: Workspace, synth_dir:
     assert re.search(
         r"repeats2 vs repeats2, acc: \+0\.000 \[[-+]\d\.\d+, \+\d\.\d+\]: no difference shown", compared.stdout
     )
+
+
+def test_compare_bootstraps_per_image_saliency_when_saved() -> None:
+    from medtune.report.compare import Entry, compare, verdicts
+
+    labels = np.array([0, 1] * 10)
+    probs = np.eye(2)[labels][None]
+    looks = np.full(20, 0.8)
+    looks[::5] = np.nan  # images without a lesion are left out of the mean
+    entries = [
+        Entry("whole", "a", "d", "f", labels, probs[0], probs, np.arange(20), 0.1, np.full(20, 0.1)),
+        Entry("saliency", "b", "d", "f", labels, probs[0], probs, np.arange(20), 0.8, looks),
+    ]
+    result = compare(entries, resamples=200)
+    # Same accuracy, far better saliency: the saliency difference has an interval and a verdict.
+    assert result.diffs["saliency_iou"][1].value == pytest.approx(0.7)
+    assert result.diffs["saliency_iou"][1].low > 0
+    assert "saliency vs whole, saliency_iou: +0.700 [+0.700, +0.700]: saliency is better" in verdicts(result)

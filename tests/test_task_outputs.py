@@ -28,7 +28,7 @@ from tests.helpers import BASE, TASK_CONFIGS, build_one
 
 KINDS = ("segmentation", "classification", "multilabel")
 PER_IMAGE = {"segmentation": {"iou"}, "classification": {"labels", "probs"}, "multilabel": {"labels", "probs"}}
-FIGURES = {"segmentation": {"images", "masks", "probs"}, "classification": {"images", "masks", "cams", "saliency_iou"}}
+FIGURES = {"segmentation": {"images", "masks", "probs"}, "classification": {"images", "masks", "cams"}}
 
 
 def _saved(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,6 +60,10 @@ def test_every_task_answers_its_predictions(task: str, task_caches: dict) -> Non
     figures = FIGURES.get(kind, set()) if kind == "segmentation" or system.has_cam else set()
     assert figures <= set(preds) and all(len(preds[key]) == 3 for key in figures)
     assert ("cams" in preds) == system.has_cam
+    # With a CAM, every test image has its saliency IoU and the ceiling of its CAM resolution.
+    per_image_cam = {"saliency_iou", "saliency_ceiling", "cam_grid"}
+    assert (per_image_cam <= set(preds)) == system.has_cam
+    assert all(len(preds[key]) == n for key in per_image_cam & set(preds))
 
 
 class _Bright(nn.Module):

@@ -49,6 +49,7 @@ class Entry:
     probs_seeds: np.ndarray  # every seed's model [R, N, K]; index 0 is the winner
     image_ids: np.ndarray | None
     saliency_iou: float  # NaN when the launch logged none
+    saliency: np.ndarray | None = None  # per test image [N] (NaN without a lesion); None if not saved
 
 
 @dataclass
@@ -94,7 +95,20 @@ def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
         probs_seeds=preds["probs_seeds"].astype(float) if "probs_seeds" in preds else probs[None],
         image_ids=preds.get("image_ids"),
         saliency_iou=float(run.data.metrics.get(SALIENCY, math.nan)),
+        saliency=_per_image_saliency(preds, len(probs)),
     )
+
+
+def _per_image_saliency(preds: dict[str, np.ndarray], n: int) -> np.ndarray | None:
+    """The winner's saliency IoU per test image, when saved for all of them (older launches: first 16)."""
+    values = preds.get("saliency_iou")
+    return values.astype(float) if values is not None and len(values) == n else None
+
+
+def _mean_saliency(labels: np.ndarray, values: np.ndarray) -> float:
+    """Mean saliency IoU over the drawn images that have a lesion (``values`` [N, 1]; NaN without one)."""
+    finite = values[:, 0][np.isfinite(values[:, 0])]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def _aligned(entries: list[Entry]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -122,11 +136,21 @@ def compare(entries: list[Entry], *, resamples: int = RESAMPLES, seed: int = SEE
     values, diffs = {}, {}
     for name, metric in METRICS.items():
         values[name], diffs[name] = seed_bootstrap(labels, probs, metric, resamples=resamples, seed=seed)
+    if all(e.saliency is not None for e in entries):  # the winners' saliency IoU, paired over the same images
+        saliency = [e.saliency[_order(e)][None, :, None] for e in entries]
+        values["saliency_iou"], diffs["saliency_iou"] = seed_bootstrap(
+            labels, saliency, _mean_saliency, resamples=resamples, seed=seed
+        )
     return Comparison(entries, values, diffs)
 
 
+def _order(entry: Entry) -> np.ndarray:
+    """The image order ``_aligned`` uses: by image id when the entry has them."""
+    return np.argsort(entry.image_ids) if entry.image_ids is not None else np.arange(len(entry.labels))
+
+
 def _columns(result: Comparison) -> list[str]:
-    saliency = any(math.isfinite(e.saliency_iou) for e in result.entries)
+    saliency = "saliency_iou" in result.values or any(math.isfinite(e.saliency_iou) for e in result.entries)
     return list(METRICS) + (["saliency_iou"] if saliency else [])
 
 
@@ -138,7 +162,7 @@ def table_rows(result: Comparison) -> tuple[list[str], list[list[str]]]:
     for i, entry in enumerate(result.entries):
         cells = [entry.experiment, entry.run_id[:8], str(len(entry.probs_seeds)), str(len(entry.labels))]
         for name in columns:
-            if name == "saliency_iou":
+            if name == "saliency_iou" and name not in result.values:  # older launches: the logged value only
                 cells.append("-" if math.isnan(entry.saliency_iou) else f"{entry.saliency_iou:.3f}")
                 continue
             value = f"{result.values[name][i].value:.3f}"
@@ -168,6 +192,11 @@ def _method(result: Comparison) -> str:
         f"values: mean over each experiment's seeds ({each}). diff: against {first.experiment}, 95% two-level "
         f"bootstrap interval (test images paired, seeds drawn per experiment; {RESAMPLES} resamples, seed {SEED}); "
         f"metrics re-computed from {PREDICTIONS}"
+        + (
+            "; saliency_iou: the search winner's (one seed), over the test images with a lesion"
+            if "saliency_iou" in result.values
+            else ""
+        )
     )
 
 
@@ -199,7 +228,7 @@ def verdicts(result: Comparison) -> list[str]:
         f"{entry.experiment} vs {first}, {name}: {result.diffs[name][i]}: {verdict(entry.experiment, first, result.diffs[name][i])}"
         for i, entry in enumerate(result.entries)
         if i > 0
-        for name in METRICS
+        for name in result.diffs
     ]
 
 

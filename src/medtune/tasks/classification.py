@@ -151,22 +151,24 @@ class ClassificationTask(BaseTask):
     def predict_batch(self, batch: dict, *, overlays: int) -> dict[str, Tensor]:
         """Labels and softmax probabilities; the seen images, lesions and CAMs for figures.
 
-        With a CAM layer, every image also gets ``cam_grid`` (the CAM's h, w) and
-        ``saliency_ceiling``: the ``cam_ceiling`` IoU at that resolution (NaN without a lesion).
+        With a CAM layer, every image also gets ``saliency_iou`` (``hard_iou`` of its true-class
+        HiResCAM; NaN without a lesion, so comparisons can bootstrap it over images), ``cam_grid``
+        (the CAM's h, w) and ``saliency_ceiling`` (the ``cam_ceiling`` IoU at that resolution).
         """
         out = {"labels": batch["label"], "probs": torch.softmax(self.model(batch["image"]), dim=1)}
-        if self.has_cam:
-            grid = self.cam_grid(batch["image"])
-            ceiling, valid = cam_ceiling(batch["mask"], grid)
-            out["saliency_ceiling"] = ceiling.where(valid, float("nan"))
-            out["cam_grid"] = torch.tensor(grid).expand(len(ceiling), 2)
-        if overlays and self.has_cam:
-            images, labels, masks = batch["image"][:overlays], batch["label"][:overlays], batch["mask"][:overlays]
-            _, cams = self.cam(images, labels)
-            iou, valid = hard_iou(cams, masks)
+        if not self.has_cam:
+            return out
+        _, cams = self.cam(batch["image"], batch["label"])
+        iou, valid = hard_iou(cams, batch["mask"])
+        out["saliency_iou"] = iou.where(valid, float("nan"))
+        grid = self.cam_grid(batch["image"])
+        ceiling, valid = cam_ceiling(batch["mask"], grid)
+        out["saliency_ceiling"] = ceiling.where(valid, float("nan"))
+        out["cam_grid"] = torch.tensor(grid).expand(len(ceiling), 2)
+        if overlays:
+            images, masks = batch["image"][:overlays], batch["mask"][:overlays]
             out["images"], out["masks"] = seen_images(images), (masks > 0.5).to(torch.uint8)
-            out["cams"] = cams.detach().half()
-            out["saliency_iou"] = iou.where(valid, float("nan"))
+            out["cams"] = cams[:overlays].detach().half()
         return out
 
     def _log_saliency(self, stage: str) -> None:
