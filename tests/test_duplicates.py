@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from medtune.data import duplicates
+from medtune.data import duplicates, similarity
 from medtune.data.__main__ import main
 
 SIZE = 64
@@ -76,12 +76,47 @@ def write_dataset(folder: Path) -> tuple[Path, list[list[int]]]:
 
 def test_detector_groups_planted_copies_and_only_them() -> None:
     images, expected = planted_set()
-    hashes = {i: duplicates.image_hash(img) for i, img in enumerate(images)}
-    found = duplicates.near_groups(hashes, duplicates.DEFAULT_THRESHOLD)
+    prints = {i: duplicates.image_fingerprint(img) for i, img in enumerate(images)}
+    found = duplicates.near_groups(prints, duplicates.Setting())
     # every planted copy joins its original; no two distinct images are grouped
     assert sorted(map(sorted, found)) == sorted(expected)
     # threshold 0 keeps exact copies only: transformed copies are not exact
-    assert duplicates.near_groups(hashes, 0) == []
+    assert duplicates.near_groups(prints, duplicates.Setting(0, 1.0)) == []
+
+
+def lookalikes(tmp_path: Path) -> list[Image.Image]:
+    """Synthetic dermoscopy-like images at 64 px: every one a centred lesion on skin."""
+    from medtune.data.synth import generate
+
+    generate(tmp_path / "synth", n=60, size=64, seed=0)
+    return [Image.open(f).convert("RGB") for f in sorted((tmp_path / "synth" / "images").glob("*.png"))]
+
+
+def test_lookalikes_are_not_grouped_but_their_copies_are(tmp_path: Path) -> None:
+    images = lookalikes(tmp_path)
+    prints = [duplicates.image_fingerprint(img) for img in images]
+    candidates = duplicates.near_pairs(np.stack([p.bits for p in prints]), duplicates.DEFAULT_THRESHOLD)
+    # the hash alone proposes look-alike pairs that chain into a large group (why verification exists)
+    assert max(map(len, duplicates.union_groups(list(range(len(images))), candidates))) > 10
+    # the correlation confirms none of them
+    groups = duplicates.near_groups(dict(enumerate(prints)), duplicates.Setting())
+    assert groups == [], groups
+    originals = range(0, len(images), 6)
+    prints += [duplicates.image_fingerprint(planted_copy(images[k].convert("L"), k % 2)) for k in originals]
+    groups = duplicates.near_groups(dict(enumerate(prints)), duplicates.Setting())
+    group_of = {i: set(g) for g in groups for i in g}
+    # every planted copy (index len(images) + c) joins its original
+    assert all(k in group_of.get(len(images) + c, ()) for c, k in enumerate(originals)), groups
+
+
+def test_similarity_scores_copies_above_lookalikes() -> None:
+    images, expected = planted_set()
+    thumbs = np.stack([similarity.thumbnail(img) for img in images])
+    copies = [(group[0], member) for group in expected for member in group[1:]]
+    score = similarity.pair_similarity(thumbs, copies + [(0, 1), (2, 3), (0, 0)])
+    # planted copies correlate above the default; distinct images below; identical thumbnails score 1
+    assert (score[: len(copies)] >= duplicates.DEFAULT_SIMILARITY).all(), score
+    assert (score[len(copies) : -1] < duplicates.DEFAULT_SIMILARITY).all() and score[-1] == 1.0, score
 
 
 def test_union_groups_is_transitive() -> None:
@@ -95,7 +130,7 @@ def test_check_lists_groups_and_a_straddling_group_fails_a_split_folder(
     source, groups = write_dataset(tmp_path)
     assert main(["check", "--coco", str(source)]) == 0  # near duplicates in one file: information
     out = capsys.readouterr().out
-    assert f"near duplicates (<= {duplicates.DEFAULT_THRESHOLD} bits): {len(groups)} group(s)" in out
+    assert f"near duplicates ({duplicates.Setting().label}): {len(groups)} group(s)" in out
     coco = json.loads(source.read_text())
     original, copy = groups[0][0], groups[0][1]
     test_ids = {original} | set(range(25, 31))
@@ -186,12 +221,16 @@ def test_stats_prints_the_group_count(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize("command", ["check", "split", "stats"])
-@pytest.mark.parametrize("value", ["abc", "-1", "128"])
-def test_bad_threshold_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture, command: str, value: str
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--near-threshold", v) for v in ("abc", "-1", "128")]
+    + [("--near-similarity", v) for v in ("x", "-0.1", "1.5", "nan")],
+)
+def test_bad_setting_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, command: str, flag: str, value: str
 ) -> None:
     source, _ = write_dataset(tmp_path)
     extra = ["--out", str(tmp_path / "s")] if command == "split" else []
-    assert main([command, "--coco", str(source), *extra, f"--near-threshold={value}"]) == 2
+    assert main([command, "--coco", str(source), *extra, f"{flag}={value}"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "--near-threshold" in err, err
+    assert len(err.strip().splitlines()) == 1 and flag in err, err

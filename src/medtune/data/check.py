@@ -9,8 +9,9 @@ with segmentation ``[]`` and area 0 means "image without lesion" (BUSI normal im
 ``check_coco(..., fast=True)`` never opens an image (no size, readability or duplicate checks):
 the pre-training path. Exit status: 0 clean, 1 problems found (also with ``--fix``), 2 bad input.
 
-Near duplicates (``medtune.data.duplicates``: perceptual hash within ``--near-threshold`` bits) are
-reported as groups with their ids and file names; in one file they are information, not problems.
+Near duplicates (``medtune.data.duplicates``: perceptual hash within ``--near-threshold`` bits,
+confirmed by a thumbnail correlation of at least ``--near-similarity``) are reported as groups
+with their ids and file names; in one file they are information, not problems.
 ``--coco DIR`` with ``train.json``, ``val.json``, ``test.json`` checks each split, then looks for
 duplicate groups across them: a group that straddles two splits leaks test images into training,
 and is a problem (exit 1).
@@ -19,71 +20,14 @@ and is a problem (exit 1).
 from __future__ import annotations
 
 import argparse
-import copy
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import defaultdict
 from pathlib import Path
 
 from medtune.data import cocoio, duplicates
+from medtune.data.fix import fix_coco, removed_path
+from medtune.data.problems import KINDS, Problem, Report, print_report
 
-KINDS: dict[str, str] = {
-    "malformed_entry": "entry missing a key or with a wrong type",
-    "missing_file": "image file not found",
-    "unreadable_file": "image file cannot be decoded",
-    "size_mismatch": "image size differs from the JSON width/height",
-    "escaping_file_name": "file_name leaves the image folder with '..'",
-    "absolute_file_name": "file_name is an absolute path",
-    "duplicate_image_id": "image id used more than once",
-    "duplicate_annotation_id": "annotation id used more than once",
-    "duplicate_category_id": "category id used more than once",
-    "unknown_image": "annotation points at an image id that does not exist",
-    "unknown_category": "annotation points at a category id that does not exist",
-    "degenerate_polygon": "polygon with fewer than 3 points or zero area",
-    "polygon_outside": "polygon (partly) outside the image",
-    "image_without_annotation": "image that no annotation points at",
-    "duplicate_content": "same pixels as an earlier image",
-}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem; ``entry`` is the JSON list and index it is about, used by ``--fix``."""
-
-    kind: str
-    image_id: object
-    file_name: str | None
-    detail: str
-    annotation_id: object = None
-    entry: tuple[str, int] | None = None
-
-    def line(self) -> str:
-        where = f"image {self.image_id}" if self.image_id is not None else ""
-        where += f" ({self.file_name})" if self.file_name else ""
-        if self.annotation_id is not None:
-            where += f" annotation {self.annotation_id}"
-        return f"{self.kind}: {where.strip() or '-'}: {self.detail}"
-
-
-@dataclass
-class Report:
-    """Everything ``check`` found in one COCO file."""
-
-    coco_path: Path
-    images_dir: Path
-    problems: list[Problem] = field(default_factory=list)
-    duplicate_groups: list[list[tuple[object, str]]] = field(default_factory=list)  # (id, file_name)
-    near_groups: list[list[dict]] = field(default_factory=list)  # image entries; exact copies included
-    near_threshold: int = duplicates.DEFAULT_THRESHOLD
-    coco: dict = field(default_factory=dict, repr=False)
-
-    def counts(self) -> dict[str, int]:
-        """Number of problems per kind, in ``KINDS`` order, kinds with none left out."""
-        found = Counter(p.kind for p in self.problems)
-        return {kind: found[kind] for kind in KINDS if found[kind]}
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+__all__ = ["KINDS", "Problem", "Report", "check_coco", "fix_coco", "print_report", "removed_path"]
 
 
 def check_coco(
@@ -91,17 +35,15 @@ def check_coco(
     images_dir: Path | None = None,
     *,
     fast: bool = False,
-    near_threshold: int = duplicates.DEFAULT_THRESHOLD,
+    near: duplicates.Setting = duplicates.Setting(),
 ) -> Report:
     """Check ``coco_path``; raises ``cocoio.DataError`` only if the file itself cannot be read."""
     coco = cocoio.load_coco(coco_path)
-    report = Report(
-        Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco, near_threshold=near_threshold
-    )
+    report = Report(Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco, near=near)
     known_categories = _check_categories(report)
     images = _check_images(report, fast=fast)
     if not fast:  # missing and unreadable files are skipped here (reported above)
-        report.near_groups = duplicates.image_groups(list(images.values()), report.images_dir, near_threshold)[0]
+        report.near_groups = duplicates.image_groups(list(images.values()), report.images_dir, near)[0]
     annotated = _check_annotations(report, images, known_categories)
     for i, img in enumerate(coco["images"]):
         if isinstance(img, dict) and img.get("id") in images and img["id"] not in annotated:
@@ -284,101 +226,23 @@ def _is_size(value: object) -> bool:
     return _is_id(value) and value > 0
 
 
-def fix_coco(report: Report, out: Path) -> dict:
-    """Write a copy of the checked COCO without its problems to ``out``; returns what was removed.
-
-    The removal list (entries with their reasons) is also written to ``<out stem>.removed.json``.
-    """
-    coco = copy.deepcopy(report.coco)
-    reasons: dict[tuple[str, int], list[str]] = defaultdict(list)
-    for p in report.problems:
-        if p.entry is not None:
-            reasons[p.entry].append(f"{p.kind}: {p.detail}")
-    keep = {key: [i for i in range(len(coco[key])) if (key, i) not in reasons] for key in ("images", "categories")}
-    image_ids = {coco["images"][i]["id"] for i in keep["images"]}
-    category_ids = {coco["categories"][i]["id"] for i in keep["categories"]}
-    kept_annotations = []
-    for j, ann in enumerate(coco["annotations"]):
-        if ("annotations", j) not in reasons and ann["image_id"] not in image_ids:
-            reasons[("annotations", j)].append("its image was removed")
-        elif ("annotations", j) not in reasons and ann["category_id"] not in category_ids:
-            reasons[("annotations", j)].append("its category was removed")
-        if ("annotations", j) not in reasons:
-            kept_annotations.append(ann)
-    annotated = {ann["image_id"] for ann in kept_annotations}
-    for i in keep["images"]:
-        if coco["images"][i]["id"] not in annotated:
-            reasons[("images", i)].append("all its annotations were removed")
-    removed = {
-        key: [{"entry": coco[key][i], "reasons": why} for (k, i), why in sorted(reasons.items()) if k == key]
-        for key in ("images", "annotations", "categories")
-    }
-    coco.update(
-        images=[img for i, img in enumerate(coco["images"]) if ("images", i) not in reasons],
-        annotations=kept_annotations,
-        categories=[coco["categories"][i] for i in keep["categories"]],
-    )
-    cocoio.record_images_dir(coco, out, report.images_dir)
-    cocoio.write_json_atomic(out, coco)
-    cocoio.write_json_atomic(removed_path(out), removed)
-    return removed
-
-
-def removed_path(out: Path) -> Path:
-    """Where ``--fix OUT`` lists what it removed: ``OUT`` with ``.removed.json`` for ``.json``."""
-    return Path(out).with_name(Path(out).stem + ".removed.json")
-
-
-def print_report(report: Report, *, max_report: int = 20) -> None:
-    """Problem lines (at most ``max_report`` per kind), then counts per kind and duplicate groups."""
-    coco = report.coco
-    print(
-        f"check: {report.coco_path} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, images in {report.images_dir})"
-    )
-    by_kind: dict[str, list[Problem]] = defaultdict(list)
-    for p in report.problems:
-        by_kind[p.kind].append(p)
-    for kind in KINDS:
-        shown = by_kind[kind] if max_report <= 0 else by_kind[kind][:max_report]
-        for p in shown:
-            print(f"  {p.line()}")
-        if len(by_kind[kind]) > len(shown):
-            print(f"  {kind}: ... and {len(by_kind[kind]) - len(shown)} more")
-    for line in duplicates.group_lines(
-        report.near_groups, label=f"near duplicates (<= {report.near_threshold} bits)", max_report=max_report
-    ):
-        print(line)
-    if report.ok:
-        print("no problems found")
-        return
-    print("problems per kind:")
-    for kind, n in report.counts().items():
-        print(f"  {kind:<26}{n:>6}  {KINDS[kind]}")
-    if report.duplicate_groups:
-        sizes = Counter(len(g) for g in report.duplicate_groups)
-        shapes = ", ".join(f"{n} x {k} images" for k, n in sorted(sizes.items()))
-        print(f"duplicate content: {len(report.duplicate_groups)} group(s): {shapes}")
-
-
-def check_split_folder(folder: Path, images_dir: Path | None, *, near_threshold: int, max_report: int = 20) -> int:
+def check_split_folder(folder: Path, images_dir: Path | None, *, near: duplicates.Setting, max_report: int = 20) -> int:
     """Check each split of ``folder``, then duplicate groups across splits; returns the exit status."""
     files = {s: Path(folder) / f"{s}.json" for s in ("train", "val", "test")}
     if not all(path.is_file() for path in files.values()):
         raise cocoio.DataError(
             f"--coco {folder}: a folder must hold train.json, val.json and test.json (as `split` writes)"
         )
-    reports = {s: check_coco(path, images_dir, near_threshold=near_threshold) for s, path in files.items()}
+    reports = {s: check_coco(path, images_dir, near=near) for s, path in files.items()}
     for report in reports.values():
         print_report(report, max_report=max_report)
-    groups = duplicates.split_groups(files, {s: r.images_dir for s, r in reports.items()}, near_threshold)
+    groups = duplicates.split_groups(files, {s: r.images_dir for s, r in reports.items()}, near)
     across = duplicates.straddling(groups)
     print(f"across splits: {len(groups)} duplicate group(s), {len(across)} straddling two or more splits")
     for line in duplicates.group_lines(across, label="straddling_duplicates", max_report=max_report):
         print(line)
     if across:
-        print(
-            f"  keep each group in one split: `python -m medtune.data split` does by default (--near-threshold {near_threshold})"
-        )
+        print(f"  keep each group in one split: `python -m medtune.data split` does by default ({near.label})")
     return 0 if all(r.ok for r in reports.values()) and not across else 1
 
 
@@ -400,10 +264,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.fix is not None and args.fix.resolve() == args.coco.resolve():
             raise cocoio.DataError(f"--fix {args.fix}: must differ from --coco (the input is kept)")
-        threshold = duplicates.check_threshold(args.near_threshold)
+        near = duplicates.setting_from_args(args)
         if args.coco.is_dir():
-            return check_split_folder(args.coco, args.images, near_threshold=threshold, max_report=args.max_report)
-        report = check_coco(args.coco, args.images, near_threshold=threshold)
+            return check_split_folder(args.coco, args.images, near=near, max_report=args.max_report)
+        report = check_coco(args.coco, args.images, near=near)
         print_report(report, max_report=args.max_report)
         if args.fix is not None:
             removed = fix_coco(report, args.fix)

@@ -6,6 +6,7 @@ deterministically, into train/val/test (stratified by class). ``file_name`` entr
 the images folder. A split may name its image folder explicitly in ``info.images_dir`` (written by
 ``python -m medtune.data split``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,12 +91,16 @@ def resolve_dataset(data: Path, *, cache_root: Path, seed: int = 0) -> Dataset:
 
 
 def _split_single_file(path: Path, *, cache_root: Path, seed: int) -> Path:
+    from medtune.data.duplicates import Setting
     from medtune.data.split import split_coco
 
+    near = Setting()  # duplicate groups stay in one split; a new setting must not reuse an old split
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    out = cache_root / "splits" / f"{path.stem}-{digest}-s{seed}"
+    out = cache_root / "splits" / f"{path.stem}-{digest}-s{seed}-{near.key}"
     if not (out / "test.json").is_file():
-        split_coco(path, out, val=0.15, test=0.15, seed=seed, images_dir=images_dir_for(path, load_coco(path)))
+        split_coco(
+            path, out, val=0.15, test=0.15, seed=seed, images_dir=images_dir_for(path, load_coco(path)), near=near
+        )
     return out
 
 

@@ -1,12 +1,18 @@
-"""Near-duplicate images: a perceptual hash per image, pairs under a distance, groups by union-find.
+"""Near-duplicate images: a perceptual hash proposes pairs, a thumbnail correlation confirms them.
 
-Each image gets a 128-bit hash: its 64-bit pHash (the signs of the low DCT frequencies of a
-32 x 32 grey thumbnail) and its 64-bit dHash (the signs of horizontal gradients of a 9 x 8
-thumbnail) side by side. Two images are near duplicates when the Hamming distance of their hashes
-is at most ``threshold``; groups are the connected components of that relation (union-find), so a
-copy of a copy joins its original. The two hashes fail differently (pHash on crops, dHash on
-contrast), so their sum separates transformed copies from look-alike ultrasound images better than
-either alone: ``benchmarks/near_duplicates.py`` measures it and ``DEFAULT_THRESHOLD`` comes from it.
+Each image gets a fingerprint: a 128-bit hash (its 64-bit pHash, the signs of the low DCT
+frequencies of a 32 x 32 grey thumbnail, and its 64-bit dHash, the signs of horizontal gradients of
+a 9 x 8 thumbnail) and a 32 x 32 grey thumbnail. Pairs whose hashes differ in at most ``threshold``
+bits are *candidates*; a candidate is confirmed when the zero-mean normalised cross-correlation of
+the two thumbnails, under the best crop, shift and small rotation of either one
+(``medtune.data.similarity``), reaches ``min_similarity``. Groups are the connected components of
+the confirmed pairs (union-find), so a copy of a copy joins its original.
+
+Why two stages: a 128-bit hash cannot tell a transformed copy from a look-alike image of the same
+layout (every dermoscopy image is a centred lesion on skin), and union-find chains the false pairs
+into one giant group; the correlation sees the details (hairs, speckle, markers) the hash drops.
+``benchmarks/near_duplicates.py`` measures both stages on BUSI and the synthetic set, and the
+defaults come from it (BENCHMARKS.md).
 
 No torch here: the dataset tools must start fast.
 """
@@ -15,28 +21,82 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from medtune.data import cocoio
+from medtune.data.similarity import pair_similarity, thumbnail
 
 HASH_BITS = 128  # 64 pHash bits + 64 dHash bits
-# Tuned on benchmarks/near_duplicates.py over BUSI (see BENCHMARKS.md): recall of planted copies
-# >= 0.95 while distinct ultrasound images almost never come this close.
-DEFAULT_THRESHOLD = 32
+# Tuned on benchmarks/near_duplicates.py over BUSI and the synthetic set (BENCHMARKS.md): at 36 bits
+# the hash proposes >= 99% of planted copies; 0.94 keeps >= 97% of them on both sets while
+# union-find groups <= 0.23% of distinct pairs (a hash alone at 32 bits grouped 59-85% of the
+# synthetic set's). 0.92 let look-alike pairs chain (6.7% on 780 synthetic images); 0.96 loses BUSI copies.
+DEFAULT_THRESHOLD = 36
+DEFAULT_SIMILARITY = 0.94
+
+
+class Fingerprint(NamedTuple):
+    """What the detector keeps of one image: its 128-bit hash (16 bytes) and grey thumbnail."""
+
+    bits: np.ndarray
+    thumb: np.ndarray
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How near two images must be: hash ``threshold`` in bits, then ``min_similarity`` of thumbnails.
+
+    ``threshold`` 0 with ``min_similarity`` 1 keeps only images with equal hashes and thumbnails
+    (exact copies); ``min_similarity`` 0 confirms every candidate that is not anti-correlated (close to
+    a hash alone).
+    """
+
+    threshold: int = DEFAULT_THRESHOLD
+    min_similarity: float = DEFAULT_SIMILARITY
+
+    @property
+    def label(self) -> str:
+        """The setting in the tools' reports: ``<= 36 bits, similarity >= 0.92``."""
+        return f"<= {self.threshold} bits, similarity >= {self.min_similarity:g}"
+
+    @property
+    def key(self) -> str:
+        """The setting in cache folder names: ``b36-s0.92``."""
+        return f"b{self.threshold}-s{self.min_similarity:g}"
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, off_flag: str | None = None, off_help: str = "") -> None:
-    """The threshold flag (and optionally an opt-out flag) shared by ``check``, ``split`` and ``stats``."""
+    """The setting's flags (and optionally an opt-out flag) shared by ``check``, ``split`` and ``stats``."""
     parser.add_argument(
         "--near-threshold",
         default=str(DEFAULT_THRESHOLD),
         metavar="BITS",
-        help=f"near duplicates: hash distance in bits, 0-{HASH_BITS - 1} (default {DEFAULT_THRESHOLD}; 0: exact copies only)",
+        help=f"near duplicates: hash distance in bits that proposes a pair, 0-{HASH_BITS - 1} (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--near-similarity",
+        default=str(DEFAULT_SIMILARITY),
+        metavar="R",
+        help=f"near duplicates: thumbnail correlation that confirms a proposed pair, 0-1 (default {DEFAULT_SIMILARITY})",
     )
     if off_flag:
         parser.add_argument(off_flag, action="store_true", help=off_help)
+
+
+def setting_from_args(args: argparse.Namespace) -> Setting:
+    """The :class:`Setting` of the flags of :func:`add_arguments`; raises ``DataError`` naming a bad flag."""
+    text = str(args.near_similarity).strip()
+    try:
+        similarity = float(text)
+    except ValueError:
+        similarity = float("nan")
+    if not 0 <= similarity <= 1:  # also rejects nan
+        raise cocoio.DataError(f"--near-similarity {text}: expected a correlation from 0 to 1")
+    return Setting(check_threshold(args.near_threshold), similarity)
 
 
 def check_threshold(value: object) -> int:
@@ -49,22 +109,22 @@ def check_threshold(value: object) -> int:
     return int(text)
 
 
-def image_hash(image: object) -> np.ndarray:
-    """The 128-bit hash of a PIL image as 16 bytes (``uint8``); colour is ignored."""
+def image_fingerprint(image: object) -> Fingerprint:
+    """The :class:`Fingerprint` of a PIL image; colour is ignored."""
     import imagehash
 
     grey = image.convert("L")
     bits = np.concatenate([imagehash.phash(grey).hash.ravel(), imagehash.dhash(grey).hash.ravel()])
-    return np.packbits(bits)
+    return Fingerprint(np.packbits(bits), thumbnail(grey))
 
 
-def file_hash(path: Path) -> np.ndarray:
-    """:func:`image_hash` of the image file at ``path``; raises ``OSError``/``ValueError`` if unreadable."""
+def file_fingerprint(path: Path) -> Fingerprint:
+    """:func:`image_fingerprint` of the file at ``path``; raises ``OSError``/``ValueError`` if unreadable."""
     from PIL import Image
 
     with Image.open(path) as img:
         img.load()
-        return image_hash(img)
+        return image_fingerprint(img)
 
 
 def near_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int]]:
@@ -97,32 +157,39 @@ def union_groups(keys: list[Hashable], pairs: Iterable[tuple[int, int]]) -> list
     return [group for group in members.values() if len(group) > 1]
 
 
-def near_groups(hashes: dict[Hashable, np.ndarray], threshold: int) -> list[list[Hashable]]:
-    """Groups of keys of ``hashes`` whose images are near duplicates (transitively)."""
-    keys = list(hashes)
-    if not keys:
+def confirmed_pairs(prints: list[Fingerprint], setting: Setting) -> list[tuple[int, int]]:
+    """Index pairs of ``prints`` that the hash proposes and the thumbnail correlation confirms."""
+    if not prints:
         return []
-    return union_groups(keys, near_pairs(np.stack([hashes[k] for k in keys]), check_threshold(threshold)))
+    candidates = near_pairs(np.stack([p.bits for p in prints]), setting.threshold)
+    similarity = pair_similarity(np.stack([p.thumb for p in prints]), candidates)
+    return [pair for pair, s in zip(candidates, similarity) if s >= setting.min_similarity]
 
 
-def hash_images(images: list[dict], images_dir: Path) -> tuple[dict[object, np.ndarray], list[str]]:
-    """Hash the file of each COCO image entry; returns hashes by image id and the unreadable file names."""
-    hashes, unreadable = {}, []
+def near_groups(prints: dict[Hashable, Fingerprint], setting: Setting) -> list[list[Hashable]]:
+    """Groups of keys of ``prints`` whose images are near duplicates (transitively)."""
+    keys = list(prints)
+    return union_groups(keys, confirmed_pairs([prints[k] for k in keys], setting))
+
+
+def fingerprint_images(images: list[dict], images_dir: Path) -> tuple[dict[object, Fingerprint], list[str]]:
+    """Fingerprint the file of each COCO image entry; returns them by image id, and unreadable file names."""
+    prints, unreadable = {}, []
     for img in images:
         try:
             if cocoio.escapes(img["file_name"]):
                 raise ValueError("outside the image folder")  # never open files outside it
-            hashes[img["id"]] = file_hash(Path(images_dir) / img["file_name"])
+            prints[img["id"]] = file_fingerprint(Path(images_dir) / img["file_name"])
         except Exception:  # noqa: BLE001 - PIL raises many types; check names the cause
             unreadable.append(img["file_name"])
-    return hashes, unreadable
+    return prints, unreadable
 
 
-def image_groups(images: list[dict], images_dir: Path, threshold: int) -> tuple[list[list[dict]], list[str]]:
+def image_groups(images: list[dict], images_dir: Path, setting: Setting) -> tuple[list[list[dict]], list[str]]:
     """Near-duplicate groups of COCO image entries (their files under ``images_dir``), and unreadable files."""
-    hashes, unreadable = hash_images(images, images_dir)
+    prints, unreadable = fingerprint_images(images, images_dir)
     entry = {img["id"]: img for img in images}
-    return [[entry[i] for i in group] for group in near_groups(hashes, threshold)], unreadable
+    return [[entry[i] for i in group] for group in near_groups(prints, setting)], unreadable
 
 
 def describe(group: list[dict]) -> str:
@@ -142,24 +209,24 @@ def group_lines(groups: list[list[dict]], *, label: str, max_report: int = 20) -
     return lines
 
 
-def split_groups(files: dict[str, Path], images_dirs: dict[str, Path], threshold: int) -> list[list[dict]]:
+def split_groups(files: dict[str, Path], images_dirs: dict[str, Path], setting: Setting) -> list[list[dict]]:
     """Near-duplicate groups over the images of several split files, each entry tagged with ``split``.
 
     ``files`` maps split name to COCO file; unreadable entries are skipped (``check`` reports them).
     """
-    hashes, entries = {}, {}
+    prints, entries = {}, {}
     for split, path in files.items():
         images = [
             img
             for img in cocoio.load_coco(path)["images"]
             if isinstance(img, dict) and isinstance(img.get("file_name"), str) and "id" in img
         ]
-        found, _ = hash_images(images, images_dirs[split])
+        found, _ = fingerprint_images(images, images_dirs[split])
         for img in images:
             if img.get("id") in found:
-                hashes[(split, img["id"])] = found[img["id"]]
+                prints[(split, img["id"])] = found[img["id"]]
                 entries[(split, img["id"])] = {**img, "id": f"{split}:{img['id']}", "split": split}
-    return [[entries[key] for key in group] for group in near_groups(hashes, threshold)]
+    return [[entries[key] for key in group] for group in near_groups(prints, setting)]
 
 
 def straddling(groups: list[list[dict]]) -> list[list[dict]]:

@@ -12,9 +12,9 @@ straddles two splits. Within a key, units are shuffled (``seed``), larger groups
 goes to the split furthest below its share of that key (ties: furthest below its overall share).
 A class too small to reach every split gives a warning, not an error. Same seed, same split.
 
-Duplicates: by default each near-duplicate group (``medtune.data.duplicates``, within
-``near_threshold`` bits; exact copies included) is merged into one unit with the units of its
-images, so a copy of a test image never lands in train. ``--ignore-duplicates`` (``near_threshold=None``)
+Duplicates: by default each near-duplicate group (``medtune.data.duplicates`` with the setting
+``near``; exact copies included) is merged into one unit with the units of its images, so a copy of
+a test image never lands in train. ``--ignore-duplicates`` (``near=None``)
 turns this off; image files that cannot be read are left out of the grouping with a warning.
 """
 
@@ -52,7 +52,7 @@ def split_coco(
     seed: int = 0,
     images_dir: Path | None = None,
     group_by: str | None = None,
-    near_threshold: int | None = duplicates.DEFAULT_THRESHOLD,
+    near: duplicates.Setting | None = duplicates.Setting(),
 ) -> SplitResult:
     """Split ``coco_path`` into ``out_dir/{train,val,test}.json`` (see the module docstring)."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
@@ -62,10 +62,8 @@ def split_coco(
     keys = _image_keys(coco_path, coco)
     units = _units(coco_path, coco, group_by)
     groups, unreadable = [], []
-    if near_threshold is not None:
-        groups, unreadable = duplicates.image_groups(
-            coco["images"], images_dir, duplicates.check_threshold(near_threshold)
-        )
+    if near is not None:
+        groups, unreadable = duplicates.image_groups(coco["images"], images_dir, near)
         units = _merge_units(units, groups)
     strata: dict[tuple, list[tuple[object, int]]] = defaultdict(list)
     for unit, ids in units.items():
@@ -80,7 +78,8 @@ def split_coco(
         "val": val,
         "test": test,
         "group_by": group_by,
-        "near_threshold": near_threshold,
+        "near_threshold": None if near is None else near.threshold,
+        "near_similarity": None if near is None else near.min_similarity,
     }
     for split in SPLITS:
         chosen = set(image_ids[split])
@@ -225,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        threshold = None if args.ignore_duplicates else duplicates.check_threshold(args.near_threshold)
+        near = None if args.ignore_duplicates else duplicates.setting_from_args(args)
         result = split_coco(
             args.coco,
             args.out,
@@ -234,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             images_dir=args.images,
             group_by=args.group_by,
-            near_threshold=threshold,
+            near=near,
         )
     except cocoio.DataError as err:
         return cocoio.fail(err)
@@ -247,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         n_images = sum(map(len, result.duplicate_groups))
         print(
             f"duplicates: kept {len(result.duplicate_groups)} near-duplicate groups ({n_images} images) each inside one split "
-            f"(<= {threshold} bits)"
+            f"({near.label})"
         )
     print(f"split: wrote train.json, val.json, test.json to {args.out} (info.images_dir: {result.images_dir})")
     return 0

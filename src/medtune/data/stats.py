@@ -20,9 +20,7 @@ import numpy as np
 from medtune.data import cocoio, duplicates
 
 
-def coco_stats(
-    coco: dict, images_dir: Path | None = None, *, near_threshold: int = duplicates.DEFAULT_THRESHOLD
-) -> dict:
+def coco_stats(coco: dict, images_dir: Path | None = None, *, near: duplicates.Setting = duplicates.Setting()) -> dict:
     """Statistics of ``coco`` as a JSON-ready dict (see the module docstring)."""
     names = {c["id"]: c["name"] for c in coco["categories"]}  # unknown ids get "unknown id N" rows
     by_image: dict[int, list[dict]] = defaultdict(list)
@@ -56,16 +54,17 @@ def coco_stats(
         "images_without_annotations": no_annotation,
         "coverage": _quartiles(coverage),
         "sizes": _sizes(sizes),
-        "duplicate_groups": _duplicate_groups(coco, images_dir, near_threshold),
+        "duplicate_groups": _duplicate_groups(coco, images_dir, near),
     }
 
 
-def _duplicate_groups(coco: dict, images_dir: Path | None, threshold: int) -> dict:
+def _duplicate_groups(coco: dict, images_dir: Path | None, near: duplicates.Setting) -> dict:
     if images_dir is None:
         return {"groups": None}
-    groups, unreadable = duplicates.image_groups(coco["images"], images_dir, threshold)
+    groups, unreadable = duplicates.image_groups(coco["images"], images_dir, near)
     return {
-        "threshold": threshold,
+        "threshold": near.threshold,
+        "min_similarity": near.min_similarity,
         "groups": len(groups),
         "images": sum(map(len, groups)),
         "unreadable": len(unreadable),
@@ -148,7 +147,8 @@ def format_stats(stats: dict) -> str:
     dup = stats["duplicate_groups"]
     if dup["groups"] is not None:
         lines.append(
-            f"duplicate groups (near duplicates within {dup['threshold']} bits): {dup['groups']} groups, "
+            f"duplicate groups (near duplicates {duplicates.Setting(dup['threshold'], dup['min_similarity']).label}): "
+            f"{dup['groups']} groups, "
             f"{dup['images']} images" + (f"; {dup['unreadable']} image files unreadable" if dup["unreadable"] else "")
         )
     return "\n".join(lines)
@@ -166,8 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         coco = cocoio.require_keys(args.coco, cocoio.load_coco(args.coco))
-        threshold = duplicates.check_threshold(args.near_threshold)
-        stats = coco_stats(coco, cocoio.images_dir_for(args.coco, coco, args.images), near_threshold=threshold)
+        near = duplicates.setting_from_args(args)
+        stats = coco_stats(coco, cocoio.images_dir_for(args.coco, coco, args.images), near=near)
     except cocoio.DataError as err:
         return cocoio.fail(err)
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
