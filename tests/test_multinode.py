@@ -34,14 +34,18 @@ STARTED = "Ray runtime started"  # what ``ray start`` prints once its node is up
 
 
 def in_sessions(sids: set[int]) -> set[int]:
-    """Processes on this machine whose session id is one of ``sids`` (read from /proc/<pid>/stat)."""
+    """Live processes on this machine whose session id is one of ``sids`` (read from /proc/<pid>/stat).
+
+    Zombies are left out: a killed process whose parent is gone waits for PID 1 to reap it, which in
+    a container may never happen; it holds no resources and cannot be signalled.
+    """
     pids = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name: state ppid pgrp session
         except (OSError, IndexError):
             continue
-        if int(fields[3]) in sids:
+        if int(fields[3]) in sids and fields[0] not in ("Z", "X"):  # a zombie is dead, only not yet reaped
             pids.add(int(stat.parent.name))
     return pids
 
