@@ -91,7 +91,10 @@ def stop_nodes(nodes: list[subprocess.Popen]) -> set[int]:
             pass
     for node in nodes:
         node.wait(timeout=30)
-    time.sleep(1)
+    for _ in range(20):  # a SIGKILLed process can take a moment to leave (e.g. while it flushes to disk)
+        if not in_sessions(sids):
+            break
+        time.sleep(0.5)
     return in_sessions(sids)
 
 
