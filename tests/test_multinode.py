@@ -80,7 +80,7 @@ def stop_nodes(nodes: list[subprocess.Popen]) -> set[int]:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    for _ in range(60):
+    for _ in range(10):  # 5 s to stop gracefully (a raylet waits far longer for its workers), then SIGKILL
         if not in_sessions(sids):
             break
         time.sleep(0.5)
