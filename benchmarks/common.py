@@ -15,6 +15,17 @@ sys.path.insert(0, str(PROJECT_DIR))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 WORK = Path(os.environ.get("MEDTUNE_BENCH_DIR", "/tmp/medtune-bench"))
 SPLITS = ("train", "val", "test")
+# launch.py flags that keep a benchmark's launch inside WORK (the dataset synth_caches builds, n=300)
+WORK_ARGS = [
+    "--data",
+    str(WORK / "synth-n300"),
+    "--cache-dir",
+    str(WORK / "cache"),
+    "--tracking-uri",
+    f"sqlite:///{WORK / 'mlflow.db'}",
+    "--storage-path",
+    str(WORK / "runs"),
+]
 
 
 def load() -> str:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import PROJECT_DIR, WORK, load, rss_mb, synth_caches
+from common import PROJECT_DIR, WORK, WORK_ARGS, load, rss_mb, synth_caches
 from trial_overhead import EPOCHS, config_file
 
 
@@ -92,14 +92,7 @@ def measure(space: str, launch_args: list[str]) -> tuple[float, float]:
         str(out),
         "--",
         *launch_args,
-        "--data",
-        str(WORK / "synth-n300"),
-        "--cache-dir",
-        str(WORK / "cache"),
-        "--tracking-uri",
-        f"sqlite:///{WORK / 'mlflow.db'}",
-        "--storage-path",
-        str(WORK / "runs"),
+        *WORK_ARGS,
     ]
     proc = subprocess.Popen(
         cmd,

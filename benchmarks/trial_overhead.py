@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import PROJECT_DIR, WORK, load, median, synth_caches
+from common import PROJECT_DIR, WORK, WORK_ARGS, load, median, synth_caches
 
 CONFIG = {  # the whole_cls space at fixed values: resnet18, 64 px, 180 training images per epoch
     "model.name": "resnet18",
@@ -72,16 +72,6 @@ def run_bare(epochs: int) -> dict:
 def run_launch(tag: str, launch_args: list[str], *, reuse: bool = True, checkpoints: bool = True) -> dict:
     """Run ``launch.py`` under the phase timers; return the phases plus worker events."""
     out = WORK / f"launch-{tag}-{time.time():.0f}.json"
-    common = [
-        "--data",
-        str(WORK / "synth-n300"),
-        "--cache-dir",
-        str(WORK / "cache"),
-        "--tracking-uri",
-        f"sqlite:///{WORK / 'mlflow.db'}",
-        "--storage-path",
-        str(WORK / "runs"),
-    ]
     cmd = [
         sys.executable,
         str(PROJECT_DIR / "benchmarks" / "timed_launch.py"),
@@ -90,7 +80,7 @@ def run_launch(tag: str, launch_args: list[str], *, reuse: bool = True, checkpoi
         *([] if checkpoints else ["--no-checkpoint"]),
         "--",
         *launch_args,
-        *common,
+        *WORK_ARGS,
     ]
     env = {**os.environ, "BENCH_SPAWN": repr(time.time()), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
