@@ -155,10 +155,10 @@ class ClassificationTask(BaseTask):
         HiResCAM; NaN without a lesion, so comparisons can bootstrap it over images), ``cam_grid``
         (the CAM's h, w) and ``saliency_ceiling`` (the ``cam_ceiling`` IoU at that resolution).
         """
-        out = {"labels": batch["label"], "probs": torch.softmax(self.model(batch["image"]), dim=1)}
         if not self.has_cam:
-            return out
-        _, cams = self.cam(batch["image"], batch["label"])
+            return {"labels": batch["label"], "probs": torch.softmax(self.model(batch["image"]), dim=1)}
+        logits, cams = self.cam(batch["image"], batch["label"])  # one forward serves probabilities and CAMs
+        out = {"labels": batch["label"], "probs": torch.softmax(logits.detach(), dim=1)}
         iou, valid = hard_iou(cams, batch["mask"])
         out["saliency_iou"] = iou.where(valid, float("nan"))
         grid = self.cam_grid(batch["image"])
