@@ -13,6 +13,7 @@ Schema (every key checked; errors name the file and the key)::
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}
       train.weight_decay: {uniform: [0.0, 0.1]}
     budget: {num_samples: 8, max_epochs: 6, grace_period: 2, reduction_factor: 2, repeats: 3}
+    cv: {folds: 5}                # optional: every trial trains 5 folds of train+val (medtune.folds)
     smoke: {fixed: {...}, params: {...}, budget: {...}}       # merged over the above by --smoke
 """
 
@@ -28,7 +29,7 @@ from medtune import build
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"  # beside src/ in the checkout
 KINDS = ("choice", "uniform", "loguniform", "int")
-TOP_KEYS = {"task", "metric", "mode", "search", "fixed", "params", "budget", "smoke"}
+TOP_KEYS = {"task", "metric", "mode", "search", "fixed", "params", "budget", "cv", "smoke"}
 SEARCHES = ("tpe", "grid")  # tpe: Optuna TPE + ASHA; grid: every combination, no early stopping
 # repeats: seeds the winner is trained with (the search's run + repeats - 1 retrains; single-label
 # classification only), so its test score carries training variance; 1 keeps the search's run alone.
@@ -62,6 +63,7 @@ class SearchSpace:
     params: tuple[Param, ...]
     budget: dict[str, int]
     search: str = "tpe"
+    folds: int = 0  # cross-validation folds of train+val per trial (``cv.folds``); 0: train on train, select on val
 
     def possible_values(self, key: str) -> tuple:
         """Every value ``key`` can take (fixed value or choice list); empty if continuous or absent."""
@@ -137,6 +139,7 @@ def load_config(path: Path) -> SearchSpace:
         fixed=dict(raw["config"]),
         params=(),
         budget=_budget(path, budget),
+        folds=base.folds,
     )
     _check_keys(space)
     return space
@@ -178,6 +181,7 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
         params=params,
         budget=_budget(path, _mapping(path, raw, "budget")),
         search=search,
+        folds=_folds(path, _mapping(path, raw, "cv")),
     )
     _check_keys(space)
     _check_required_data(space)
@@ -233,6 +237,17 @@ def _check_range(where: str, kind: str, values: list) -> None:
         raise SpaceError(f"{where}: loguniform needs low > 0, got {low}")
     if kind == "int" and not all(isinstance(v, int) for v in values):
         raise SpaceError(f"{where}: int needs integer bounds, got {values}")
+
+
+def _folds(path: Path, raw: dict) -> int:
+    """``cv.folds``: an integer >= 2 (absent ``cv``: 0, no cross-validation)."""
+    unknown = set(raw) - {"folds"}
+    if unknown:
+        raise SpaceError(f"{path}: key 'cv.{sorted(unknown)[0]}': unknown; valid: folds")
+    folds = raw.get("folds", 0) if raw else 0
+    if raw and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise SpaceError(f"{path}: key 'cv.folds': expected an integer >= 2, got {folds!r}")
+    return folds
 
 
 def _budget(path: Path, raw: dict) -> dict[str, int]:
