@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train the winning configuration with this many seeds (--seed, --seed+1, ...) and report its test "
         "score over seeds and images (overrides the space's budget; single-label classification)",
     )
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="cross-validate every trial on K folds of train+val (K >= 2; 0 turns a space's cv block off); "
+        "costs K times the compute per trial; overrides the space's cv.folds",
+    )
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, the splits and every trial")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)

@@ -60,7 +60,7 @@ def test_reset_store_with_kept_cache_gets_fresh_masks(dataset, tmp_path: Path) -
         log_segmenter(uri, name, seed, tags)
         segmenter = _resolve_segmenter(MlflowClient(uri), dataset, LaunchOptions(space="masked_cls"))
         assert segmenter.version == "1"
-        files = _mask_caches(segmenter, dataset, [32], cache)
+        files, _ = _mask_caches(segmenter, dataset, [32], cache)
         probs.append(load_cache(files[32]["test"])["probs"])
     # Same name and version, other weights: the second launch computed its own masks.
     assert not torch.equal(probs[0], probs[1])

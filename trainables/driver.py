@@ -21,10 +21,12 @@ from ray.tune import ResultGrid, Tuner
 
 import medtune
 import trainables
+from medtune.crossval import FoldRecipe
 from medtune.leaderboard import counts, format_table, leaderboard
 from medtune.options import LaunchOptions
 from medtune.prepare import Prepared, prepare, start_parent_run
-from medtune.publish import BestTrial, champion_summary, publish_best
+from medtune.publish import BestTrial, Published, champion_summary, publish_best
+from medtune.publish_cv import publish_folds
 from medtune.tracking import (
     TRIAL_TAG,
     TrackingError,
@@ -73,6 +75,7 @@ def _context(prepared: Prepared, options: LaunchOptions) -> TrialContext:
         seed=options.seed,
         threads=max(1, int(options.cpus_per_trial)),
         precision=options.precision,
+        folds=prepared.folds,
     )
 
 
@@ -194,22 +197,23 @@ def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, gr
     """The trial with the best checkpoint score over all its epochs (failed trials excluded)."""
     space = prepared.space
     sign = 1.0 if space.mode == "max" else -1.0
-    best = None  # (signed score, result, checkpoint, score)
+    best = None  # (signed score, result, checkpoint, score, reported metrics)
     for result in grid:
         for checkpoint, metrics in (result.best_checkpoints or []) if result.error is None else []:
             score = float(metrics.get(space.metric, math.nan))
             if math.isfinite(score) and (best is None or sign * score > best[0]):
-                best = (sign * score, result, checkpoint, score)
+                best = (sign * score, result, checkpoint, score, metrics)
     if best is None:
         return None
-    _, result, checkpoint, score = best
+    _, result, checkpoint, score, metrics = best
     trial_id = result.metrics["trial_id"]
     exp_id = experiment_id(client, prepared.experiment, create=False)
     run_id = next(
         r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id
     )
-    local = Path(checkpoint.to_directory()) / CHECKPOINT_FILE
-    return BestTrial(run_id, flat_config(result.config), local, score)
+    folder = Path(checkpoint.to_directory())
+    local = folder if prepared.folds else folder / CHECKPOINT_FILE  # cross-validated: the folder of fold files
+    return BestTrial(run_id, flat_config(result.config), local, score, dict(metrics))
 
 
 def _finish(
@@ -226,25 +230,79 @@ def _finish(
     size = int(best.config["data.image_size"])
     is_seg = space.task == "segmentation"
     name = segmenter_name(prepared.dataset.name, prepared.dataset.fingerprint) if is_seg else None
-    published = publish_best(
+    version_tags = {"dataset": str(prepared.dataset.root), "dataset_fingerprint": prepared.dataset.fingerprint}
+    if prepared.folds:
+        recipe = FoldRecipe(
+            task=space.task,
+            config=best.config,
+            caches=size_caches[size],
+            pred_masks=(prepared.pred_masks or {}).get(size),
+            num_classes=prepared.dataset.num_classes,
+            epochs=space.budget["max_epochs"],
+            plan=prepared.folds,
+            seed=options.seed,
+            precision=options.precision,
+        )
+        published = publish_folds(
+            client,
+            parent_run_id=parent_run_id,
+            recipe=recipe,
+            best=best,
+            metric=space.metric,
+            mode=space.mode,
+            register_as=name,
+            version_tags=version_tags,
+        )
+    else:
+        published = _publish(client, prepared, options, parent_run_id, best, name, version_tags)
+    client.set_terminated(parent_run_id, "FINISHED")
+    _print_result(client, prepared, best, published, name)
+    return 0
+
+
+def _publish(
+    client: MlflowClient,
+    prepared: Prepared,
+    options: LaunchOptions,
+    parent_run_id: str,
+    best: BestTrial,
+    name: str | None,
+    version_tags: dict[str, str],
+) -> Published:
+    """The winner of a search without folds: tested, retrained with more seeds, logged (registered)."""
+    space, size = prepared.space, int(best.config["data.image_size"])
+    return publish_best(
         client,
         parent_run_id=parent_run_id,
         task=space.task,
         best=best,
-        caches=size_caches[size],
+        caches=prepared.caches[size],
         pred_masks=(prepared.pred_masks or {}).get(size),
         num_classes=prepared.dataset.num_classes,
         epochs=space.budget["max_epochs"],
         metric=space.metric,
         mode=space.mode,
         register_as=name,
-        version_tags={"dataset": str(prepared.dataset.root), "dataset_fingerprint": prepared.dataset.fingerprint},
+        version_tags=version_tags,
         seed=options.seed,
         repeats=space.budget["repeats"],
         precision=options.precision,
     )
-    client.set_terminated(parent_run_id, "FINISHED")
-    print(f"best trial: {best.run_id} {space.metric}={best.val_score:.4f}")
+
+
+def _print_result(
+    client: MlflowClient, prepared: Prepared, best: BestTrial, published: Published, name: str | None
+) -> None:
+    space = prepared.space
+    if prepared.folds:
+        k, sd = prepared.folds.folds, (best.metrics or {}).get(f"cv/sd/{space.metric}", math.nan)
+        print(
+            f"best trial: {best.run_id} {space.metric}={best.val_score:.4f} +/- {sd:.4f} "
+            f"(mean +/- sd over {k} folds of {len(prepared.folds.pool_ids)} train+val images)"
+        )
+        print(f"test split: the {k} fold models' ensemble; each fold model alone under test_fold<k>/*")
+    else:
+        print(f"best trial: {best.run_id} {space.metric}={best.val_score:.4f}")
     print("test split: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(published.test.items())))
     for metric, score in (published.seeds or {}).items():
         print(f"test {metric} {score}")
@@ -255,4 +313,3 @@ def _finish(
     print(
         f"see every trial: mlflow ui --backend-store-uri {prepared.tracking_uri}  (experiment '{prepared.experiment}')"
     )
-    return 0

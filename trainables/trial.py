@@ -7,8 +7,10 @@ can stop the trial after any epoch and ``--resume`` continues from the last chec
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import ray
@@ -16,6 +18,8 @@ import torch
 from ray import tune
 
 from medtune.build import build_datamodule, build_system
+from medtune.crossval import FoldRecipe, train_folds
+from medtune.data.folds import FoldPlan
 from medtune.trainer import make_trainer
 from trainables.sampling import flat_config
 
@@ -77,6 +81,7 @@ class TrialContext:
     seed: int
     threads: int
     precision: str  # Lightning precision, e.g. "32-true" or "16-mixed"
+    folds: FoldPlan | None = None  # cross-validation: caches (and pred_masks) then hold "pool" and "test"
 
 
 def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None = None) -> None:
@@ -89,6 +94,9 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
     """
     config = flat_config(config)
     torch.set_num_threads(context.threads)
+    if context.folds is not None:
+        run_folds(config, context)
+        return
     pl.seed_everything(context.seed, workers=True, verbose=False)
     size = int(config["data.image_size"])
     caches = context.caches[size]
@@ -106,3 +114,34 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
         return
     with checkpoint.as_directory() as folder:
         trainer.fit(system, datamodule=data, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
+
+
+def run_folds(config: dict, context: TrialContext) -> None:
+    """Cross-validated trial: the folds in lockstep (``medtune.crossval``), one report per round.
+
+    The report holds the fold means (the objective ASHA and TPE see), each fold's validation metrics
+    and their sd, and the folder of fold checkpoints; ``--resume`` continues from the last one.
+    """
+    size = int(config["data.image_size"])
+    recipe = FoldRecipe(
+        task=context.task,
+        config=config,
+        caches=context.caches[size],
+        pred_masks=(context.pred_masks or {}).get(size),
+        num_classes=context.num_classes,
+        epochs=context.max_epochs,
+        plan=context.folds,
+        seed=context.seed,
+        precision=context.precision,
+    )
+
+    def report(metrics: dict[str, float], finished: bool, folder: Path) -> None:
+        facts = {"early_stopped": float(finished), "node_id": ray.get_runtime_context().get_node_id()}
+        tune.report({**metrics, **facts}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    with tempfile.TemporaryDirectory() as work:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as saved:
+                shutil.copytree(saved, work, dirs_exist_ok=True)
+        train_folds(recipe, Path(work), report)

@@ -30,7 +30,7 @@ from medtune.tasks.base import BaseTask
 GROUPS = ("model", "loss", "train", "data")
 DRIVER_DATA_ARGS = {"image_size"}  # used by the driver to build caches, not by the data module
 # set by the platform, never searched (cam_*: the HiResCAM layer of the backbone, from CLS_SPECS)
-PROVIDED = {"caches", "pred_masks", "num_classes", "epochs", "cam_layer", "cam_reshape"}
+PROVIDED = {"caches", "pred_masks", "num_classes", "epochs", "cam_layer", "cam_reshape", "subsets"}
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -128,11 +128,17 @@ def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epo
 
 
 def build_datamodule(
-    config: dict, *, caches: dict[str, str], pred_masks: dict[str, str] | None = None, num_classes: int | None = None
+    config: dict,
+    *,
+    caches: dict[str, str],
+    pred_masks: dict[str, str] | None = None,
+    num_classes: int | None = None,
+    subsets: dict[str, list[int]] | None = None,
 ) -> CachedDataModule:
     """The data module over the driver-built caches for one trial configuration.
 
     ``num_classes`` sizes the multi-hot ``targets``; None lets the data module infer it from the caches.
+    ``subsets``: split -> rows of its cache (a cross-validation fold, ``medtune.crossval``).
     """
     args = {k: v for k, v in group_args(config, "data").items() if k not in DRIVER_DATA_ARGS}
-    return CachedDataModule(caches=caches, pred_masks=pred_masks, num_classes=num_classes, **args)
+    return CachedDataModule(caches=caches, pred_masks=pred_masks, num_classes=num_classes, subsets=subsets, **args)

@@ -24,6 +24,7 @@ class LaunchOptions:
     num_samples: int | None = None  # overrides the space's budget
     max_epochs: int | None = None  # overrides the space's budget
     repeats: int | None = None  # seeds the winner is trained with; overrides the space's budget
+    folds: int | None = None  # cross-validation folds (>= 2; 0 turns a space's cv off); overrides ``cv.folds``
     smoke: bool = False  # merge the space's smoke block
     seed: int = 0  # sampler, splits and every trial
     cpus_per_trial: float = 1.0

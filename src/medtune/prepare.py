@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from medtune import build
 from medtune.data.cache import build_cache, cache_path
 from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
+from medtune.data.folds import FoldPlan, plan_folds, pool_cache
 from medtune.options import LaunchOptions
 from medtune.spaces import SearchSpace, SpaceError, load_config, load_space
 from medtune.tracking import (
@@ -45,6 +46,12 @@ class Segmenter:
     run_id: str  # the run that logged the model: a random id, new for every model ever logged
     source: str  # where its artifacts are
     foreign: bool = False  # trained on another dataset's split (--allow-foreign-segmenter)
+    cv_folds: int = 0  # a cross-validated segmenter: its fold models give out-of-fold masks
+
+    @property
+    def out_of_fold(self) -> bool:
+        """Whether train/val masks come from the fold model that did not train on each image."""
+        return self.cv_folds >= 2
 
     @property
     def cache_key(self) -> str:
@@ -53,7 +60,8 @@ class Segmenter:
         A reset store (or another --tracking-uri) numbers its first segmenter v1 again; its run id
         and source differ, so its masks are computed afresh instead of reusing an old v1's.
         """
-        digest = hashlib.sha256(f"{self.run_id}|{self.source}|{self.image_size}".encode()).hexdigest()
+        oof = "|out-of-fold" if self.out_of_fold else ""
+        digest = hashlib.sha256(f"{self.run_id}|{self.source}|{self.image_size}{oof}".encode()).hexdigest()
         return f"{self.name}-v{self.version}-{digest[:12]}"
 
 
@@ -68,11 +76,17 @@ class Prepared:
     segmenter: Segmenter | None
     tracking_uri: str
     experiment: str
+    folds: FoldPlan | None = None  # cross-validation: caches and pred_masks also hold "pool"
+    mask_sources: dict[str, list[int]] | None = None  # split -> per image: fold model of its mask, -1: ensemble
 
 
 def load_and_override(options: LaunchOptions) -> SearchSpace:
     """The space with ``--num-samples`` / ``--max-epochs`` / ``--repeats`` applied over its budget (a new space)."""
     space = load_config(options.config) if options.config else load_space(options.space, smoke=options.smoke)
+    if options.folds is not None:
+        if options.folds == 1 or options.folds < 0:
+            raise SpaceError(f"--folds: expected an integer >= 2 (or 0: no cross-validation), got {options.folds}")
+        space = dataclasses.replace(space, folds=options.folds)
     overrides = {"num_samples": options.num_samples, "max_epochs": options.max_epochs, "repeats": options.repeats}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     for key, value in overrides.items():
@@ -144,8 +158,17 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
         segmenter = _resolve_segmenter(MlflowClient(tracking_uri), dataset, options)
     sizes = image_sizes(space)
     caches = {size: {s: str(build_cache(dataset, s, size, options.cache_dir)) for s in SPLITS} for size in sizes}
-    pred_masks = _mask_caches(segmenter, dataset, sizes, options.cache_dir) if segmenter else None
-    return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, options.experiment or space.name)
+    pred_masks, sources = _mask_caches(segmenter, dataset, sizes, options.cache_dir) if segmenter else (None, None)
+    folds = None
+    if space.folds:
+        folds = plan_folds(dataset, space.folds, seed=options.seed, cache_root=options.cache_dir)
+        print(f"[launch] {folds.describe()}")
+        for size in sizes:
+            caches[size]["pool"] = str(pool_cache(dataset, size, options.cache_dir))
+            if pred_masks:
+                pred_masks[size]["pool"] = str(concat_masks(pred_masks[size]))
+    experiment = options.experiment or space.name
+    return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, experiment, folds, sources)
 
 
 def _resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOptions) -> Segmenter:
@@ -171,24 +194,53 @@ def _resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOp
         )
     if foreign:
         print(f"[launch] warning: {uri} was trained on another dataset's split (--allow-foreign-segmenter)")
-    return Segmenter(uri, version.name, str(version.version), int(size), version.run_id or "", version.source, foreign)
+    cv_folds = int(version.tags.get("cv_folds", "0") or 0)
+    return Segmenter(
+        uri, version.name, str(version.version), int(size), version.run_id or "", version.source, foreign, cv_folds
+    )
 
 
-def _mask_caches(seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root: Path) -> dict[int, dict[str, str]]:
-    from medtune.segmenter_masks import build_mask_cache, load_segmenter
+def _mask_caches(
+    seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root: Path
+) -> tuple[dict[int, dict[str, str]], dict[str, list[int]]]:
+    """Mask caches per size and split, and per split the source of each image's mask.
 
-    model = None
+    Out-of-fold for a cross-validated segmenter (see ``medtune.segmenter_masks``); models are loaded
+    only when a cache is missing.
+    """
+    from medtune.segmenter_masks import ENSEMBLE, build_mask_cache, fold_models, load_segmenter, mask_sources
+
+    folds = fold_models(seg.run_id) if seg.out_of_fold else []
+    loaded: dict[int, object] = {}
+
+    def model(source: int):
+        if source not in loaded:
+            uri = seg.uri if source == ENSEMBLE else folds[source]["model_uri"]
+            if not loaded:
+                how = f", out-of-fold for train/val from its {len(folds)} fold models" if folds else ""
+                print(f"[launch] computing masks of {seg.uri} (version {seg.version}) once for all trials{how}")
+            loaded[source] = load_segmenter(uri)
+        return loaded[source]
+
     out: dict[int, dict[str, str]] = {}
+    sources: dict[str, list[int]] = {}
+    for split in SPLITS:
+        ids = load_records(dataset, split).image_ids
+        sources[split] = mask_sources(ids, folds) if split != "test" else [ENSEMBLE] * len(ids)
     for size in sizes:
         out[size] = {}
         for split in SPLITS:
             seg_images = build_cache(dataset, split, seg.image_size, cache_root)
             target = cache_root / "masks" / seg.cache_key / cache_path(dataset, split, size, cache_root).name
-            if not target.is_file() and model is None:
-                print(f"[launch] computing masks of {seg.uri} (version {seg.version}) once for all trials")
-                model = load_segmenter(seg.uri)
-            out[size][split] = str(build_mask_cache(model, seg_images, target, out_size=size))
-    return out
+            out[size][split] = str(build_mask_cache(model, seg_images, target, out_size=size, sources=sources[split]))
+    return out, sources
+
+
+def concat_masks(split_masks: dict[str, str]) -> Path:
+    """The pooled train+val mask cache (rows in ``FoldPlan.pool_ids`` order), for cross-validated trials."""
+    from medtune.data.folds import concat_caches, pool_path
+
+    return concat_caches([split_masks["train"], split_masks["val"]], pool_path(split_masks))
 
 
 def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: Path) -> str:
@@ -211,18 +263,26 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
             segmenter_uri=prepared.segmenter.uri,
             segmenter_version=f"{prepared.segmenter.name}/{prepared.segmenter.version}",
             segmenter_foreign=str(prepared.segmenter.foreign).lower(),
+            segmenter_masks="out-of-fold" if prepared.segmenter.out_of_fold else "one model",
         )
+    if prepared.folds:
+        tags["cv_folds_digest"] = prepared.folds.digest
     run = client.create_run(exp_id, run_name=f"launch-{ray_path.name}", tags=tags)
     params = {
         "metric": space.metric,
         "mode": space.mode,
         "seed": options.seed,
         **{f"budget.{k}": v for k, v in space.budget.items()},
+        **({"cv_folds": prepared.folds.folds} if prepared.folds else {}),
     }
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     client.log_text(run.info.run_id, space.path.read_text(), "search_space.yaml")
     client.log_dict(run.info.run_id, _versions(), "versions.json")
+    if prepared.folds:
+        client.log_dict(run.info.run_id, prepared.folds.as_json(), "folds.json")
+    if prepared.mask_sources:  # which model drew each image's mask (fold index; -1: the registered model)
+        client.log_dict(run.info.run_id, _sources_json(prepared), "mask_sources.json")
     params = [
         {"name": p.name, "kind": p.kind, "values": list(p.values), "when": {k: list(v) for k, v in p.when.items()}}
         for p in space.params
@@ -237,6 +297,14 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
     }
     client.log_text(run.info.run_id, json.dumps(resolved, indent=2), "resolved_space.json")
     return run.info.run_id
+
+
+def _sources_json(prepared: Prepared) -> dict:
+    splits = {}
+    for split, sources in (prepared.mask_sources or {}).items():
+        ids = load_records(prepared.dataset, split).image_ids
+        splits[split] = {"image_ids": ids, "sources": sources}
+    return {"segmenter": prepared.segmenter.uri if prepared.segmenter else None, "ensemble": -1, "splits": splits}
 
 
 def _versions() -> dict[str, str]:

@@ -35,8 +35,9 @@ class BestTrial:
 
     run_id: str  # its MLflow child run
     config: dict
-    checkpoint_file: Path
+    checkpoint_file: Path  # a cross-validated trial's checkpoint is the folder holding its fold files
     val_score: float
+    metrics: dict | None = None  # what the trial reported with that checkpoint (fold scores under cv)
 
 
 @dataclass(frozen=True)
@@ -77,29 +78,29 @@ def publish_best(
     )
     test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
     arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
-    test.update(_saliency_ceiling(client, parent_run_id, arrays))
+    test.update(saliency_ceiling(client, parent_run_id, arrays))
     recipe = Recipe(task, best.config, caches, pred_masks, num_classes, epochs, metric, mode, precision)
     scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats)
-    _log_predictions(client, parent_run_id, arrays)
+    log_predictions(client, parent_run_id, arrays)
     if system.has_cam:
-        _log_cam_overlays(client, parent_run_id, arrays)
-    client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in test.items()])
+        log_cam_overlays(client, parent_run_id, arrays)
+    client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in test.items()])
     client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
     client.set_tag(parent_run_id, "best_run_id", best.run_id)
     client.set_tag(best.run_id, "best", "true")
     for key, value in test.items():
         client.log_metric(best.run_id, key, value)
     size = int(best.config["data.image_size"])
-    info = _log_model(parent_run_id, system, size, register_as)
+    info = log_model(parent_run_id, system, size, register_as)
     if register_as is None:
         return Published(test, info.model_uri, seeds=scores)
     tags = {"val_score": repr(best.val_score), "metric": metric, "image_size": str(size), "run_id": best.run_id}
     version = str(info.registered_model_version)
-    promoted = _register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
+    promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
     return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores)
 
 
-def _register(
+def register(
     client: MlflowClient, run_id: str, name: str, version: str, tags: dict[str, str], best: BestTrial, mode: str
 ) -> bool:
     """Tag the new version ``name/version`` with what it was scored on and promote it if better."""
@@ -126,18 +127,18 @@ def _over_seeds(
         return None
     arrays.update(recipe.seed_predictions(arrays["probs"], seed=seed, repeats=repeats))
     scores = seed_scores(arrays["labels"].astype(int), arrays["probs_seeds"])
-    metrics = [_metric(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
+    metrics = [metric_entry(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
     client.log_batch(run_id, metrics=metrics)
     return scores
 
 
-def _log_model(run_id: str, system: BaseTask, size: int, register_as: str | None) -> ModelInfo:
-    """Log the winner's network on the run (and register it as ``register_as`` when given)."""
+def log_model(run_id: str, system: BaseTask, size: int, register_as: str | None, *, name: str = "model") -> ModelInfo:
+    """Log the winner's network on the run as ``name`` (and register it as ``register_as`` when given)."""
     example = np.zeros((2, 3, size, size), dtype=np.float32)
     with mlflow.start_run(run_id=run_id):
         return mlflow.pytorch.log_model(
             system.model.cpu().eval(),
-            name="model",
+            name=name,
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=register_as,
@@ -145,7 +146,7 @@ def _log_model(run_id: str, system: BaseTask, size: int, register_as: str | None
         )
 
 
-def _saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+def saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:
     """``test/saliency_iou_ceiling`` (mean over test images with a lesion) and the ``cam_grid`` tag.
 
     Logged beside ``test/saliency_iou`` so a reader sees how far from what the CAM's resolution
@@ -158,7 +159,7 @@ def _saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.nd
     return {"test/saliency_iou_ceiling": float(np.nanmean(arrays["saliency_ceiling"]))}
 
 
-def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+def log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
     """Log ``test_predictions.npz`` and, for a single-label classifier, the test confusion matrix."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "test_predictions.npz"
@@ -175,7 +176,7 @@ def _log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.nda
         )
 
 
-def _log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+def log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
     """HiResCAM overlays of the test images saved in the predictions (what the classifier looks at)."""
     from medtune.overlays import save_cam_overlays
 
@@ -184,7 +185,7 @@ def _log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.nd
         client.log_artifacts(run_id, folder, "cam_overlays")
 
 
-def _metric(key: str, value: float) -> Metric:
+def metric_entry(key: str, value: float) -> Metric:
     return Metric(key, value, int(time.time() * 1000), 0)
 
 

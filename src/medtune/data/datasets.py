@@ -80,6 +80,8 @@ class CachedDataset(Dataset):
         mask_mode: ``none``, ``soft``, ``hard`` or ``crop`` (how ``pred_masks`` is applied to the image).
         mask_threshold: threshold on the probability for ``hard`` and ``crop``.
         crop_margin: for ``crop``, margin around the box as a share of its longer side.
+        rows: only these rows of the cache, in this order (a cross-validation fold of the pooled
+            train+val cache, ``medtune.data.folds``); None: every row.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class CachedDataset(Dataset):
         mask_mode: str = "none",
         mask_threshold: float = 0.5,
         crop_margin: float = 0.1,
+        rows: list[int] | None = None,
     ) -> None:
         if mask_mode not in MASK_MODES:
             raise ValueError(f"unknown mask_mode '{mask_mode}'; valid: {', '.join(MASK_MODES)}")
@@ -100,20 +103,24 @@ class CachedDataset(Dataset):
         if crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
         data = load_cache(cache_file)
-        self.images, self.masks, self.labels = data["images"], data["masks"], data["labels"]
+        self.rows = list(range(data["images"].shape[0])) if rows is None else list(rows)
+        index = torch.tensor(self.rows, dtype=torch.long)
+        # images stay memory-mapped (read per item through ``rows``); masks and labels are small
+        self.images, self.masks = data["images"], data["masks"][index]
+        self.labels = [data["labels"][row] for row in self.rows]
         self.pred = load_cache(pred_masks)["probs"] if mask_mode != "none" else None
         self.transform, self.mask_mode, self.mask_threshold = transform, mask_mode, mask_threshold
         self.num_classes, self.crop_margin = num_classes, crop_margin
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.rows)
 
     def _view(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 image and ground-truth mask the network sees, before augmentation (see ``mask_mode``)."""
-        image, mask = self.images[index], self.masks[index]
+        image, mask = self.images[self.rows[index]], self.masks[index]
         if self.pred is None:
             return image, mask
-        prob = self.pred[index].float() / 255.0
+        prob = self.pred[self.rows[index]].float() / 255.0
         if self.mask_mode == "crop":
             box = crop_box(prob >= self.mask_threshold, self.crop_margin)
             if box is None:  # nothing predicted: keep the whole image
@@ -155,6 +162,8 @@ class CachedDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers (0 keeps trials light; items are cheap tensor slices).
         num_classes: classes of the dataset (set by the platform); None infers 1 + the largest class
             index in any split, which misses classes listed last in the COCO file with no image.
+        subsets: split name -> the rows of that split's cache to use (set by the platform for a
+            cross-validation fold: ``train`` and ``val`` both read the pooled cache); None: all rows.
     """
 
     def __init__(
@@ -171,13 +180,14 @@ class CachedDataModule(pl.LightningDataModule):
         sampler_floor: float = 0.05,
         num_workers: int = 0,
         num_classes: int | None = None,
+        subsets: dict[str, list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.caches, self.pred_masks = caches, pred_masks or {}
         self.batch_size, self.augment, self.num_workers = batch_size, augment, num_workers
         self.mask_mode, self.mask_threshold, self.crop_margin = mask_mode, mask_threshold, crop_margin
         self.sampler, self.sampler_floor = lookup(SAMPLERS, "sampler", sampler), sampler_floor
-        self.num_classes = num_classes
+        self.num_classes, self.subsets = num_classes, subsets or {}
 
     def _classes(self) -> int:
         if self.num_classes is None:
@@ -195,6 +205,7 @@ class CachedDataModule(pl.LightningDataModule):
             mask_mode=self.mask_mode,
             mask_threshold=self.mask_threshold,
             crop_margin=self.crop_margin,
+            rows=self.subsets.get(split),
         )
 
     def _loader(self, split: str) -> DataLoader:

@@ -59,18 +59,14 @@ def split_coco(
         raise cocoio.DataError(f"--val {val} --test {test}: fractions must be >= 0 and sum to less than 1")
     coco = cocoio.require_keys(coco_path, cocoio.load_coco(coco_path))
     images_dir = cocoio.images_dir_for(coco_path, coco, images_dir)
-    keys = _image_keys(coco_path, coco)
-    units = _units(coco_path, coco, group_by)
+    keys = image_keys(coco_path, coco)
+    units = units_of(coco_path, coco, group_by)
     groups, unreadable = [], []
     if near is not None:
         groups, unreadable = duplicates.image_groups(coco["images"], images_dir, near)
-        units = _merge_units(units, groups)
-    strata: dict[tuple, list[tuple[object, int]]] = defaultdict(list)
-    for unit, ids in units.items():
-        key = min(Counter(keys[i] for i in ids).most_common(), key=lambda kc: (-kc[1], kc[0]))[0]
-        strata[key].append((unit, len(ids)))
+        units = merge_units(units, groups)
     shares = {"train": 1 - val - test, "val": val, "test": test}
-    where = _allocate(strata, shares, random.Random(seed))
+    where = allocate(strata_of(units, keys), shares, random.Random(seed))
     image_ids = {s: sorted(i for unit, ids in units.items() if where[unit] == s for i in ids) for s in SPLITS}
     info = {
         "source": str(Path(coco_path).resolve()),
@@ -105,7 +101,7 @@ def split_coco(
     return result
 
 
-def _image_keys(path: Path, coco: dict) -> dict[int, tuple[str, ...]]:
+def image_keys(path: Path, coco: dict) -> dict[int, tuple[str, ...]]:
     """Sorted category names of each image; errors on duplicate ids and unknown categories."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
     labels: dict[int, set[str]] = {}
@@ -125,7 +121,7 @@ def _image_keys(path: Path, coco: dict) -> dict[int, tuple[str, ...]]:
     return {i: tuple(sorted(s)) for i, s in labels.items()}
 
 
-def _units(path: Path, coco: dict, group_by: str | None) -> dict[object, list[int]]:
+def units_of(path: Path, coco: dict, group_by: str | None) -> dict[object, list[int]]:
     """Image ids per unit: one image each, or the images sharing ``image[group_by]``."""
     if group_by is None:
         return {("image", img["id"]): [img["id"]] for img in coco["images"]}
@@ -140,7 +136,7 @@ def _units(path: Path, coco: dict, group_by: str | None) -> dict[object, list[in
     return units
 
 
-def _merge_units(units: dict[object, list[int]], groups: list[list[dict]]) -> dict[object, list[int]]:
+def merge_units(units: dict[object, list[int]], groups: list[list[dict]]) -> dict[object, list[int]]:
     """``units`` with the units of each duplicate group's images merged into one (keyed by its first)."""
     keys = list(units)
     index = {unit: k for k, unit in enumerate(keys)}
@@ -153,9 +149,19 @@ def _merge_units(units: dict[object, list[int]], groups: list[list[dict]]) -> di
     return merged
 
 
-def _allocate(strata: dict[tuple, list[tuple[object, int]]], shares: dict[str, float], rng: random.Random) -> dict:
-    """Split of each unit: largest strata first, each unit to the split most behind its share."""
-    active = [s for s in SPLITS if shares[s] > 0]
+def strata_of(units: dict[object, list[int]], keys: dict[int, tuple[str, ...]]) -> dict[tuple, list[tuple[object, int]]]:
+    """Units by stratum (the most common class key of their images) as ``(unit, images)`` pairs."""
+    strata: dict[tuple, list[tuple[object, int]]] = defaultdict(list)
+    for unit, ids in units.items():
+        key = min(Counter(keys[i] for i in ids).most_common(), key=lambda kc: (-kc[1], kc[0]))[0]
+        strata[key].append((unit, len(ids)))
+    return strata
+
+
+def allocate(strata: dict[tuple, list[tuple[object, int]]], shares: dict[str, float], rng: random.Random) -> dict:
+    """Part of each unit (a key of ``shares``: a split, or a fold): largest strata first, each unit to the
+    part most behind its share."""
+    active = [s for s in shares if shares[s] > 0]
     total = sum(size for units in strata.values() for _, size in units)
     overall = dict.fromkeys(active, 0)
     where = {}

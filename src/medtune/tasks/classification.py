@@ -56,6 +56,7 @@ class ClassificationTask(BaseTask):
     """
 
     report_kind = "classification"
+    activation = "softmax"
     platform_args = ("epochs", "num_classes", "cam_layer", "cam_reshape")
 
     def __init__(

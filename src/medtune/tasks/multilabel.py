@@ -60,6 +60,7 @@ class MultiLabelTask(BaseTask):
     """
 
     report_kind = "multilabel"
+    activation = "sigmoid"
     platform_args = ("epochs", "num_classes")
 
     def __init__(

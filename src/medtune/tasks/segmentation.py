@@ -40,6 +40,7 @@ class SegmentationTask(BaseTask):
     """
 
     report_kind = "segmentation"
+    activation = "sigmoid"
 
     def __init__(self, model, loss, *, threshold: float = 0.5, **train_args) -> None:
         self.threshold = threshold

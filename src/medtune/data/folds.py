@@ -1,0 +1,158 @@
+"""Cross-validation folds of a dataset's train and val splits (the test split is never touched).
+
+The train and val images are pooled and cut into K folds with the rules ``split`` uses for the
+train/val/test split (``medtune.data.split``): stratified by each image's class key, and never
+separating a unit, where a unit is an image, the images sharing the ``group_by`` field the split was
+made with (``info.split.group_by``), and every near-duplicate group (``medtune.data.duplicates``,
+default setting) merged with the units of its images. Same dataset, K and seed: same folds.
+
+The pool is also a cache file (``pool_cache``): the train split's images, then the val split's, so a
+fold is a list of row indices into it. ``FoldPlan.digest`` names the assignment: two launches with
+equal digests trained and scored their folds on the same images, so they can be compared fold by fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medtune.data import cocoio, duplicates, split
+from medtune.data.cache import build_cache, load_cache, save_tensors
+from medtune.data.coco import DataError, Dataset
+
+POOL = ("train", "val")
+PLAN_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """K folds over the pooled train+val images.
+
+    Args:
+        folds: K.
+        seed: the launch's seed the assignment was drawn with.
+        pool_ids: image ids in pool order (train split's images, then val's): the rows of ``pool_cache``.
+        fold_of: the fold that holds each pool image out (same order as ``pool_ids``).
+        duplicate_groups: near-duplicate groups of the pool, each kept inside one fold.
+    """
+
+    folds: int
+    seed: int
+    pool_ids: tuple[int, ...]
+    fold_of: tuple[int, ...]
+    duplicate_groups: int = 0
+
+    @property
+    def digest(self) -> str:
+        """16 hex digits naming the assignment (which image is held out by which fold)."""
+        pairs = sorted(zip(self.pool_ids, self.fold_of))
+        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+
+    def val_indices(self, k: int) -> list[int]:
+        """Pool rows fold ``k`` holds out (scores on)."""
+        return [row for row, fold in enumerate(self.fold_of) if fold == k]
+
+    def train_indices(self, k: int) -> list[int]:
+        """Pool rows fold ``k`` trains on."""
+        return [row for row, fold in enumerate(self.fold_of) if fold != k]
+
+    def val_image_ids(self, k: int) -> list[int]:
+        return [self.pool_ids[row] for row in self.val_indices(k)]
+
+    def as_json(self) -> dict:
+        """What the launch logs as ``folds.json`` (analyze.py reads it to pair and size the folds)."""
+        return {
+            "folds": self.folds,
+            "seed": self.seed,
+            "digest": self.digest,
+            "pool_size": len(self.pool_ids),
+            "duplicate_groups": self.duplicate_groups,
+            "val_image_ids": [self.val_image_ids(k) for k in range(self.folds)],
+        }
+
+    def describe(self) -> str:
+        """One line: folds, pooled images and the images each fold holds out."""
+        sizes = "/".join(str(len(self.val_indices(k))) for k in range(self.folds))
+        return (
+            f"{self.folds}-fold cross-validation over {len(self.pool_ids)} train+val images "
+            f"(held out per fold: {sizes}; {self.duplicate_groups} near-duplicate groups kept within a fold; "
+            f"digest {self.digest})"
+        )
+
+
+def plan_folds(dataset: Dataset, folds: int, *, seed: int, cache_root: Path) -> FoldPlan:
+    """The folds of ``dataset``'s train+val images (computed once, then read from ``cache_root/folds``)."""
+    key = hashlib.sha256(f"{PLAN_VERSION}|{dataset.fingerprint}|{folds}|{seed}".encode()).hexdigest()[:16]
+    path = Path(cache_root) / "folds" / f"{dataset.name}-{key}.json"
+    if path.is_file():
+        raw = json.loads(path.read_text())
+        return FoldPlan(folds, seed, tuple(raw["pool_ids"]), tuple(raw["fold_of"]), raw["duplicate_groups"])
+    plan = _plan(dataset, folds, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cocoio.write_json_atomic(
+        path, {"pool_ids": plan.pool_ids, "fold_of": plan.fold_of, "duplicate_groups": plan.duplicate_groups}
+    )
+    return plan
+
+
+def _plan(dataset: Dataset, folds: int, seed: int) -> FoldPlan:
+    cocos = {s: cocoio.load_coco(dataset.coco_files[s]) for s in POOL}
+    pooled = {
+        "images": cocos["train"]["images"] + cocos["val"]["images"],
+        "annotations": cocos["train"]["annotations"] + cocos["val"]["annotations"],
+        "categories": cocos["train"]["categories"],
+    }
+    pool_ids = [img["id"] for img in pooled["images"]]
+    both = set(img["id"] for img in cocos["train"]["images"]) & set(img["id"] for img in cocos["val"]["images"])
+    if both:
+        raise DataError(
+            f"{dataset.coco_files['val']}: image id {min(both)} is also in {dataset.coco_files['train']}; "
+            "cross-validation pools train and val and needs ids unique across them"
+        )
+    where = dataset.coco_files["train"]
+    recorded = (cocos["train"].get("info") or {}).get("split")  # written by ``split``; a name elsewhere
+    group_by = recorded.get("group_by") if isinstance(recorded, dict) else None
+    units = split.units_of(where, pooled, group_by)
+    files = {s: dataset.coco_files[s] for s in POOL}
+    groups = duplicates.split_groups(files, {s: dataset.images_dirs[s] for s in POOL}, duplicates.Setting())
+    groups = [[{**img, "id": int(str(img["id"]).split(":", 1)[1])} for img in group] for group in groups]
+    units = split.merge_units(units, groups)
+    if len(units) < folds:
+        raise DataError(
+            f"{where}: {folds} folds need at least {folds} independent units (images, groups); the pool has {len(units)}"
+        )
+    shares = {k: 1.0 / folds for k in range(folds)}
+    assigned = split.allocate(split.strata_of(units, split.image_keys(where, pooled)), shares, random.Random(seed))
+    fold_of_id = {i: assigned[unit] for unit, ids in units.items() for i in ids}
+    return FoldPlan(folds, seed, tuple(pool_ids), tuple(fold_of_id[i] for i in pool_ids), len(groups))
+
+
+def concat_caches(files: list[str | Path], out: Path) -> Path:
+    """One cache file holding the rows of ``files`` in order (tensors concatenated, lists joined); built once."""
+    out = Path(out)
+    if out.is_file():
+        return out
+    parts = [load_cache(f) for f in files]
+    joined = {}
+    for key, value in parts[0].items():
+        values = [p[key] for p in parts]
+        joined[key] = torch.cat(values) if isinstance(value, torch.Tensor) else [v for part in values for v in part]
+    return save_tensors(joined, out)
+
+
+def pool_path(split_files: dict[str, str | Path]) -> Path:
+    """Where the pool of the train and val cache (or mask) files goes: beside them, named after both."""
+    train, val = Path(split_files["train"]), Path(split_files["val"])
+    digest = hashlib.sha256(f"{train.name}|{val.name}".encode()).hexdigest()[:12]
+    return train.parent / f"pool-{digest}{train.suffix}"
+
+
+def pool_cache(dataset: Dataset, size: int, cache_root: Path) -> Path:
+    """The image cache of the pooled train+val images at ``size`` px (rows in ``FoldPlan.pool_ids`` order)."""
+    files = {s: build_cache(dataset, s, size, cache_root) for s in POOL}
+    return concat_caches([files["train"], files["val"]], pool_path(files))
