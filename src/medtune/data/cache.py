@@ -4,38 +4,39 @@ Images are letterboxed: the longest side is resized to ``size`` and the rest pad
 lesions keep their shape. The cache file holds uint8 ``images`` [N,3,S,S], ``masks`` [N,1,S,S]
 (lesion = 1), the label sets and the image ids.
 Trials open it with ``torch.load(mmap=True, weights_only=True)``, so memory is shared, not copied.
+Images are decoded by ``medtune.data.imageio.read_image`` (EXIF orientation, 16-bit and DICOM scaling).
+
+The file name's key covers the split's content digest (its COCO file and every image's bytes,
+``medtune.data.coco``), so replacing an image builds a new file. Every file written by
+:func:`save_tensors` gets a sidecar ``<file>.sha256`` (its byte size and sha256, written after the
+data); :func:`cache_ok` checks both on open (sha256 of 100 MB took 0.08 s here, from page cache), and
+:func:`build_cache` rebuilds a file that fails, saying why. A file without a sidecar (written before
+checksums, or by another tool) cannot be verified and is rebuilt once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medtune.data.coco import DataError, Dataset, Records, load_records
+from medtune.data.coco import Dataset, Records, load_records
 from medtune.data.cocoio import atomic_file, segmentation_mask
+from medtune.data.imageio import read_image
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: images decoded by imageio.read_image (EXIF, 16-bit, DICOM); key covers image bytes
+SIDECAR = ".sha256"  # suffix added to a cache file's name for its size and checksum
 
 
 def cache_path(dataset: Dataset, split: str, size: int, cache_root: Path) -> Path:
-    """Where the cache of ``split`` at ``size`` px lives; the key covers the COCO file and images dir."""
-    digest = hashlib.sha256(dataset.coco_files[split].read_bytes()).hexdigest()
+    """Where the cache of ``split`` at ``size`` px lives; the key covers the COCO file, images and images dir."""
+    digest = dataset.content_digests[split]
     key = hashlib.sha256(f"{CACHE_VERSION}|{digest}|{dataset.images_dirs[split]}|{size}".encode()).hexdigest()[:16]
     return cache_root / "data" / f"{dataset.name}-{split}-{size}px-{key}.pt"
-
-
-def _decode(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: unreadable image ({err})") from None
 
 
 def _mask(segmentations: list, height: int, width: int) -> np.ndarray:
@@ -47,10 +48,53 @@ def _mask(segmentations: list, height: int, width: int) -> np.ndarray:
 
 
 def save_tensors(tensors: dict, path: Path) -> Path:
-    """``torch.save`` through ``cocoio.atomic_file``: concurrent builders never see half a file."""
+    """``torch.save`` through ``cocoio.atomic_file``, then the sidecar with its size and sha256.
+
+    Concurrent builders never see half a file; a process killed between the two writes leaves a
+    file that :func:`cache_ok` rejects, so it is rebuilt.
+    """
+    path = Path(path)
     with atomic_file(path) as tmp:
         torch.save(tensors, tmp)
+        record = {"bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
+    with atomic_file(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     return path
+
+
+def sidecar_path(path: Path) -> Path:
+    """The sidecar of cache file ``path``: ``<file>.sha256``."""
+    return Path(path).with_name(Path(path).name + SIDECAR)
+
+
+def cache_problem(path: Path) -> str | None:
+    """Why the cache file ``path`` cannot be trusted, or None when its size and sha256 match its sidecar."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        record = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        expected, checksum = int(record["bytes"]), str(record["sha256"])
+    except FileNotFoundError:
+        return f"unverifiable (no checksum file {sidecar_path(path).name}: written before cache checksums)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"corrupt or truncated (bad checksum file {sidecar_path(path).name}: {type(err).__name__})"
+    actual = path.stat().st_size
+    if actual != expected:
+        return f"corrupt or truncated ({actual} bytes, checksum file says {expected})"
+    if _sha256(path) != checksum:
+        return "corrupt or truncated (sha256 differs from its checksum file)"
+    return None
+
+
+def cache_ok(path: Path) -> bool:
+    """Whether the cache file ``path`` exists and matches its sidecar (byte size, then full sha256)."""
+    return cache_problem(path) is None
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def letterbox(img: Image.Image, size: int, resample: int) -> np.ndarray:
@@ -71,7 +115,7 @@ def _encode_split(records: Records, size: int) -> dict[str, torch.Tensor]:
     images = torch.zeros((n, 3, size, size), dtype=torch.uint8)
     masks = torch.zeros((n, 1, size, size), dtype=torch.uint8)
     for i, path in enumerate(records.paths):
-        img = _decode(path)
+        img = read_image(path)
         mask = Image.fromarray(_mask(records.segmentations[i], img.height, img.width) * 255)
         arr = letterbox(img, size, Image.BILINEAR)
         marr = letterbox(mask, size, Image.BILINEAR)
@@ -84,7 +128,10 @@ def build_cache(dataset: Dataset, split: str, size: int, cache_root: Path) -> Pa
     """Build (once) and return the cache file of ``split`` at ``size`` px."""
     path = cache_path(dataset, split, size, cache_root)
     if path.is_file():
-        return path
+        problem = cache_problem(path)
+        if problem is None:
+            return path
+        print(f"[cache] {path}: {problem}; rebuilding", flush=True)
     records = load_records(dataset, split)
     tensors = _encode_split(records, size)
     tensors["labels"] = [torch.tensor(labels, dtype=torch.long) for labels in records.labels]

@@ -6,6 +6,8 @@ the annotation for reference and polygon problems; the category entry for duplic
 Annotations of dropped images are dropped, then images left without annotations. An annotation
 with segmentation ``[]`` and area 0 means "image without lesion" (BUSI normal images): not a problem.
 
+Images are decoded as training decodes them (``medtune.data.imageio.read_image``: EXIF orientation,
+16-bit and DICOM scaling), so sizes are the upright ones and DICOM files are checked like the others.
 ``check_coco(..., fast=True)`` never opens an image (no size, readability or duplicate checks):
 the pre-training path. Exit status: 0 clean, 1 problems found (also with ``--fix``), 2 bad input.
 
@@ -20,11 +22,13 @@ and is a problem (exit 1).
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 
 from medtune.data import cocoio, duplicates
 from medtune.data.fix import fix_coco, removed_path
+from medtune.data.imageio import read_image
 from medtune.data.problems import KINDS, Problem, Report, print_report
 
 __all__ = ["KINDS", "Problem", "Report", "check_coco", "fix_coco", "print_report", "removed_path"]
@@ -125,9 +129,9 @@ def _check_files(report: Report, indices: list[int]) -> None:
         img = report.coco["images"][i]
         path = report.images_dir / img["file_name"]
         try:
-            digest, (width, height) = cocoio.pixel_hash(path)
-        except Exception as err:  # PIL raises many types for broken files
-            _image_problem(report, i, "unreadable_file", f"cannot decode {path} ({type(err).__name__})")
+            digest, (width, height) = pixel_hash(path)
+        except cocoio.DataError as err:
+            _image_problem(report, i, "unreadable_file", str(err))
             continue
         if (width, height) != (img["width"], img["height"]):
             _image_problem(
@@ -138,6 +142,17 @@ def _check_files(report: Report, indices: list[int]) -> None:
         if first is not img:
             _image_problem(report, i, "duplicate_content", f"same pixels as image {first['id']} ({first['file_name']})")
     report.duplicate_groups = [members for members in groups.values() if len(members) > 1]
+
+
+def pixel_hash(path: Path) -> tuple[str, tuple[int, int]]:
+    """sha256 of the pixels ``imageio.read_image`` gives (upright 8-bit RGB) and their ``(width, height)``.
+
+    So grey and grey-RGB copies, or a PNG and its lossless TIFF, hash alike: the model sees the same input.
+    """
+    img = read_image(path)
+    digest = hashlib.sha256(f"{img.size}".encode())
+    digest.update(img.tobytes())
+    return digest.hexdigest(), img.size
 
 
 def _image_problem(report: Report, index: int, kind: str, detail: str) -> None:

@@ -5,6 +5,12 @@ A dataset is either a folder holding ``train.json``, ``val.json`` and ``test.jso
 deterministically, into train/val/test (stratified by class). ``file_name`` entries are relative to
 the images folder. A split may name its image folder explicitly in ``info.images_dir`` (written by
 ``python -m medtune.data split``).
+
+The dataset fingerprint and the training caches' keys cover the images' bytes, not only the COCO files:
+each split's content digest is a sha256 over its COCO file's bytes and, in the file's image order,
+each referenced image's name and sha256 (a missing or unreadable file, or one outside the image
+folder, counts as its name and a marker; ``check`` reports those). Replacing an image file therefore
+changes the fingerprint and the cache files.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data.cocoio import DataError, images_dir_for, load_coco
+from medtune.data.cocoio import DataError, escapes, images_dir_for, load_coco
 
 SPLITS = ("train", "val", "test")
 
@@ -31,6 +37,7 @@ class Dataset:
     categories: list[str]
     category_ids: list[int]
     fingerprint: str
+    content_digests: dict[str, str]  # per split: sha256 of its COCO file and its images' bytes
 
     @property
     def num_classes(self) -> int:
@@ -48,12 +55,33 @@ class Records:
     sizes: list[tuple[int, int]]  # (height, width) from the JSON
 
 
-def _fingerprint(files: dict[str, Path]) -> str:
+def _fingerprint(digests: dict[str, str]) -> str:
+    """The dataset's fingerprint: one hash over every split's :func:`_content_digest`."""
     digest = hashlib.sha256()
     for split in SPLITS:
-        digest.update(split.encode())
-        digest.update(files[split].read_bytes())
+        digest.update(f"{split}:{digests[split]}|".encode())
     return digest.hexdigest()[:12]
+
+
+def _content_digest(coco_file: Path, coco: dict, images_dir: Path) -> str:
+    """sha256 over the COCO file's bytes, then each image entry's file name and file sha256, in order."""
+    digest = hashlib.sha256(coco_file.read_bytes())
+    for img in coco["images"]:
+        name = img.get("file_name") if isinstance(img, dict) else None
+        digest.update(f"\0{name}\0".encode())
+        digest.update(_file_digest(images_dir, name))
+    return digest.hexdigest()
+
+
+def _file_digest(images_dir: Path, name: object) -> bytes:
+    """sha256 of the image file ``name`` under ``images_dir``; a marker when it cannot be read there."""
+    if not isinstance(name, str) or escapes(name):
+        return b"outside"  # never open files outside the image folder
+    try:
+        with open(images_dir / name, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").digest()
+    except (OSError, ValueError):  # missing, a folder, a name with a NUL byte
+        return b"unreadable"
 
 
 def resolve_dataset(data: Path, *, cache_root: Path, seed: int = 0) -> Dataset:
@@ -79,14 +107,17 @@ def resolve_dataset(data: Path, *, cache_root: Path, seed: int = 0) -> Dataset:
     for split, content in contents.items():
         if not content["images"]:
             raise DataError(f"{files[split]}: 'images' is empty (every split needs images)")
+    images_dirs = {split: images_dir_for(files[split], contents[split]) for split in SPLITS}
+    digests = {split: _content_digest(files[split], contents[split], images_dirs[split]) for split in SPLITS}
     return Dataset(
         name=data.name,
         root=data,
         coco_files=files,
-        images_dirs={split: images_dir_for(files[split], contents[split]) for split in SPLITS},
+        images_dirs=images_dirs,
         categories=[c["name"] for c in categories],
         category_ids=[c["id"] for c in categories],
-        fingerprint=_fingerprint(files),
+        fingerprint=_fingerprint(digests),
+        content_digests=digests,
     )
 
 

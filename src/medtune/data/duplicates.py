@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from medtune.data import cocoio
+from medtune.data.imageio import read_image
 from medtune.data.similarity import pair_similarity, thumbnail
 
 HASH_BITS = 128  # 64 pHash bits + 64 dHash bits
@@ -119,12 +120,8 @@ def image_fingerprint(image: object) -> Fingerprint:
 
 
 def file_fingerprint(path: Path) -> Fingerprint:
-    """:func:`image_fingerprint` of the file at ``path``; raises ``OSError``/``ValueError`` if unreadable."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        return image_fingerprint(img)
+    """:func:`image_fingerprint` of the file as ``imageio.read_image`` decodes it; raises ``DataError`` if unreadable."""
+    return image_fingerprint(read_image(path))
 
 
 def near_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int]]:

@@ -1,9 +1,9 @@
 """``stats``: class counts, label sets, mask coverage and image sizes of one COCO file.
 
 Image sizes come from the JSON's width/height (the image header is read, from ``--images``, only
-for entries without them). Mask coverage of an image is the summed area of its annotations (the
-``area`` field, else the polygons' area) over width x height, capped at 1; the distribution is over
-images with a lesion. An image "without lesion" has annotations whose segmentations are all empty.
+for entries without them: ``imageio.image_size``, upright, DICOM included). Mask coverage of an
+image is the summed area of its annotations (the ``area`` field, else the polygons' area) over
+width x height, capped at 1; the distribution is over images with a lesion. An image "without lesion" has annotations whose segmentations are all empty.
 Duplicate groups (``medtune.data.duplicates``) are counted when the image folder is known; images
 whose files cannot be read are counted as ``unreadable`` and left out.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medtune.data import cocoio, duplicates
+from medtune.data.imageio import image_size
 
 
 def coco_stats(coco: dict, images_dir: Path | None = None, *, near: duplicates.Setting = duplicates.Setting()) -> dict:
@@ -76,12 +77,9 @@ def _size(img: dict, images_dir: Path | None) -> tuple[int, int]:
         return img["width"], img["height"]
     if images_dir is None:
         return 0, 0
-    from PIL import Image
-
     try:
-        with Image.open(images_dir / img["file_name"]) as opened:
-            return opened.size
-    except OSError:
+        return image_size(images_dir / img["file_name"])
+    except cocoio.DataError:
         return 0, 0
 
 
