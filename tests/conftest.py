@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CLS_ARGS, Workspace, tail
+from tests.helpers import CLS_ARGS, SEG_ARGS, Workspace, tail
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -96,16 +96,19 @@ def _shared_launch(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.CompletedProcess:
-    """``segmentation --smoke`` (2 trials, at most 2 epochs): the dataset's first segmenter, its champion."""
-    return _shared_launch(shared_workspace, "--space", "segmentation", "--smoke", "--data", str(synth_dir))
+    """``segmentation --smoke --folds 2`` (2 trials, at most 2 epochs, 2 folds each): the dataset's first
+    segmenter, its champion (the fold ensemble), whose fold models give ``masked_launch`` out-of-fold masks."""
+    return _shared_launch(shared_workspace, *SEG_ARGS, "--data", str(synth_dir))
 
 
 @pytest.fixture(scope="session")
 def masked_launch(
     seg_launch: subprocess.CompletedProcess, shared_workspace: Workspace, synth_dir: Path
 ) -> subprocess.CompletedProcess:
-    """``masked_cls --smoke`` on the masks of ``seg_launch``'s champion."""
-    return _shared_launch(shared_workspace, "--space", "masked_cls", "--smoke", "--data", str(synth_dir))
+    """``masked_cls --smoke --folds 2`` on the (out-of-fold) masks of ``seg_launch``'s champion."""
+    return _shared_launch(
+        shared_workspace, "--space", "masked_cls", "--smoke", "--folds", "2", "--data", str(synth_dir)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ OBJECTIVES = {"segmentation": "val/iou", "multilabel_classification": "val/chall
 # The session's shared whole_cls launch (conftest ``cls_launch``): seeded, one trial at a time, so that a
 # second launch with the same arguments must reproduce it.
 CLS_ARGS = ("--space", "whole_cls", "--smoke", "--seed", "7", "--max-concurrent", "1")
+# The session's shared segmentation launch (conftest ``seg_launch``): cross-validated, 2 folds.
+SEG_ARGS = ("--space", "segmentation", "--smoke", "--folds", "2")
 
 
 def build_one(task: str, config: dict, caches: dict, *, epochs: int = 2) -> tuple[pl.LightningModule, object]:

@@ -43,7 +43,10 @@ def test_worse_segmenter_is_registered_but_the_champion_is_kept(
     before = champion(client, name)
     config = tmp_path / "untrained.yaml"
     config.write_text(yaml.safe_dump(UNTRAINED))
-    result = shared_workspace.launch("--config", str(config), "--data", str(synth_dir), "--experiment", "seg_worse")
+    # Cross-validated like the champion (--folds 2), so their fold-mean scores are comparable.
+    result = shared_workspace.launch(
+        "--config", str(config), "--folds", "2", "--data", str(synth_dir), "--experiment", "seg_worse"
+    )
     assert result.returncode == 0, tail(result)
     parent = runs_of(client, "seg_worse")[0][0]
     new_name, new_version = parent.data.tags["registered_model"].split("/")

@@ -19,7 +19,7 @@ from medtune.data.datasets import CachedDataModule, CachedDataset, build_transfo
 def test_resolve_folder(synth_dir: Path, tmp_path: Path) -> None:
     dataset = resolve_dataset(synth_dir, cache_root=tmp_path)
     assert dataset.num_classes == 3 and dataset.images_dirs["train"] == synth_dir / "images"
-    # The fingerprint depends on the split files only: same data, same fingerprint.
+    # The fingerprint depends on the split files and the image bytes: same data, same fingerprint.
     assert resolve_dataset(synth_dir, cache_root=tmp_path).fingerprint == dataset.fingerprint
 
 
@@ -131,4 +131,4 @@ def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
         raise RuntimeError("interrupted")
     # The previous content survives and no temporary file is left beside it.
     assert torch.equal(load_cache(target)["x"], torch.arange(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["cache.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt", "cache.pt.sha256"]

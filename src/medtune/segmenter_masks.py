@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medtune.data.cache import load_cache, save_tensors
+from medtune.data.cache import cache_ok, load_cache, save_tensors
 from medtune.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -56,7 +56,7 @@ def build_mask_cache(
             to the model that draws those images' masks.
         sources: per image, which model draws its mask [every image: ``ENSEMBLE``].
     """
-    if out.is_file():
+    if cache_ok(out):
         return out
     images = load_cache(seg_image_cache)["images"]
     sources = [ENSEMBLE] * images.shape[0] if sources is None else sources

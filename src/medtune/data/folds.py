@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from medtune.data import cocoio, duplicates, split
-from medtune.data.cache import build_cache, load_cache, save_tensors
+from medtune.data.cache import build_cache, cache_ok, load_cache, save_tensors
 from medtune.data.coco import DataError, Dataset
 
 POOL = ("train", "val")
@@ -135,7 +135,7 @@ def _plan(dataset: Dataset, folds: int, seed: int) -> FoldPlan:
 def concat_caches(files: list[str | Path], out: Path) -> Path:
     """One cache file holding the rows of ``files`` in order (tensors concatenated, lists joined); built once."""
     out = Path(out)
-    if out.is_file():
+    if cache_ok(out):
         return out
     parts = [load_cache(f) for f in files]
     joined = {}
