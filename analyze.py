@@ -5,6 +5,10 @@
     python analyze.py --experiment masked_cls --export-best best.yaml   # for launch.py --config
     python analyze.py --compare whole_cls masked_cls            # best trials on the same test split
 
+A cross-validated launch (``cv: {folds: K}``) is reported as its fold mean +- sd and its fold models'
+ensemble on the test split; ``--compare`` of launches cross-validated on the same folds adds, per
+fold metric, the corrected resampled t-test next to the bootstrap on the test split.
+
 The report goes to ``--out`` (default ``reports/<experiment>/<launch id[:8]>/``) and, as artifacts
 under ``report/``, to the launch's parent run. Only the tracking store is read: no Ray results, no
 checkpoints, so it works against a remote tracking server too.
@@ -83,6 +87,7 @@ def _counts_line(rows: list[Row]) -> str:
 def print_summary(launch: Launch) -> None:
     """The terminal view: leaderboard, failed trials' errors, best trial and its test metrics."""
     from medtune.leaderboard import format_table
+    from medtune.report.write import cv_lines
 
     tags = launch.tags
     print(
@@ -96,12 +101,14 @@ def print_summary(launch: Launch) -> None:
     best = launch.best
     if best is None:
         print("best trial: none (no trial finished with an objective)")
-        return
-    print(
-        f"best trial: {best.name} (run {best.run_id}): {launch.metric} = {best.objective:.4f} after {best.epochs} epoch(s)"
-    )
-    test = ", ".join(f"{k}={v:.4f}" for k, v in launch.test.items())
-    print(f"test split: {test or 'no test metrics on the parent run'}")
+    else:
+        print(
+            f"best trial: {best.name} (run {best.run_id}): {launch.metric} = {best.objective:.4f} after {best.epochs} epoch(s)"
+        )
+        test = ", ".join(f"{k}={v:.4f}" for k, v in launch.test.items())
+        print(f"test split: {test or 'no test metrics on the parent run'}")
+    for line in cv_lines(launch):  # a cross-validated launch: its folds and its fold models' ensemble
+        print(line)
 
 
 def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:

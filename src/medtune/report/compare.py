@@ -7,6 +7,10 @@ each difference against the first experiment gets a two-level bootstrap interval
 (paired), each experiment's seeds drawn on their own. A launch with ``--repeats R`` saved the
 predictions of its R training runs (``probs_seeds``); one without them counts as one seed. Each
 difference is then said in words: which experiment is better, or that none is shown.
+
+When every launch is cross-validated on the same folds (same ``cv_folds_digest``), their winners'
+scores on each fold's held-out images are compared too, fold by fold, with the corrected resampled
+t-test (``medtune.report.cv``), next to the bootstrap on the test split.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from medtune.report import html
+from medtune.report import cv, html
 from medtune.report.bootstrap import METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
 from medtune.report.load import PREDICTIONS, load_predictions
 from medtune.report.plots import save
@@ -50,6 +54,7 @@ class Entry:
     image_ids: np.ndarray | None
     saliency_iou: float  # NaN when the launch logged none
     saliency: np.ndarray | None = None  # per test image [N] (NaN without a lesion); None if not saved
+    folds: cv.FoldScores | str | None = None  # cross-validated launches' fold scores, or why unreadable
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Comparison:
     entries: list[Entry]
     values: dict[str, list[Interval]]
     diffs: dict[str, list[Interval]]
+    folds: cv.FoldComparison | str = ""  # the fold-wise tests, or the line saying why none ("": no CV launch)
 
 
 def open_entries(client: MlflowClient, experiments: list[str]) -> list[Entry]:
@@ -96,6 +102,7 @@ def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
         image_ids=preds.get("image_ids"),
         saliency_iou=float(run.data.metrics.get(SALIENCY, math.nan)),
         saliency=_per_image_saliency(preds, len(probs)),
+        folds=cv.read_fold_scores(client, name, run),
     )
 
 
@@ -141,7 +148,8 @@ def compare(entries: list[Entry], *, resamples: int = RESAMPLES, seed: int = SEE
         values["saliency_iou"], diffs["saliency_iou"] = seed_bootstrap(
             labels, saliency, _mean_saliency, resamples=resamples, seed=seed
         )
-    return Comparison(entries, values, diffs)
+    folds = cv.pair([e.experiment for e in entries], [e.folds for e in entries])
+    return Comparison(entries, values, diffs, folds)
 
 
 def _order(entry: Entry) -> np.ndarray:
@@ -173,16 +181,23 @@ def table_rows(result: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def format_text(result: Comparison) -> str:
     """The comparison as an aligned plain-text table, how the intervals were made, and what they say."""
-    header, rows = table_rows(result)
+    lines = [_aligned_text(*table_rows(result)), _method(result), *verdicts(result)]
+    if isinstance(result.folds, str):
+        return "\n".join(lines + ([result.folds] if result.folds else []))
+    tables = [_aligned_text(*cv.fold_rows(result.folds, name)) for name in result.folds.tests]
+    return "\n\n".join(["\n".join(lines), *tables, "\n".join([cv.method(result.folds), *fold_verdicts(result.folds)])])
+
+
+def _aligned_text(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header] + rows]
-    return "\n".join(lines + [_method(result)] + verdicts(result))
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header] + rows)
 
 
 def _rests_on(entry: Entry) -> str:
     """What an experiment's numbers rest on, e.g. ``over 3 seeds and 60 test images``."""
     seeds = len(entry.probs_seeds)
-    return f"over {seeds} seed{'s' if seeds > 1 else ''} and {len(entry.labels)} test images"
+    ensemble = f" (the ensemble of {entry.folds.folds} fold models)" if isinstance(entry.folds, cv.FoldScores) else ""
+    return f"over {seeds} seed{'s' if seeds > 1 else ''}{ensemble} and {len(entry.labels)} test images"
 
 
 def _method(result: Comparison) -> str:
@@ -200,13 +215,14 @@ def _method(result: Comparison) -> str:
     )
 
 
-def verdict(better: str, worse: str, diff: Interval) -> str:
+def verdict(better: str, worse: str, diff: Interval, *, remedy: str = "more seeds or test images") -> str:
     """What a difference ``better - worse`` and its interval say, in words.
 
     Args:
         better: the experiment the difference favours when positive.
         worse: the experiment it is measured against.
         diff: the difference ``better - worse`` with its 95% interval.
+        remedy: what would narrow a too-wide interval.
     """
     if not (math.isfinite(diff.low) and math.isfinite(diff.high)):
         return "no interval (the metric is undefined on the resampled images)"
@@ -217,7 +233,7 @@ def verdict(better: str, worse: str, diff: Interval) -> str:
     said = "no difference shown (the interval includes 0)"
     half = (diff.high - diff.low) / 2
     if half > CONCLUSIVE_HALF_WIDTH:
-        said += f"; too wide to conclude (half-width {half:.3f} > {CONCLUSIVE_HALF_WIDTH}): more seeds or test images"
+        said += f"; too wide to conclude (half-width {half:.3f} > {CONCLUSIVE_HALF_WIDTH}): {remedy}"
     return said
 
 
@@ -230,6 +246,25 @@ def verdicts(result: Comparison) -> list[str]:
         if i > 0
         for name in result.diffs
     ]
+
+
+def fold_verdicts(result: cv.FoldComparison) -> list[str]:
+    """One line per experiment after the first and per fold metric: the corrected t-test and what it says."""
+    first, lines = result.entries[0].experiment, []
+    for name, tests in result.tests.items():
+        for entry, test in zip(result.entries[1:], tests[1:]):
+            # ``verdict`` reads a positive difference (entry - first) as favouring its first argument.
+            lower = result.lower_is_better(name)
+            better, worse = (first, entry.experiment) if lower else (entry.experiment, first)
+            if not test.constant:
+                diff = Interval(test.mean, test.low, test.high)
+                said = verdict(better, worse, diff, remedy="more folds, repeated cross-validation or more images")
+            elif test.mean == 0:
+                said = "no difference on any fold (every difference is 0; no t-test)"
+            else:
+                said = f"{better if test.mean > 0 else worse} is better on every fold by the same margin (no t-test)"
+            lines.append(f"{entry.experiment} vs {first}, fold-wise {name}: {test}: {said}")
+    return lines
 
 
 def bar_chart(result: Comparison, path: Path) -> Path:
@@ -271,7 +306,17 @@ def write_page(result: Comparison, out: Path) -> Path:
             "Error bars: 95% bootstrap interval of each value over its seeds and the test images (not paired); "
             "use the table's diff intervals to compare."
         ),
+        *_fold_parts(result.folds),
     ]
     page = out / "compare.html"
     page.write_text(html.page("medtune comparison: " + " vs ".join(e.experiment for e in result.entries), parts))
     return page
+
+
+def _fold_parts(folds: cv.FoldComparison | str) -> list[str]:
+    """The page's fold-wise section: a table per fold metric, the method and verdicts (or why it is absent)."""
+    if isinstance(folds, str):
+        return [html.note(folds)] if folds else []
+    tables = [html.table(*cv.fold_rows(folds, name)) for name in folds.tests]
+    notes = [html.note(line) for line in [cv.method(folds), *fold_verdicts(folds)]]
+    return [html.heading("Fold-wise: the same cross-validation folds"), *tables, *notes]

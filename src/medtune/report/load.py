@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtune.leaderboard import Row, leaderboard
+from medtune.report.cv import FoldScores, read_fold_scores
 from medtune.spaces import merge
 from medtune.tracking import LAUNCH_TAG, TrackingError, experiment_id, latest_launch, trial_runs
 
@@ -40,6 +41,8 @@ class Launch:
         curves: trial run id -> ``(epoch, objective)`` for every epoch the trial reported.
         space: the search-space mapping as launched (smoke block merged); ``{}`` if not logged.
         predictions: the best trial's per-image test predictions, or None if not logged.
+        folds: a cross-validated launch's fold scores (``medtune.report.cv``), a line saying why
+            they cannot be read, or None for a launch without cross-validation.
     """
 
     experiment: str
@@ -52,6 +55,7 @@ class Launch:
     curves: dict[str, list[tuple[int, float]]]
     space: dict
     predictions: dict[str, np.ndarray] | None
+    folds: FoldScores | str | None = None
 
     @property
     def metric(self) -> str:
@@ -113,6 +117,7 @@ def open_launch(client: MlflowClient, experiment: str, launch: str | None = None
         curves={row.run_id: _curve(client, row.run_id, metric) for row in rows},
         space=_space(client, run_id, smoke=parent.data.tags.get("smoke") == "true"),
         predictions=load_predictions(client, run_id),
+        folds=read_fold_scores(client, experiment, parent),
     )
 
 

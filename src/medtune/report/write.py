@@ -1,5 +1,8 @@
 """Write the report of one launch: its PNGs and a self-contained ``report.html`` in one folder.
 
+A cross-validated launch also gets its fold scores (mean +- sd over the K folds) and its K fold
+models on the test split, alone and as an ensemble with a bootstrap interval (:func:`cv_lines`).
+
 Every plot that cannot be drawn (too few trials, no logged predictions) is replaced by a note
 saying why, in the page and in the returned :class:`Report`; nothing here raises for missing data.
 """
@@ -10,11 +13,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from optuna.distributions import FloatDistribution
 
 from medtune.data.cocoio import DataError, load_coco
 from medtune.leaderboard import counts, varying_params
 from medtune.report import html, plots, predictions
+from medtune.report.bootstrap import METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
+from medtune.report.compare import CONCLUSIVE_HALF_WIDTH
+from medtune.report.cv import FoldScores
 from medtune.report.importance import Importance, distributions, param_importance
 from medtune.report.load import PREDICTIONS, Launch
 
@@ -156,6 +163,95 @@ def _best(launch: Launch) -> str:
     )
 
 
+@dataclass
+class EnsembleTest:
+    """A cross-validated launch on the test split: the K fold models' ensemble with its interval, and each model."""
+
+    name: str  # the test metric, e.g. ``balanced_acc`` or ``image_iou``
+    ensemble: Interval
+    images: int
+    folds: list[float]  # ``test_fold{k}/<name>`` per fold model; NaN where not logged
+
+
+def _mean_over_images(_: np.ndarray, values: np.ndarray) -> float:
+    return float(np.nanmean(values[:, 0]))
+
+
+def ensemble_test(launch: Launch, folds: FoldScores) -> EnsembleTest | None:
+    """The ensemble's test score with a 95% bootstrap interval over the test images (None: no usable predictions).
+
+    Single-label classifiers: the objective's metric (balanced accuracy when it has no bootstrap
+    form) re-computed from the ensemble's probabilities; segmenters: the mean per-image IoU.
+    """
+    preds = launch.predictions or {}
+    kind = str(preds.get("report_kind", ""))
+    if kind == "classification":
+        name = launch.metric.split("/")[-1] if launch.metric.split("/")[-1] in METRICS else "balanced_acc"
+        labels, probs, metric = preds["labels"].astype(int), preds["probs"].astype(float)[None], METRICS[name]
+    elif kind == "segmentation" and "iou" in preds:
+        name, metric = "image_iou", _mean_over_images
+        labels, probs = np.zeros(len(preds["iou"])), preds["iou"].astype(float)[None, :, None]
+    else:
+        return None
+    (interval,), _ = seed_bootstrap(labels, [probs], metric)
+    scores = [launch.metrics.get(f"test_fold{k}/{name}", math.nan) for k in range(folds.folds)]
+    return EnsembleTest(name, interval, len(labels), scores)
+
+
+def cv_lines(launch: Launch) -> list[str]:
+    """What a cross-validated launch's folds and test ensemble say, in words ([] without cross-validation)."""
+    folds = launch.folds
+    if not isinstance(folds, FoldScores):
+        return [f"cross-validation: {folds}"] if folds else []
+    objective, lines = launch.metric, []
+    if objective in folds.scores:
+        each = ", ".join(f"{v:.3f}" for v in folds.scores[objective])
+        lines.append(f"cross-validation: {objective} = {folds.describe(objective)}, mean +- sd over folds ({each})")
+    else:
+        lines.append(f"cross-validation: {folds.folds} folds, but no cv/fold<k>/{objective} on the parent run")
+    test = ensemble_test(launch, folds)
+    if test is None:
+        return lines + ["test split: no interval (the ensemble's predictions are not single-label or segmentation)"]
+    iv = test.ensemble
+    lines.append(
+        f"test split, ensemble of the {folds.folds} fold models: {test.name} {iv.value:.3f}, 95% interval "
+        f"[{iv.low:.3f}, {iv.high:.3f}] over {test.images} test images (bootstrap over images, {RESAMPLES} "
+        f"resamples, seed {SEED})"
+    )
+    each = ", ".join(
+        f"fold{k} {v:.3f}" if math.isfinite(v) else f"fold{k} not logged" for k, v in enumerate(test.folds)
+    )
+    lines.append(f"each fold model on the test split, {test.name}: {each} (ensemble {iv.value:.3f})")
+    half = (iv.high - iv.low) / 2
+    if half > CONCLUSIVE_HALF_WIDTH:
+        lines.append(
+            f"too wide to conclude: the ensemble's interval has half-width {half:.3f} > {CONCLUSIVE_HALF_WIDTH} "
+            "(more test images would narrow it)"
+        )
+    return lines
+
+
+def _cv_section(launch: Launch) -> str:
+    folds = launch.folds
+    if folds is None:
+        return ""
+    notes = "".join(html.note(line) for line in cv_lines(launch))
+    if not isinstance(folds, FoldScores):
+        return html.heading("Cross-validation") + notes
+    test = ensemble_test(launch, folds)
+    header = ["fold", "held-out images", f"{launch.metric} (held-out)"] + ([f"test {test.name}"] if test else [])
+    val = folds.scores.get(launch.metric, np.full(folds.folds, math.nan))
+    rows = [
+        [f"fold{k}", str(n), f"{val[k]:.4f}"] + ([f"{test.folds[k]:.4f}"] if test else [])
+        for k, n in enumerate(folds.sizes.held_out)
+    ]
+    if test:
+        rows.append(
+            ["ensemble", "-", "-", f"{test.ensemble.value:.4f} [{test.ensemble.low:.4f}, {test.ensemble.high:.4f}]"]
+        )
+    return html.heading("Cross-validation") + html.table(header, rows) + notes
+
+
 def _figure(report: Report, key: str, title: str, caption: str) -> str:
     if key not in report.pngs:
         return ""
@@ -170,6 +266,7 @@ def _page(launch: Launch, report: Report) -> str:
         html.leaderboard_table(launch.rows, launch.metric, best.run_id if best else None),
         html.note("stopped (ASHA): ended early by the scheduler; its objective is the best over the epochs it ran."),
         _best(launch),
+        _cv_section(launch),
         _figure(
             report,
             "history",
