@@ -35,15 +35,20 @@ params:
   train.lr: {loguniform: [3.0e-4, 3.0e-3]}
 budget: {num_samples: 4, max_epochs: 6, grace_period: 6, reduction_factor: 2}
 """
+# The same search cross-validated on 2 folds (each round trains both): 3 trials of 3 rounds.
+CV_SPACE = SPACE.replace(
+    "num_samples: 4, max_epochs: 6, grace_period: 6", "num_samples: 3, max_epochs: 3, grace_period: 3"
+)
+CV_SPACE += "cv: {folds: 2}\n"
 
 
-def start_and_interrupt(workspace, synth_dir: Path, sig: int) -> tuple[list[str], int, str]:
-    """Start a 4-trial search, wait until one trial finished and the next runs, then send ``sig``.
+def start_and_interrupt(workspace, synth_dir: Path, sig: int, text: str = SPACE) -> tuple[list[str], int, str]:
+    """Start the search of space ``text``, wait until one trial finished and the next runs, then send ``sig``.
 
     Returns the launch arguments, the launcher's exit code and its output.
     """
-    space = workspace.root / "resume_space.yaml"
-    space.write_text(SPACE)
+    space = workspace.root / f"resume_space_{int(sig)}.yaml"
+    space.write_text(text)
     experiment = f"whole_cls_{int(sig)}"
     args = ["--space", str(space), "--data", str(synth_dir), "--max-concurrent", "1", "--experiment", experiment]
     client = MlflowClient(workspace.tracking_uri)
@@ -69,26 +74,31 @@ def start_and_interrupt(workspace, synth_dir: Path, sig: int) -> tuple[list[str]
     return args, proc.returncode, log.read_text()
 
 
-def resume_and_check(workspace, args: list[str], experiment: str) -> list:
+def resume_and_check(workspace, args: list[str], experiment: str, samples: int = SAMPLES) -> list:
     result = workspace.launch(*args, "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     parents, after = _runs(MlflowClient(workspace.tracking_uri), experiment)
     trial_ids = [r.data.tags[TRIAL_TAG] for r in after]
     # The search reached its sample count with exactly one run per trial, and nothing is left RUNNING.
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(after) == SAMPLES and len(set(trial_ids)) == SAMPLES
+    assert len(after) == samples and len(set(trial_ids)) == samples
     assert all(r.info.status in ("FINISHED", "FAILED") for r in after)
     return after
 
 
-def test_sigint_stops_cleanly_and_resumes(workspace, synth_dir: Path) -> None:
-    args, code, output = start_and_interrupt(workspace, synth_dir, signal.SIGINT)
+def test_sigint_stops_cleanly_and_resumes_a_cross_validated_search(workspace, synth_dir: Path) -> None:
+    args, code, output = start_and_interrupt(workspace, synth_dir, signal.SIGINT, CV_SPACE)
     # Ctrl-C: exit 130 with the resume command, the launch and its unfinished trials marked KILLED.
     assert code == 130, output[-2000:]
     assert "--resume" in output
     parents, children = _runs(MlflowClient(workspace.tracking_uri), f"whole_cls_{int(signal.SIGINT)}")
     assert parents[0].info.status == "KILLED" and not [r for r in children if r.info.status == "RUNNING"]
-    resume_and_check(workspace, args, f"whole_cls_{int(signal.SIGINT)}")
+    after = resume_and_check(workspace, args, f"whole_cls_{int(signal.SIGINT)}", samples=3)
+    client = MlflowClient(workspace.tracking_uri)
+    for run in after:  # every round once per trial, with both folds' scores: no round logged twice
+        for key in ("epoch", "cv/fold0/val/balanced_acc", "cv/fold1/val/balanced_acc"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(1, len(steps) + 1)) and steps, (key, steps)
 
 
 def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
