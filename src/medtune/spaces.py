@@ -102,14 +102,16 @@ def load_space(name: str, *, smoke: bool = False) -> SearchSpace:
     """Load, merge the ``smoke`` block when asked, and validate a search space."""
     path = resolve_path(name)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SpaceError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    except OSError as err:
+        raise SpaceError(f"{path}: cannot read ({err.strerror})") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with keys {', '.join(sorted(TOP_KEYS))}")
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise SpaceError(f"{path}: unknown key '{sorted(unknown)[0]}'; valid: {', '.join(sorted(TOP_KEYS))}")
+        raise SpaceError(f"{path}: unknown key '{_first(unknown)}'; valid: {', '.join(sorted(TOP_KEYS))}")
     if smoke:
         raw = merge(raw, _mapping(path, raw, "smoke"))
     return _validate(path, raw)
@@ -123,8 +125,8 @@ def load_config(path: Path) -> SearchSpace:
     """
     path = Path(path).resolve()
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise SpaceError(f"{path}: cannot read config ({' '.join(str(err).split())})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or "space" not in raw:
         raise SpaceError(f"{path}: expected keys 'space' (a search space name) and 'config' (a mapping)")
@@ -136,7 +138,7 @@ def load_config(path: Path) -> SearchSpace:
         task=base.task,
         metric=base.metric,
         mode=base.mode,
-        fixed=dict(raw["config"]),
+        fixed=dict(_mapping(path, raw, "config")),
         params=(),
         budget=_budget(path, budget),
         folds=base.folds,
@@ -146,15 +148,26 @@ def load_config(path: Path) -> SearchSpace:
 
 
 def _mapping(path: Path, raw: dict, key: str) -> dict:
+    """``raw[key]`` (absent: ``{}``), which must be a mapping whose keys are strings."""
     value = raw.get(key) or {}
     if not isinstance(value, dict):
         raise SpaceError(f"{path}: key '{key}': expected a mapping, got {type(value).__name__}")
+    if bad := [k for k in value if not isinstance(k, str)]:
+        raise SpaceError(f"{path}: key '{key}.{bad[0]}': keys must be strings, got {type(bad[0]).__name__}")
     return value
+
+
+def _first(keys: set) -> str:
+    """The first of ``keys`` in sorted order; YAML keys need not be strings (``1:``, ``yes:``)."""
+    return sorted(str(k) for k in keys)[0]
+
+
+SCALARS = (str, int, float, bool, type(None))
 
 
 def _validate(path: Path, raw: dict) -> SearchSpace:
     task = raw.get("task")
-    if task not in build.TASKS:
+    if not isinstance(task, str) or task not in build.TASKS:
         raise SpaceError(f"{path}: key 'task': expected one of {', '.join(build.TASKS)}, got {task!r}")
     if raw.get("mode") not in ("max", "min"):
         raise SpaceError(f"{path}: key 'mode': expected max or min, got {raw.get('mode')!r}")
@@ -221,10 +234,16 @@ def _param(path: Path, key: str, spec: Any, fixed: dict) -> Param:
         raise SpaceError(f"{where('.' + kind)}: expected a non-empty list")
     if kind != "choice":
         _check_range(where("." + kind), kind, values)
+    if kind == "choice" and (bad := [v for v in values if not isinstance(v, SCALARS)]):
+        raise SpaceError(f"{where('.choice')}: expected a list of values (names or numbers), got {bad[0]!r}")
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise SpaceError(f"{where('.when')}: expected a mapping like {{model.name: unet}}")
-    return Param(key, kind, tuple(values), {k: tuple(v if isinstance(v, list) else [v]) for k, v in when.items()})
+    when = {k: tuple(v if isinstance(v, list) else [v]) for k, v in when.items()}
+    for ref, allowed in when.items():
+        if not isinstance(ref, str) or not all(isinstance(v, SCALARS) for v in allowed):
+            raise SpaceError(f"{where('.when')}: expected a mapping like {{model.name: unet}}, got {ref!r}: {allowed}")
+    return Param(key, kind, tuple(values), when)
 
 
 def _check_range(where: str, kind: str, values: list) -> None:
@@ -243,7 +262,7 @@ def _folds(path: Path, raw: dict) -> int:
     """``cv.folds``: an integer >= 2 (absent ``cv``: 0, no cross-validation)."""
     unknown = set(raw) - {"folds"}
     if unknown:
-        raise SpaceError(f"{path}: key 'cv.{sorted(unknown)[0]}': unknown; valid: folds")
+        raise SpaceError(f"{path}: key 'cv.{_first(unknown)}': unknown; valid: folds")
     folds = raw.get("folds", 0) if raw else 0
     if raw and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
         raise SpaceError(f"{path}: key 'cv.folds': expected an integer >= 2, got {folds!r}")
@@ -253,7 +272,7 @@ def _folds(path: Path, raw: dict) -> int:
 def _budget(path: Path, raw: dict) -> dict[str, int]:
     unknown = set(raw) - set(BUDGET_DEFAULTS)
     if unknown:
-        raise SpaceError(f"{path}: key 'budget.{sorted(unknown)[0]}': unknown; valid: {', '.join(BUDGET_DEFAULTS)}")
+        raise SpaceError(f"{path}: key 'budget.{_first(unknown)}': unknown; valid: {', '.join(BUDGET_DEFAULTS)}")
     budget = {**BUDGET_DEFAULTS, **raw}
     for key, value in budget.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -305,6 +324,8 @@ def _check_arg(space: SearchSpace, where: str, group: str, arg: str, param: Para
         if param and f"{group}.name" in param.when:
             names = param.when[f"{group}.name"]
         for name in names:
+            if not isinstance(name, str):
+                raise SpaceError(f"{space.path}: key '{group}.name': expected a {group} name, got {name!r}")
             try:
                 valid = build.accepted_args(space.task, group, name)
             except ValueError as err:

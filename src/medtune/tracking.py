@@ -9,10 +9,18 @@ the alias ``champion`` points at the best version for that dataset.
 from __future__ import annotations
 
 import hashlib
+import random
+import sqlite3
 import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import requests
+import sqlalchemy.exc
+from filelock import FileLock, Timeout
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -31,6 +39,99 @@ class TrackingError(RuntimeError):
 def default_tracking_uri() -> str:
     """The sqlite store in the project folder, which plain ``mlflow ui`` there also reads."""
     return f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The absolute database file of a ``sqlite:///`` URI; None for other stores and ``:memory:``."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.startswith(prefix + ":memory:"):
+        return None
+    return Path(uri[len(prefix) :].split("?", 1)[0]).resolve()
+
+
+LOCK_TIMEOUT_S = 300  # creating a store takes seconds; minutes of waiting means a stuck holder
+RETRIES = 6  # backoff 0.5+1+2+4+8 s (x1-1.5 jitter): about 20 s on top of MLflow's own waiting
+TRANSIENT_HTTP = {408, 429, 502, 503, 504}  # what MLflow's REST client itself retries, less 500 (a bug)
+PROMOTION_ATTEMPTS = 3  # decisions per promotion while the alias keeps moving underneath (stores without a lock)
+T = TypeVar("T")
+
+
+@contextmanager
+def _held(lock_file: Path) -> Iterator[None]:
+    """Hold a ``FileLock`` on ``lock_file`` (released by the OS if this process dies)."""
+    lock = FileLock(str(lock_file), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TrackingError(f"{lock_file}: still locked after {LOCK_TIMEOUT_S} s by another process") from None
+    except OSError as err:
+        raise TrackingError(f"{lock_file}: cannot create the lock file ({err.strerror})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client of store ``uri`` (tracking and registry) once the store exists and is migrated.
+
+    MLflow creates and migrates a fresh sqlite file on first open with no lock between processes:
+    three processes opening one at once, two crashed ("table ... already exists", "Online migration
+    expected to match one row"). Here that first open runs under a ``FileLock`` on ``<db>.lock``: one
+    process creates the tables, the others wait, then find them. Other stores pass through untouched
+    (their server migrates). Call it before any other MLflow access of a process that may be first.
+    """
+    path = sqlite_file(uri)
+    if path is None:
+        return MlflowClient(uri, registry_uri=uri)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(f"{uri}: cannot create the store's folder ({err.strerror})") from None
+    with _held(path.with_name(path.name + ".lock")):
+        client = retrying(lambda: MlflowClient(uri, registry_uri=uri))  # opens the store: creates, migrates
+        retrying(lambda: client.search_registered_models(max_results=1))  # the registry's store, same file
+    return client
+
+
+def transient(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) is worth retrying.
+
+    sqlite's "database is locked" (raw, or as the cause MLflow chains to its TEMPORARILY_UNAVAILABLE,
+    which it also gives every other sqlite error), a remote store's 408/429/502/503/504, and a connection
+    refused, reset or timed out (MLflow's REST client re-raises those as a plain ``MlflowException``).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)):
+            return "is locked" in str(current)
+        local = isinstance(current.__cause__, sqlalchemy.exc.OperationalError)  # judged by its cause, next
+        if isinstance(current, MlflowException) and not local and current.get_http_status_code() in TRANSIENT_HTTP:
+            return True
+        if isinstance(current, (requests.ConnectionError, requests.Timeout)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retrying(fn: Callable[[], T], *, attempts: int = RETRIES, delay: float = 0.5) -> T:
+    """``fn()``, retried with exponential backoff while it fails ``transient``-ly; other errors at once.
+
+    MLflow's sqlite store already sets ``PRAGMA busy_timeout = 20000`` on each session (a write waits
+    up to 20 s for a lock), but not on the engine's first connections (sqlite3's default 5 s), and a
+    busy writer can starve past 20 s; a remote store's client gives up after its own HTTP retries.
+    The last attempt's error is raised unchanged.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return fn()
+        except Exception as err:
+            if not transient(err):
+                raise
+            time.sleep(delay * 2**attempt * random.uniform(1.0, 1.5))
+    return fn()
 
 
 SHORT_KEYS = {
@@ -87,11 +188,11 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     MLflow's own default is ``./mlruns/<id>`` of the current directory, wherever the store is.
     Other stores (a tracking server, postgres) keep their configured artifact root (None).
     """
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
+    path = sqlite_file(tracking_uri)
+    if path is None:
         return None
     folder = "".join(c if c.isalnum() or c in "-_." else "-" for c in experiment)
-    return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlruns" / folder).as_uri()
+    return (path.parent / "mlruns" / folder).as_uri()
 
 
 def experiment_id(client: MlflowClient, name: str, *, create: bool) -> str:
@@ -127,10 +228,12 @@ def segmenter_name(dataset_name: str, fingerprint: str) -> str:
 
 
 def champion(client: MlflowClient, name: str) -> Any | None:
-    """The model version holding the ``champion`` alias, or None."""
+    """The model version holding the ``champion`` alias, or None (a locked store is not "no champion")."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+        return retrying(lambda: client.get_model_version_by_alias(name, CHAMPION))
+    except MlflowException as err:
+        if transient(err):
+            raise
         return None
 
 
@@ -161,13 +264,37 @@ def promote_if_better(client: MlflowClient, name: str, version: str, score: floa
     the dataset fingerprint (``COMPARABLE_TAGS``, read from the versions' tags). Otherwise the new version
     stays registered but is not promoted. Either way the reason is written to the new version's
     ``promotion`` tag, and ``promotion_reason`` tells it to the caller.
+
+    Deciding and moving is a compare-and-set per registered model, so that of two launches finishing
+    together the worse cannot end as champion. On a sqlite store both run under a ``FileLock`` beside the
+    database (``_promotion_lock``): the second launch compares against the first one's outcome. Other
+    stores offer no lock: the alias is read back after the move, and if another launch moved it meanwhile
+    the decision is made again against the new champion. Residual race there: a launch that moves the
+    alias between this one's decision and its move is overwritten without either noticing.
     """
-    client.set_model_version_tag(name, version, "mode", mode)
-    promoted, reason = _decide(client, name, version, score, mode)
-    client.set_model_version_tag(name, version, PROMOTION_TAG, reason)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
+    retrying(lambda: client.set_model_version_tag(name, version, "mode", mode))
+    with _promotion_lock(client, name):
+        for _ in range(PROMOTION_ATTEMPTS):
+            promoted, reason = _decide(client, name, version, score, mode)
+            if not promoted:
+                break
+            retrying(lambda: client.set_registered_model_alias(name, CHAMPION, version))
+            holder = champion(client, name)
+            if holder is not None and str(holder.version) == str(version):
+                break
+        else:
+            promoted, reason = False, f"champion moved by other launches {PROMOTION_ATTEMPTS} times; not promoted"
+        retrying(lambda: client.set_model_version_tag(name, version, PROMOTION_TAG, reason))
     return promoted
+
+
+def _promotion_lock(client: MlflowClient, name: str) -> Any:
+    """``<db>.<digest of name>.lock`` beside a sqlite registry; no lock (a null context) elsewhere."""
+    path = sqlite_file(client._registry_uri)  # MlflowClient exposes the registry URI only as this attribute
+    if path is None:
+        return nullcontext()
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return _held(path.with_name(f"{path.name}.{digest}.lock"))
 
 
 def promotion_reason(client: MlflowClient, name: str, version: str) -> str:

@@ -81,13 +81,30 @@ def images_dir_for(coco_path: Path, coco: dict, images: Path | None = None) -> P
     coco_path = Path(coco_path)
     if images is not None:
         found = Path(images).expanduser()
-        if not found.is_dir():
+        if not _is_dir(found):
             raise DataError(f"--images {images}: no such folder")
         return found.resolve()
     explicit = (coco.get("info") or {}).get("images_dir")
+    if explicit is not None and (not isinstance(explicit, str) or "\0" in explicit):
+        raise DataError(f"{coco_path}: key 'info.images_dir': expected a folder path, got {explicit!r:.80}")
     if explicit:
-        return (coco_path.parent / Path(explicit).expanduser()).resolve()
+        try:
+            found = (coco_path.parent / Path(explicit).expanduser()).resolve()
+        except RuntimeError:  # "~someone" with no such user
+            raise DataError(f"{coco_path}: key 'info.images_dir': cannot expand {explicit!r:.80}") from None
+        if not _is_dir(found):
+            raise DataError(
+                f"{coco_path}: key 'info.images_dir': no such folder {str(found)!r:.200} (or pass --images)"
+            )
+        return found
     return default_images_dir(coco_path)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # name too long, embedded NUL byte
+        return False
 
 
 def default_images_dir(coco_path: Path) -> Path:
