@@ -23,6 +23,7 @@ from medtune.report.bootstrap import SeedScore, seed_scores
 from medtune.tasks.base import BaseTask
 from medtune.tracking import CHAMPION, champion, promote_if_better
 
+SELECTION_VAL = "val split"  # a version's ``selection`` tag: what its val_score was measured on
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
     f"torchvision=={torchvision.__version__.split('+')[0]}",
@@ -94,7 +95,13 @@ def publish_best(
     info = log_model(parent_run_id, system, size, register_as)
     if register_as is None:
         return Published(test, info.model_uri, seeds=scores)
-    tags = {"val_score": repr(best.val_score), "metric": metric, "image_size": str(size), "run_id": best.run_id}
+    tags = {
+        "val_score": repr(best.val_score),
+        "metric": metric,
+        "image_size": str(size),
+        "run_id": best.run_id,
+        "selection": SELECTION_VAL,
+    }
     version = str(info.registered_model_version)
     promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
     return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores)

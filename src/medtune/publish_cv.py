@@ -95,6 +95,7 @@ def publish_folds(
         "run_id": best.run_id,
         "cv_folds": str(folds),
         "cv_folds_digest": recipe.plan.digest,
+        "selection": f"{folds}-fold cross-validation",
         **(version_tags or {}),
     }
     promoted = register(client, parent_run_id, register_as, version, tags, best, mode)
