@@ -45,7 +45,13 @@ def test_better_version_is_promoted_and_worse_is_kept_out(client: MlflowClient, 
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("image_size", "128"), ("dataset_fingerprint", "other"), ("metric", "val/dice")]
+    ("key", "value"),
+    [
+        ("image_size", "128"),
+        ("dataset_fingerprint", "other"),
+        ("metric", "val/dice"),
+        ("selection", "5-fold cross-validation"),  # a fold mean vs a val-split score (the first has no tag)
+    ],
 )
 def test_version_scored_differently_is_registered_not_promoted(
     client: MlflowClient, tmp_path: Path, key: str, value: str

@@ -21,9 +21,8 @@ from medtune.evaluate import load_system, test_metrics, test_predictions
 from medtune.repeats import Recipe
 from medtune.report.bootstrap import SeedScore, seed_scores
 from medtune.tasks.base import BaseTask
-from medtune.tracking import CHAMPION, champion, promote_if_better
+from medtune.tracking import CHAMPION, SELECTION_DEFAULT, champion, promote_if_better
 
-SELECTION_VAL = "val split"  # a version's ``selection`` tag: what its val_score was measured on
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
     f"torchvision=={torchvision.__version__.split('+')[0]}",
@@ -100,7 +99,7 @@ def publish_best(
         "metric": metric,
         "image_size": str(size),
         "run_id": best.run_id,
-        "selection": SELECTION_VAL,
+        "selection": SELECTION_DEFAULT,
     }
     version = str(info.registered_model_version)
     promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)

@@ -238,7 +238,9 @@ def champion(client: MlflowClient, name: str) -> Any | None:
 
 
 # What two segmenter versions must share for their validation scores to be comparable.
-COMPARABLE_TAGS = ("metric", "mode", "image_size", "dataset_fingerprint")
+# ``selection``: what the score was measured on (``val split``, or ``K-fold cross-validation``: a fold mean).
+COMPARABLE_TAGS = ("metric", "mode", "image_size", "dataset_fingerprint", "selection")
+SELECTION_DEFAULT = "val split"  # versions registered before ``selection`` was recorded
 PROMOTION_TAG = "promotion"  # on each new version: why it was or was not promoted
 
 
@@ -246,9 +248,10 @@ def incomparable(new: dict[str, str], current: dict[str, str]) -> str:
     """Why two versions' scores cannot be compared ("" when they can): metric, mode, size or split differ.
 
     A champion registered before versions carried ``mode`` is taken to share the new version's mode
-    (its metric name still has to match).
+    (its metric name still has to match); one without ``selection`` was selected on its val split.
     """
-    current = {"mode": new.get("mode", ""), **current}
+    new = {"selection": SELECTION_DEFAULT, **new}
+    current = {"mode": new.get("mode", ""), "selection": SELECTION_DEFAULT, **current}
     diffs = [
         f"{key} {current.get(key, '?')} vs {new.get(key, '?')}"
         for key in COMPARABLE_TAGS
