@@ -60,16 +60,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _client(uri: str | None) -> MlflowClient:
     """A client of the tracking store; a missing sqlite file is an error, not a new empty store."""
-    from mlflow.tracking import MlflowClient
-
-    from medtune.tracking import TrackingError, default_tracking_uri
+    from medtune.tracking import TrackingError, default_tracking_uri, open_client
 
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise TrackingError(
             f"no tracking store at {uri[len('sqlite:///') :]} (run launch.py first, or pass --tracking-uri)"
         )
-    return MlflowClient(uri)
+    return open_client(uri)  # an older store is migrated once, under the store's lock
 
 
 def _counts_line(rows: list[Row]) -> str:

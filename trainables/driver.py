@@ -32,6 +32,7 @@ from medtune.tracking import (
     TrackingError,
     experiment_id,
     latest_launch,
+    open_client,
     promotion_reason,
     segmenter_name,
     trial_runs,
@@ -117,7 +118,7 @@ def run(
     phases = phases if phases is not None else Phases()
     with phases.time("prepare"):
         prepared = prepare(options, default_data=default_data)
-    client = MlflowClient(prepared.tracking_uri)
+    client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
         parent_run_id, path = _parent(client, prepared, options)
     try:

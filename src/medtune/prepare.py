@@ -28,6 +28,7 @@ from medtune.tracking import (
     code_version,
     default_tracking_uri,
     experiment_id,
+    open_client,
     segmenter_name,
 )
 
@@ -155,7 +156,7 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
     mlflow.set_registry_uri(tracking_uri)
     segmenter = None
     if build.task_spec(space.task).needs_segmenter:
-        segmenter = _resolve_segmenter(MlflowClient(tracking_uri), dataset, options)
+        segmenter = _resolve_segmenter(open_client(tracking_uri), dataset, options)
     sizes = image_sizes(space)
     caches = {size: {s: str(build_cache(dataset, s, size, options.cache_dir)) for s in SPLITS} for size in sizes}
     pred_masks, sources = _mask_caches(segmenter, dataset, sizes, options.cache_dir) if segmenter else (None, None)
