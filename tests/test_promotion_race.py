@@ -18,7 +18,7 @@ FIRST, BETTER, WORSE = 0.5, 0.7, 0.6
 REPEATS = 3
 # Pause after deciding, before moving the alias: the worse launch pauses longer, so that without a
 # compare-and-set both decide against FIRST and the worse one moves the alias last.
-PAUSE_S = {BETTER: 0.1, WORSE: 0.6}
+PAUSE_S = {BETTER: 0.1, WORSE: 0.4}
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ HOLDER = textwrap.dedent(
     con.execute("COMMIT")
     """
 )
-HOLD_S = 1.5
+HOLD_S = 1.0
 
 
 @pytest.fixture(scope="module")
