@@ -143,3 +143,23 @@ def test_store_in_an_unwritable_place_is_one_tracking_error(tmp_path: Path) -> N
     # The store's folder would have to be created inside a regular file.
     with pytest.raises(TrackingError, match="cannot create the store's folder"):
         open_client(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")
+
+
+def test_file_that_is_not_a_store_is_one_tracking_error(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    db.write_text("notes, not a database " * 10)
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="is not an MLflow store") as err:
+        open_client(f"sqlite:///{db}")
+    # At once, in one line (MLflow itself retries opening such a file for about 100 s).
+    assert time.monotonic() - start < 10 and "\n" not in str(err.value)
+
+
+def test_store_of_an_older_schema_is_one_tracking_error(store: tuple, tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    db.write_bytes(sqlite_file(store[0]).read_bytes())
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")  # MLflow's first revision
+    with pytest.raises(TrackingError, match="cannot open the store .*out-of-date database schema") as err:
+        open_client(f"sqlite:///{db}")
+    assert "\n" not in str(err.value)

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,9 +89,26 @@ def open_client(uri: str) -> MlflowClient:
     except OSError as err:
         raise TrackingError(f"{uri}: cannot create the store's folder ({err.strerror})") from None
     with _held(path.with_name(path.name + ".lock")):
-        client = retrying(lambda: MlflowClient(uri, registry_uri=uri))  # opens the store: creates, migrates
-        retrying(lambda: client.search_registered_models(max_results=1))  # the registry's store, same file
+        _readable(path, uri)
+        try:
+            client = retrying(lambda: MlflowClient(uri, registry_uri=uri))  # opens the store: creates, migrates
+            retrying(lambda: client.search_registered_models(max_results=1))  # the registry's store, same file
+        except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as err:  # e.g. a schema older than MLflow's
+            raise TrackingError(f"{uri}: cannot open the store ({' '.join(str(err).split())[:300]})") from None
     return client
+
+
+def _readable(path: Path, uri: str) -> None:
+    """Fail at once on a file that is not a sqlite database (MLflow retries that for about 100 s)."""
+    if not path.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as con:
+            con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        return  # locked, or unreadable: MLflow's open retries and says which
+    except sqlite3.DatabaseError as err:
+        raise TrackingError(f"{uri}: {path} is not an MLflow store ({err})") from None
 
 
 def transient(err: BaseException) -> bool:
