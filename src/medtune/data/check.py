@@ -50,7 +50,7 @@ def check_coco(
         report.near_groups = duplicates.image_groups(list(images.values()), report.images_dir, near)[0]
     annotated = _check_annotations(report, images, known_categories)
     for i, img in enumerate(coco["images"]):
-        if isinstance(img, dict) and img.get("id") in images and img["id"] not in annotated:
+        if isinstance(img, dict) and _is_id(img.get("id")) and img["id"] in images and img["id"] not in annotated:
             _image_problem(report, i, "image_without_annotation", "no annotation")
     return report
 
@@ -199,7 +199,7 @@ def _segmentation_problems(ann: dict, img: dict | None) -> list[tuple[str, str]]
     seg = ann.get("segmentation", [])
     if isinstance(seg, dict):
         size = [img["height"], img["width"]] if img else None
-        ok = "counts" in seg and (size is None or list(seg.get("size", [])) == size)
+        ok = "counts" in seg and (size is None or seg.get("size") == size)
         return [] if ok else [("malformed_entry", f"RLE needs 'counts' and 'size' {size}")]
     if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
         return [("malformed_entry", "'segmentation' must be a list of polygons or an RLE object")]

@@ -99,6 +99,11 @@ def resolve_dataset(data: Path, *, cache_root: Path, seed: int = 0) -> Dataset:
     if missing:
         raise DataError(f"--data {data}: missing {', '.join(missing)} (expected train/val/test COCO files)")
     contents = {split: load_coco(path) for split, path in files.items()}
+    for split, content in contents.items():
+        for i, cat in enumerate(content["categories"]):
+            ok = isinstance(cat, dict) and type(cat.get("id")) is int and isinstance(cat.get("name"), str)
+            if not ok:
+                raise DataError(f"{files[split]}: categories[{i}] needs an integer 'id' and a string 'name'")
     categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
     for split in ("val", "test"):
         other = sorted(contents[split]["categories"], key=lambda c: c["id"])
