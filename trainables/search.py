@@ -16,9 +16,9 @@ from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
 from medtune.spaces import SearchSpace
+from trainables.optuna_search import AshaAwareOptunaSearch
 from trainables.sampling import DefineByRun, grid_param_space
 from trainables.trial import TrialContext, run_trial
 
@@ -105,6 +105,7 @@ def make_tuner(
     seed: int,
     callbacks: list,
     policy: SearchPolicy = SearchPolicy(),
+    verbose: bool = False,
 ) -> Tuner:
     """A fresh Tuner for ``space``; results go to ``storage_path/name``.
 
@@ -117,6 +118,7 @@ def make_tuner(
         seed: the sampler's seed.
         callbacks: driver-side Tune callbacks (e.g. the MLflow trial logger).
         policy: sampler, scheduler, checkpoints, actor reuse and trainable [what launch.py runs].
+        verbose: Ray's own progress tables (else quiet: pass a ``trainables.console.Console`` callback).
     """
     budget = space.budget
     if space.search == "grid":
@@ -128,7 +130,14 @@ def make_tuner(
         # A define-by-run space never receives TuneConfig's metric/mode (Ray only forwards them
         # along with a param_space), so the searcher is told here; the scheduler gets them from
         # TuneConfig.
-        searcher = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=sampler)
+        # ASHA-stopped trials reach Optuna as PRUNED, finished ones with their best epoch (optuna_search.py).
+        searcher = AshaAwareOptunaSearch(
+            space=DefineByRun(space),
+            metric=space.metric,
+            mode=space.mode,
+            sampler=sampler,
+            max_epochs=budget["max_epochs"],
+        )
         scheduler, param_space = SCHEDULERS[policy.scheduler](budget), None
     tune_config = TuneConfig(
         metric=space.metric,
@@ -144,7 +153,7 @@ def make_tuner(
         name=name,
         storage_path=str(storage_path),
         callbacks=callbacks,
-        verbose=1,
+        verbose=1 if verbose else 0,
         checkpoint_config=CheckpointConfig(
             num_to_keep=policy.keep_checkpoints,
             checkpoint_score_attribute=space.metric,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from medtune.quiet import quiet_lightning
+
 
 def make_trainer(*, max_epochs: int = 1, precision: str = "32-true", callbacks: list | None = None) -> pl.Trainer:
     """A quiet Trainer on the GPU this process was given, if any, else the CPU.
@@ -14,6 +16,7 @@ def make_trainer(*, max_epochs: int = 1, precision: str = "32-true", callbacks: 
         precision: Lightning precision on a GPU, e.g. ``16-mixed``; the CPU always runs ``32-true``.
         callbacks: Lightning callbacks (e.g. the trial's per-epoch report).
     """
+    quiet_lightning()
     gpu = torch.cuda.is_available()
     return pl.Trainer(
         max_epochs=max_epochs,
