@@ -40,10 +40,13 @@ class EpochReport(pl.Callback):
     Args:
         checkpoints: attach a Lightning checkpoint to each report (False: metrics only, to measure
             what checkpoints cost; ``--resume`` and publishing need them).
+        scratch: folder for the checkpoint's temporary copy [the system temp folder]; the launch
+            passes its own (``TrialContext.scratch``) and deletes it.
     """
 
-    def __init__(self, *, checkpoints: bool = True) -> None:
+    def __init__(self, *, checkpoints: bool = True, scratch: str | None = None) -> None:
         self.checkpoints = checkpoints
+        self.scratch = scratch
 
     def metrics(self, trainer: pl.Trainer) -> dict:
         """The report's metrics: Lightning's logged values plus ``early_stopped`` and ``node_id``."""
@@ -64,7 +67,7 @@ class EpochReport(pl.Callback):
             tune.report(metrics)
             return
         # Ray copies the folder into the trial's storage during report; the temporary one can go.
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory(dir=made(self.scratch)) as folder:
             self.save(trainer, folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -79,9 +82,19 @@ class TrialContext:
     num_classes: int
     max_epochs: int
     seed: int
-    threads: int
+    threads: int  # the trial's CPUs: torch threads, and DataLoader workers beyond the first (see run_trial)
     precision: str  # Lightning precision, e.g. "32-true" or "16-mixed"
     folds: FoldPlan | None = None  # cross-validation: caches (and pred_masks) then hold "pool" and "test"
+    # The launch's folder for temporary checkpoint copies: a trial stopped while reporting can leave
+    # one behind, and the launch deletes this folder when it ends (trainables.cleanup).
+    scratch: str | None = None
+
+
+def made(folder: str | None) -> str | None:
+    """``folder``, created if missing (None: the system temp folder)."""
+    if folder is not None:
+        os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None = None) -> None:
@@ -94,6 +107,9 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
     """
     config = flat_config(config)
     torch.set_num_threads(context.threads)
+    # Loading scales with the trial's CPUs unless the space sets data.num_workers; one CPU keeps 0
+    # workers (a worker process costs seconds to start, more than a smoke trial's loading).
+    config.setdefault("data.num_workers", max(0, context.threads - 1))
     if context.folds is not None:
         run_folds(config, context)
         return
@@ -106,7 +122,7 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
     data = build_datamodule(
         config, caches=caches, pred_masks=(context.pred_masks or {}).get(size), num_classes=context.num_classes
     )
-    callbacks = [report or EpochReport()]
+    callbacks = [report or EpochReport(scratch=context.scratch)]
     trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -139,7 +155,7 @@ def run_folds(config: dict, context: TrialContext) -> None:
         facts = {"early_stopped": float(finished), "node_id": ray.get_runtime_context().get_node_id()}
         tune.report({**metrics, **facts}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory(dir=made(context.scratch)) as work:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as saved:

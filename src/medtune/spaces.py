@@ -203,6 +203,17 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
     return space
 
 
+def revalidate(space: SearchSpace) -> SearchSpace:
+    """The checks a space file gets, for a space changed in code (``launch.py --set``): budget, keys and
+    the task's required data keys; a grid's sample count is recounted. Errors name ``space.path``."""
+    space = replace(space, budget=_budget(space.path, space.budget))
+    _check_keys(space)
+    _check_required_data(space)
+    if space.search == "grid":
+        space = replace(space, budget={**space.budget, "num_samples": len(grid_points(space))})
+    return space
+
+
 def grid_points(space: SearchSpace) -> list[dict]:
     """Every combination of the choice lists, in file order; a ``when`` parameter varies only
     where its condition holds (so tversky's alpha is crossed with tversky alone)."""

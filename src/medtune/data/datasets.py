@@ -11,6 +11,7 @@ image and its ground-truth mask to the bounding box of ``probability >= threshol
 ``crop_margin`` (see ``crop_box``) and resizes them back to S; an empty predicted mask keeps the
 whole image (there is nothing to crop to, and the classifier should still see the skin).
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,9 @@ def crop_box(region: torch.Tensor, margin: float) -> tuple[int, int, int] | None
 
 def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """uint8 [C, h, w] -> uint8 [C, size, size]."""
-    out = F.interpolate(x[None].float(), size=(size, size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    out = F.interpolate(
+        x[None].float(), size=(size, size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {})
+    )
     return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
@@ -138,7 +141,11 @@ class CachedDataset(Dataset):
         image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         labels = self.labels[index]
         label = labels[0] if labels.numel() == 1 else torch.tensor(-1)  # -1: not single-label
-        item = {"image": image.as_subclass(torch.Tensor), "mask": mask.as_subclass(torch.Tensor).float(), "label": label}
+        item = {
+            "image": image.as_subclass(torch.Tensor),
+            "mask": mask.as_subclass(torch.Tensor).float(),
+            "label": label,
+        }
         if self.num_classes is not None:
             item["targets"] = torch.zeros(self.num_classes).index_fill_(0, labels, 1.0)
         return item
@@ -159,7 +166,11 @@ class CachedDataModule(pl.LightningDataModule):
             shuffles. Validation and test are never resampled.
         sampler_floor: smallest weight of an image under ``lesion_size`` (lesion area share), so
             images with an empty mask are still drawn.
-        num_workers: DataLoader workers (0 keeps trials light; items are cheap tensor slices).
+        num_workers: DataLoader workers (0 loads in the training process; items are cheap tensor
+            slices). A trial that the space leaves unset uses its CPUs beyond the first
+            (``trainables.trial``), so ``--cpus-per-trial 1`` keeps 0.
+        pin_memory: page-locked batches for faster host-to-GPU copies; None: when CUDA is available
+            (a trial given no GPU sees none).
         num_classes: classes of the dataset (set by the platform); None infers 1 + the largest class
             index in any split, which misses classes listed last in the COCO file with no image.
         subsets: split name -> the rows of that split's cache to use (set by the platform for a
@@ -179,12 +190,14 @@ class CachedDataModule(pl.LightningDataModule):
         sampler: str = "none",
         sampler_floor: float = 0.05,
         num_workers: int = 0,
+        pin_memory: bool | None = None,
         num_classes: int | None = None,
         subsets: dict[str, list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.caches, self.pred_masks = caches, pred_masks or {}
         self.batch_size, self.augment, self.num_workers = batch_size, augment, num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.mask_mode, self.mask_threshold, self.crop_margin = mask_mode, mask_threshold, crop_margin
         self.sampler, self.sampler_floor = lookup(SAMPLERS, "sampler", sampler), sampler_floor
         self.num_classes, self.subsets = num_classes, subsets or {}
@@ -218,6 +231,7 @@ class CachedDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
