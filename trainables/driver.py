@@ -25,8 +25,9 @@ from medtune.crossval import FoldRecipe
 from medtune.leaderboard import counts, format_table, leaderboard
 from medtune.options import LaunchOptions
 from medtune.prepare import Prepared, prepare, start_parent_run
-from medtune.publish import BestTrial, Published, champion_summary, publish_best
+from medtune.publish import BestTrial, Lineage, Published, champion_summary, publish_best, registered_name
 from medtune.publish_cv import publish_folds
+from medtune.serving import SegmenterRef
 from medtune.tracking import (
     TRIAL_TAG,
     TrackingError,
@@ -34,7 +35,6 @@ from medtune.tracking import (
     latest_launch,
     open_client,
     promotion_reason,
-    segmenter_name,
     trial_runs,
 )
 from trainables.mlflow_trials import MLflowTrials
@@ -229,9 +229,16 @@ def _finish(
         client.set_terminated(parent_run_id, "FAILED")
         raise TrackingError(f"every trial of '{prepared.experiment}' failed; see the errors above and in mlflow ui")
     size = int(best.config["data.image_size"])
-    is_seg = space.task == "segmentation"
-    name = segmenter_name(prepared.dataset.name, prepared.dataset.fingerprint) if is_seg else None
-    version_tags = {"dataset": str(prepared.dataset.root), "dataset_fingerprint": prepared.dataset.fingerprint}
+    dataset, seg = prepared.dataset, prepared.segmenter
+    name = registered_name(space.name, space.task, dataset.name, dataset.fingerprint)  # every task's winner
+    version_tags = {"dataset": str(dataset.root), "dataset_fingerprint": dataset.fingerprint}
+    if seg:  # the segmenter whose masks it was trained on (masked tasks)
+        version_tags.update(segmenter_version=f"{seg.name}/{seg.version}", segmenter_foreign=str(seg.foreign).lower())
+    lineage = Lineage(
+        classes=tuple(dataset.categories),
+        segmenter=SegmenterRef(seg.name, seg.version, seg.image_size) if seg else None,
+        dataset_fingerprint=dataset.fingerprint,
+    )
     if prepared.folds:
         recipe = FoldRecipe(
             task=space.task,
@@ -253,9 +260,10 @@ def _finish(
             mode=space.mode,
             register_as=name,
             version_tags=version_tags,
+            lineage=lineage,
         )
     else:
-        published = _publish(client, prepared, options, parent_run_id, best, name, version_tags)
+        published = _publish(client, prepared, options, parent_run_id, best, name, version_tags, lineage)
     client.set_terminated(parent_run_id, "FINISHED")
     _print_result(client, prepared, best, published, name)
     return 0
@@ -269,6 +277,7 @@ def _publish(
     best: BestTrial,
     name: str | None,
     version_tags: dict[str, str],
+    lineage: Lineage,
 ) -> Published:
     """The winner of a search without folds: tested, retrained with more seeds, logged (registered)."""
     space, size = prepared.space, int(best.config["data.image_size"])
@@ -285,6 +294,7 @@ def _publish(
         mode=space.mode,
         register_as=name,
         version_tags=version_tags,
+        lineage=lineage,
         seed=options.seed,
         repeats=space.budget["repeats"],
         precision=options.precision,
@@ -310,7 +320,7 @@ def _print_result(
     if name:
         reason = promotion_reason(client, name, published.registered.rsplit("/", 1)[1])
         verb = "promoted to champion" if published.promoted else "registered, not promoted"
-        print(f"segmenter {published.registered} {verb} ({reason}); {champion_summary(client, name)}")
+        print(f"model {published.registered} {verb} ({reason}); {champion_summary(client, name)}")
     print(
         f"see every trial: mlflow ui --backend-store-uri {prepared.tracking_uri}  (experiment '{prepared.experiment}')"
     )

@@ -1,8 +1,15 @@
-"""After the search: test the best trial (and its retrains with more seeds), log the model, register and
-promote segmenters."""
+"""After the search: test the best trial (and its retrains with more seeds), log the model (a
+``medtune.serving.MedtuneModel`` pyfunc that carries what prediction needs), register it and promote it
+to champion if it beats the current one.
+
+Registered names: segmenters ``seg-<dataset>-<fingerprint>`` (``tracking.segmenter_name``), other
+models ``<space>-<dataset>-<fingerprint>`` (:func:`registered_name`), each with its own champion.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -10,22 +17,35 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas
+import PIL
+import pytorch_lightning
 import torch
 import torchvision
 from mlflow.entities import Metric
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from medtune.build import task_spec
+from medtune import serving
+from medtune.build import build_datamodule, task_spec
+from medtune.data.cache import load_cache
 from medtune.evaluate import load_system, test_metrics, test_predictions
 from medtune.repeats import Recipe
 from medtune.report.bootstrap import SeedScore, seed_scores
+from medtune.serving import FACTS_FILE, ModelFacts, SegmenterRef, network_inputs, signature
 from medtune.tasks.base import BaseTask
-from medtune.tracking import CHAMPION, SELECTION_DEFAULT, champion, promote_if_better
+from medtune.tracking import CHAMPION, SELECTION_DEFAULT, champion, promote_if_better, segmenter_name
 
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
     f"torchvision=={torchvision.__version__.split('+')[0]}",
+]
+# What loading a logged MedtuneModel imports besides torch (and the medtune package itself).
+PYFUNC_REQUIREMENTS = [
+    *PIP_REQUIREMENTS,
+    f"pytorch-lightning=={pytorch_lightning.__version__}",
+    f"pandas=={pandas.__version__}",
+    f"pillow=={PIL.__version__}",
 ]
 
 
@@ -49,6 +69,49 @@ class Published:
     seeds: dict[str, SeedScore] | None = None  # per metric, over every seed (single-label classifiers)
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """What a logged model must carry that its trial's configuration does not: the launch's side."""
+
+    classes: tuple[str, ...] = ()  # the dataset's category names, in class-index order
+    segmenter: SegmenterRef | None = None  # the registered segmenter a masked task's masks came from
+    dataset_fingerprint: str = ""
+
+
+def registered_name(space: str, task: str, dataset_name: str, fingerprint: str) -> str:
+    """Registered-model name of a launch's winner: ``seg-<dataset>-<fp>`` for segmenters (the name masked
+    tasks look their champion up by), ``<space>-<dataset>-<fp>`` for every other model."""
+    name = segmenter_name(dataset_name, fingerprint)
+    if task == "segmentation":
+        return name
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in space)
+    return f"{safe}-{name.removeprefix('seg-')}"
+
+
+def model_facts(task: str, config: dict, system: BaseTask, lineage: Lineage) -> ModelFacts:
+    """The facts a logged model carries (``medtune.serving.ModelFacts``), from the values training used.
+
+    Mask mode, threshold and crop margin are read from the data module the configuration builds (its
+    defaults included), the threshold and activation from the system.
+    """
+    data = build_datamodule(config, caches={})
+    threshold = getattr(system, "threshold", None)
+    masked = task_spec(task).needs_segmenter
+    return ModelFacts(
+        task=task,
+        report_kind=system.report_kind,
+        activation=system.activation,
+        image_size=int(config["data.image_size"]),
+        threshold=None if threshold is None else float(threshold),
+        classes=tuple(lineage.classes) if system.report_kind != "segmentation" else (),
+        mask_mode=data.mask_mode if masked else "none",
+        mask_threshold=float(data.mask_threshold),
+        crop_margin=float(data.crop_margin),
+        segmenter=lineage.segmenter if masked else None,
+        dataset_fingerprint=lineage.dataset_fingerprint,
+    )
+
+
 def publish_best(
     client: MlflowClient,
     *,
@@ -63,6 +126,7 @@ def publish_best(
     mode: str,
     register_as: str | None = None,
     version_tags: dict[str, str] | None = None,
+    lineage: Lineage = Lineage(),
     seed: int = 0,
     repeats: int = 1,
     precision: str = "32-true",
@@ -91,7 +155,8 @@ def publish_best(
     for key, value in test.items():
         client.log_metric(best.run_id, key, value)
     size = int(best.config["data.image_size"])
-    info = log_model(parent_run_id, system, size, register_as)
+    facts = model_facts(task, best.config, system, lineage)
+    info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"], register_as)
     if register_as is None:
         return Published(test, info.model_uri, seeds=scores)
     tags = {
@@ -138,18 +203,40 @@ def _over_seeds(
     return scores
 
 
-def log_model(run_id: str, system: BaseTask, size: int, register_as: str | None, *, name: str = "model") -> ModelInfo:
-    """Log the winner's network on the run as ``name`` (and register it as ``register_as`` when given)."""
-    example = np.zeros((2, 3, size, size), dtype=np.float32)
-    with mlflow.start_run(run_id=run_id):
-        return mlflow.pytorch.log_model(
-            system.model.cpu().eval(),
-            name=name,
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=register_as,
-            serialization_format="pt2",
-        )
+def log_model(
+    run_id: str,
+    system: BaseTask,
+    facts: ModelFacts,
+    images: torch.Tensor,
+    register_as: str | None = None,
+    *,
+    name: str = "model",
+) -> ModelInfo:
+    """Log ``system``'s network on the run as the pyfunc ``name`` (registered as ``register_as`` when given).
+
+    Args:
+        facts: what prediction needs (``model_facts``): written as the ``facts`` artifact and the metadata.
+        images: uint8 [N, 3, S, S] dataset images (the test cache): the first is the MLflow input example
+            (MLflow predicts on it once while logging), the first and last trace the export.
+    """
+    plain = dataclasses.replace(facts, mask_mode="none")  # tracing needs shapes, not the mask
+    trace = network_inputs(images[[0, -1]], None, plain)  # a batch of 2: the batch dimension stays dynamic
+    program = torch.export.export(system.model.cpu().eval(), (trace,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    with tempfile.TemporaryDirectory() as folder:
+        network, facts_file = Path(folder) / "network.pt2", Path(folder) / FACTS_FILE
+        torch.export.save(program, network)
+        facts_file.write_text(json.dumps(facts.to_json(), indent=1) + "\n")
+        with mlflow.start_run(run_id=run_id):
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(Path(serving.__file__).with_name("pyfunc_model.py")),  # code, not a pickle
+                artifacts={"network": str(network), "facts": str(facts_file)},
+                signature=signature(facts),
+                input_example=images[:1].permute(0, 2, 3, 1).numpy(),
+                pip_requirements=PYFUNC_REQUIREMENTS,
+                registered_model_name=register_as,
+                metadata={"medtune": facts.to_json()},
+            )
 
 
 def saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -3,7 +3,7 @@
 Recorded on the launch's parent run (``analyze.py`` reads these names):
 
 * ``test/*``: the fold ensemble (mean of the K models' probabilities, ``medtune.ensemble``), the
-  model that is logged (and, for a segmenter, registered: the champion is the ensemble);
+  model that is logged and registered (its champion candidate is the ensemble);
   ``test_fold{k}/*``: each fold model alone;
 * ``cv/fold{k}/<val metric>``, ``cv/mean/<val metric>``, ``cv/sd/<val metric>``: the winner's
   held-out fold scores at its selected round (what the search ranked it by);
@@ -23,22 +23,28 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
+from medtune.build import task_spec
 from medtune.crossval import FOLD_FILE, PREFIX, FoldRecipe
+from medtune.data.cache import load_cache
 from medtune.ensemble import ensemble_system
 from medtune.evaluate import load_system, test_metrics, test_predictions
 from medtune.publish import (
     BestTrial,
+    Lineage,
     Published,
     log_cam_overlays,
     log_model,
     log_predictions,
     metric_entry,
+    model_facts,
     register,
     saliency_ceiling,
 )
+from medtune.serving import ModelFacts
 from medtune.tasks.base import BaseTask
 
 
@@ -52,6 +58,7 @@ def publish_folds(
     mode: str,
     register_as: str | None = None,
     version_tags: dict[str, str] | None = None,
+    lineage: Lineage = Lineage(),
 ) -> Published:
     """Evaluate the cross-validated winner (``best.checkpoint_file``: its folder of fold files); record it."""
     folds = recipe.plan.folds
@@ -83,10 +90,13 @@ def publish_folds(
     client.set_tag(best.run_id, "best", "true")
     client.log_batch(best.run_id, metrics=[metric_entry(k, v) for k, v in test.items()])
     size = int(recipe.config["data.image_size"])
-    info = log_model(parent_run_id, ensemble, size, register_as)
+    facts = model_facts(recipe.task, recipe.config, ensemble, lineage)
+    images = load_cache(recipe.caches["test"])["images"]
+    info = log_model(parent_run_id, ensemble, facts, images, register_as)
     if register_as is None:
         return Published(test, info.model_uri)
-    _log_fold_models(client, parent_run_id, recipe, members, size)
+    if task_spec(recipe.task).model_kind == "segmentation":  # masked tasks draw out-of-fold masks from these
+        _log_fold_models(client, parent_run_id, recipe, members, facts, images)
     version = str(info.registered_model_version)
     tags = {
         "val_score": repr(best.val_score),
@@ -142,10 +152,17 @@ def _log_npz(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray], n
         client.log_artifact(run_id, str(path))
 
 
-def _log_fold_models(client: MlflowClient, run_id: str, recipe: FoldRecipe, members: list[BaseTask], size: int) -> None:
+def _log_fold_models(
+    client: MlflowClient,
+    run_id: str,
+    recipe: FoldRecipe,
+    members: list[BaseTask],
+    facts: ModelFacts,
+    images: torch.Tensor,
+) -> None:
     """Each fold segmenter as a logged model, and ``fold_models.json`` naming it and the images it held out."""
     folds = []
     for k, member in enumerate(members):
-        info = log_model(run_id, member, size, None, name=f"fold{k}")
+        info = log_model(run_id, member, facts, images, None, name=f"fold{k}")
         folds.append({"fold": k, "model_uri": info.model_uri, "val_image_ids": recipe.plan.val_image_ids(k)})
     client.log_dict(run_id, {"digest": recipe.plan.digest, "folds": folds}, "fold_models.json")

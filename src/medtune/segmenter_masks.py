@@ -110,11 +110,16 @@ def resolve_segmenter(client, *, name: str, uri: str | None, command: str) -> tu
 
 
 def load_segmenter(model_uri: str) -> nn.Module:
-    """Load a logged segmenter as a callable module.
+    """Load a logged segmenter's network as a callable CPU module (normalised input at its size).
 
-    ``launch.py`` logs models in torch.export ("pt2") format, which loads without unpickling code;
-    they were exported in eval mode (the exported graph does not support ``.eval()`` again).
+    ``launch.py`` logs ``medtune.serving.MedtuneModel`` pyfuncs whose network is a ``torch.export``
+    program; models logged before that are ``mlflow.pytorch`` "pt2" models. Either was exported in
+    eval mode (the exported graph does not support ``.eval()`` again).
     """
+    import mlflow.pyfunc
     import mlflow.pytorch
+    from mlflow.models import get_model_info
 
-    return mlflow.pytorch.load_model(model_uri)
+    if "pytorch" in get_model_info(model_uri).flavors:
+        return mlflow.pytorch.load_model(model_uri)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().network
