@@ -9,6 +9,7 @@ warnings and errors still come through. ``launch.py --verbose`` skips this.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 ROUTINE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)  # pytorch_lightning's _pytree, on every Trainer
@@ -27,6 +28,7 @@ def quiet_driver() -> None:
     import optuna
 
     quiet_lightning()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
