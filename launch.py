@@ -57,6 +57,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "costs K times the compute per trial; overrides the space's cv.folds",
     )
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a fixed value, a searched key (it becomes fixed) or budget.<key>, after --smoke; "
+        "repeatable; the value is a YAML scalar (e.g. --set data.image_size=48 --set budget.max_epochs=1); "
+        "--num-samples / --max-epochs / --repeats win over budget.*",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, the splits and every trial")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument(
@@ -80,12 +90,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded images and segmenter masks")
     p.add_argument("--precision", default="16-mixed", help="Lightning precision on GPU (CPU always uses 32-true)")
     p.add_argument("--resume", action="store_true", help="continue the experiment's interrupted latest launch")
+    p.add_argument("--verbose", action="store_true", help="Ray's own progress tables and every library's log lines")
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the trials' Ray checkpoints after a finished launch (deleted by default: the winner is in MLflow)",
+    )
     return p.parse_args(argv)
 
 
 def options_from(args: argparse.Namespace) -> LaunchOptions:
     """The typed options the library reads, from this command line's flags (one field per flag)."""
-    return LaunchOptions(**vars(args))
+    return LaunchOptions(**{**vars(args), "overrides": tuple(args.overrides)})
 
 
 def main(argv: list[str] | None = None) -> int:

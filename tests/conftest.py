@@ -87,15 +87,27 @@ def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Works
     shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
 
 
-def _shared_launch(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
-    result = ws.launch(*args)
-    shutil.rmtree(ws.root / "runs", ignore_errors=True)  # Ray checkpoints: nobody reads them, 128 MiB each
+class SharedLaunch(subprocess.CompletedProcess):
+    """A shared launch's result and what it left in its Ray storage folder (``runs/``), which is deleted
+    right after the launch: ``ray_files`` lists its files relative to ``runs/``, ``ray_bytes`` their size."""
+
+    ray_files: list[str]
+    ray_bytes: int
+
+
+def _shared_launch(ws: Workspace, *args: str) -> SharedLaunch:
+    done = ws.launch(*args)
+    result = SharedLaunch(done.args, done.returncode, done.stdout, done.stderr)
+    files = [f for f in (ws.root / "runs").rglob("*") if f.is_file()]
+    result.ray_files = sorted(str(f.relative_to(ws.root / "runs")) for f in files)
+    result.ray_bytes = sum(f.stat().st_size for f in files)
+    shutil.rmtree(ws.root / "runs", ignore_errors=True)  # what a launch keeps there is nobody's input
     assert result.returncode == 0, tail(result)
     return result
 
 
 @pytest.fixture(scope="session")
-def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.CompletedProcess:
+def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> SharedLaunch:
     """``segmentation --smoke --folds 2`` (2 trials, at most 2 epochs, 2 folds each): the dataset's first
     segmenter, its champion (the fold ensemble), whose fold models give ``masked_launch`` out-of-fold masks."""
     return _shared_launch(shared_workspace, *SEG_ARGS, "--data", str(synth_dir))
@@ -104,7 +116,7 @@ def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.Compl
 @pytest.fixture(scope="session")
 def masked_launch(
     seg_launch: subprocess.CompletedProcess, shared_workspace: Workspace, synth_dir: Path
-) -> subprocess.CompletedProcess:
+) -> SharedLaunch:
     """``masked_cls --smoke --folds 2`` on the (out-of-fold) masks of ``seg_launch``'s champion."""
     return _shared_launch(
         shared_workspace, "--space", "masked_cls", "--smoke", "--folds", "2", "--data", str(synth_dir)
@@ -112,6 +124,6 @@ def masked_launch(
 
 
 @pytest.fixture(scope="session")
-def cls_launch(shared_workspace: Workspace, synth_dir: Path) -> subprocess.CompletedProcess:
+def cls_launch(shared_workspace: Workspace, synth_dir: Path) -> SharedLaunch:
     """``whole_cls --smoke`` (2 trials, at most 2 epochs) with ``CLS_ARGS``, experiment ``whole_cls``."""
     return _shared_launch(shared_workspace, *CLS_ARGS, "--data", str(synth_dir))

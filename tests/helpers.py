@@ -28,8 +28,9 @@ TASK_CONFIGS = {
 # The metric each task's spaces optimise; every other task reports val/balanced_acc.
 OBJECTIVES = {"segmentation": "val/iou", "multilabel_classification": "val/challenge_score"}
 # The session's shared whole_cls launch (conftest ``cls_launch``): seeded, one trial at a time, so that a
-# second launch with the same arguments must reproduce it.
-CLS_ARGS = ("--space", "whole_cls", "--smoke", "--seed", "7", "--max-concurrent", "1")
+# second launch with the same arguments must reproduce it. Its --set repeats the smoke block's batch size
+# (nothing changes) so that the parent run records an override (tests/test_overrides.py).
+CLS_ARGS = ("--space", "whole_cls", "--smoke", "--seed", "7", "--max-concurrent", "1", "--set", "data.batch_size=8")
 # The session's shared segmentation launch (conftest ``seg_launch``): cross-validated, 2 folds.
 SEG_ARGS = ("--space", "segmentation", "--smoke", "--folds", "2")
 

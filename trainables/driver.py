@@ -7,13 +7,17 @@ Each phase's wall-clock time is printed at the end and recorded in the ``Phases`
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import torch
 from mlflow.tracking import MlflowClient
@@ -27,6 +31,7 @@ from medtune.options import LaunchOptions
 from medtune.prepare import Prepared, prepare, start_parent_run
 from medtune.publish import BestTrial, Lineage, Published, champion_summary, publish_best, registered_name
 from medtune.publish_cv import publish_folds
+from medtune.quiet import quiet_driver
 from medtune.serving import SegmenterRef
 from medtune.tracking import (
     TRIAL_TAG,
@@ -37,6 +42,8 @@ from medtune.tracking import (
     promotion_reason,
     trial_runs,
 )
+from trainables import cleanup
+from trainables.console import Console
 from trainables.mlflow_trials import MLflowTrials
 from trainables.phases import Phases
 from trainables.sampling import flat_config
@@ -54,11 +61,25 @@ INTERRUPTED = 130  # the exit code of a search that ended before its trials did 
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, phases: Phases | None = None) -> Iterator[None]:
-    """Ray started (or joined at ``address``) with the code shipped to workers, shut down after."""
+def ray_session(address: str | None = None, *, phases: Phases | None = None, verbose: bool = False) -> Iterator[None]:
+    """Ray started (or joined at ``address``) with the code shipped to workers, shut down after.
+
+    Trials' own output reaches the terminal (once per distinct line, ``RAY_DEDUP_LOGS``): their
+    warnings and errors, the routine lines being silenced in the trials (``medtune.quiet``).
+    """
     phases = phases if phases is not None else Phases()
+    # Ray's new output engine prints its experiment box and a TensorBoard hint even at verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
+    level = "INFO" if verbose else "WARNING"
     with phases.time("ray_init"):
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=code_runtime_env())
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=getattr(logging, level),
+            logging_config=ray.LoggingConfig(log_level=level),  # trials' loggers too (checkpoint notices)
+            runtime_env=code_runtime_env(),
+        )
     try:
         yield
     finally:
@@ -66,7 +87,7 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None) -> 
             ray.shutdown()
 
 
-def _context(prepared: Prepared, options: LaunchOptions) -> TrialContext:
+def _context(prepared: Prepared, options: LaunchOptions, path: Path) -> TrialContext:
     return TrialContext(
         task=prepared.space.task,
         caches=prepared.caches,
@@ -77,6 +98,7 @@ def _context(prepared: Prepared, options: LaunchOptions) -> TrialContext:
         threads=max(1, int(options.cpus_per_trial)),
         precision=options.precision,
         folds=prepared.folds,
+        scratch=str(cleanup.scratch_folder(path)),
     )
 
 
@@ -95,6 +117,10 @@ def _parent(client: MlflowClient, prepared: Prepared, options: LaunchOptions) ->
     if not can_restore(path):
         raise TrackingError(
             f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {path}"
+        )
+    if run.info.status == "FINISHED":  # its checkpoints are gone (trainables.cleanup); nothing is left to run
+        raise TrackingError(
+            f"--resume: the latest launch of '{prepared.experiment}' finished; start a new one without --resume"
         )
     client.update_run(run.info.run_id, "RUNNING")
     return run.info.run_id, path
@@ -116,13 +142,15 @@ def run(
         phases: filled with each phase's wall-clock time [a fresh one, printed only].
     """
     phases = phases if phases is not None else Phases()
+    if not options.verbose:
+        quiet_driver()
     with phases.time("prepare"):
         prepared = prepare(options, default_data=default_data)
     client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
         parent_run_id, path = _parent(client, prepared, options)
     try:
-        with ray_session(options.address, phases=phases):
+        with ray_session(options.address, phases=phases, verbose=options.verbose):
             tuner = _tuner(client, prepared, options, policy, parent_run_id, path)
             with phases.time("tuner_fit"):
                 grid = tuner.fit()
@@ -139,8 +167,18 @@ def run(
         except BaseException:  # testing, retraining or logging the winner failed: never leave RUNNING
             _close_runs(client, parent_run_id, prepared, "FAILED")
             raise
+    _clean_up(path, options, code)
     print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
     return code
+
+
+def _clean_up(path: Path, options: LaunchOptions, code: int) -> None:
+    """A finished launch deletes its trials' checkpoints (the winner is in MLflow) unless asked to keep
+    them; an interrupted one keeps them for --resume. The trials' scratch copies go in both cases."""
+    if code == 0 and not options.keep_checkpoints:
+        print(cleanup.summary(*cleanup.drop_checkpoints(path), path), file=sys.stderr)
+    else:
+        shutil.rmtree(cleanup.scratch_folder(path), ignore_errors=True)
 
 
 def _complete(grid: ResultGrid, num_samples: int) -> bool:
@@ -158,7 +196,7 @@ def _tuner(
 ) -> Tuner:
     """The new or restored Tuner, with the MLflow trial logger attached."""
     space = prepared.space
-    context, resources = _context(prepared, options), _resources(options)
+    context, resources = _context(prepared, options, path), _resources(options)
     if options.resume:
         return restore_tuner(path, context=context, resources=resources, policy=policy)
     seg = prepared.segmenter
@@ -173,6 +211,14 @@ def _tuner(
         searched=[p.name for p in space.params],
         tags=tags,
     )
+    console = Console(
+        metric=space.metric,
+        mode=space.mode,
+        max_epochs=space.budget["max_epochs"],
+        searched=[p.name for p in space.params],
+        num_samples=space.budget["num_samples"],
+    )
+    verbose = options.verbose
     return make_tuner(
         space,
         context=context,
@@ -180,8 +226,9 @@ def _tuner(
         storage_path=path.parent,
         name=path.name,
         seed=options.seed,
-        callbacks=[logger],
+        callbacks=[logger] if verbose else [logger, console],
         policy=policy,
+        verbose=verbose,
     )
 
 
@@ -212,7 +259,10 @@ def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, gr
     run_id = next(
         r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id
     )
-    folder = Path(checkpoint.to_directory())
+    # Read in place: to_directory() would copy it into a checkpoint_tmp_* folder of /tmp that nobody
+    # deletes (128 MiB per resnet18 fold); the launch deletes the original once the winner is logged.
+    in_place = isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
+    folder = Path(checkpoint.path) if in_place else Path(checkpoint.to_directory())
     local = folder if prepared.folds else folder / CHECKPOINT_FILE  # cross-validated: the folder of fold files
     return BestTrial(run_id, flat_config(result.config), local, score, dict(metrics))
 
@@ -224,7 +274,8 @@ def _finish(
     best = _best_trial(client, prepared, parent_run_id, grid)
     exp_id = experiment_id(client, prepared.experiment, create=False)
     rows = leaderboard(client, exp_id, parent_run_id, space.metric, space.mode)
-    print(f"\n== {prepared.experiment}: {len(rows)} trials {counts(rows)} ==\n{format_table(rows, space.metric)}")
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
+    print(f"\n== {prepared.experiment}: {len(rows)} trials ({tally}) ==\n{format_table(rows, space.metric)}")
     if best is None:
         client.set_terminated(parent_run_id, "FAILED")
         raise TrackingError(f"every trial of '{prepared.experiment}' failed; see the errors above and in mlflow ui")

@@ -26,6 +26,7 @@ class LaunchOptions:
     repeats: int | None = None  # seeds the winner is trained with; overrides the space's budget
     folds: int | None = None  # cross-validation folds (>= 2; 0 turns a space's cv off); overrides ``cv.folds``
     smoke: bool = False  # merge the space's smoke block
+    overrides: tuple[str, ...] = ()  # "key=value" (launch.py --set), applied after smoke (medtune.overrides)
     seed: int = 0  # sampler, splits and every trial
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # [1 if a GPU is visible, else 0]
@@ -40,6 +41,8 @@ class LaunchOptions:
     cache_dir: Path = Path(".cache")  # decoded images and segmenter masks
     precision: str = "16-mixed"  # Lightning precision on a GPU (the CPU runs 32-true)
     resume: bool = False  # continue the experiment's interrupted latest launch
+    verbose: bool = False  # Ray's own progress tables instead of one line per trial start and end
+    keep_checkpoints: bool = False  # keep the trials' Ray checkpoints after a finished launch
 
     def __post_init__(self) -> None:
         if (self.space is None) == (self.config is None):

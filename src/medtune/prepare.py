@@ -21,6 +21,7 @@ from medtune.data.cache import build_cache, cache_path
 from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
 from medtune.data.folds import FoldPlan, plan_folds, pool_cache
 from medtune.options import LaunchOptions
+from medtune.overrides import apply_overrides, describe
 from medtune.spaces import SearchSpace, SpaceError, load_config, load_space
 from medtune.tracking import (
     LAUNCH_TAG,
@@ -82,8 +83,9 @@ class Prepared:
 
 
 def load_and_override(options: LaunchOptions) -> SearchSpace:
-    """The space with ``--num-samples`` / ``--max-epochs`` / ``--repeats`` applied over its budget (a new space)."""
+    """The space with ``--set``, then ``--num-samples`` / ``--max-epochs`` / ``--repeats``, applied (a new space)."""
     space = load_config(options.config) if options.config else load_space(options.space, smoke=options.smoke)
+    space = apply_overrides(space, options.overrides)  # --set, after --smoke
     if options.folds is not None:
         if options.folds == 1 or options.folds < 0:
             raise SpaceError(f"--folds: expected an integer >= 2 (or 0: no cross-validation), got {options.folds}")
@@ -118,7 +120,7 @@ def check_dataset(dataset: Dataset) -> None:
     for split in SPLITS:
         report = check_coco(dataset.coco_files[split], dataset.images_dirs[split], fast=True)
         lines += [
-            f"{dataset.coco_files[split]}: {p.kind}: image {p.image_id} '{p.file_name}' {p.detail}".strip()
+            _one_line(f"{dataset.coco_files[split]}: {p.kind}: image {p.image_id} {p.file_name!r} {p.detail}")
             for p in report.problems
         ]
     if lines:
@@ -127,6 +129,11 @@ def check_dataset(dataset: Dataset) -> None:
         raise DataError(
             f"dataset {dataset.root} has {len(lines)} problem(s){more}; run python -m medtune.data check for the full report\n{details}"
         )
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks escaped (a file name may hold one): one problem, one line."""
+    return text.strip().replace("\r", "\\r").replace("\n", "\\n")
 
 
 def image_sizes(space: SearchSpace) -> list[int]:
@@ -275,6 +282,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         "seed": options.seed,
         **{f"budget.{k}": v for k, v in space.budget.items()},
         **({"cv_folds": prepared.folds.folds} if prepared.folds else {}),
+        **({"overrides": describe(options.overrides)} if options.overrides else {}),
     }
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
@@ -295,6 +303,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         "budget": space.budget,
         "fixed": space.fixed,
         "params": params,
+        "overrides": list(options.overrides),  # launch.py --set, already applied above
     }
     client.log_text(run.info.run_id, json.dumps(resolved, indent=2), "resolved_space.json")
     return run.info.run_id
