@@ -16,7 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from medtune.tracking import PARENT_TAG, TRIAL_TAG, run_name
+from medtune.tracking import PARENT_TAG, TRIAL_TAG, open_client, retrying, run_name
 from trainables.sampling import flat_config
 
 ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
@@ -55,7 +55,7 @@ class MLflowTrials(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = open_client(self.tracking_uri)
             self._reattach()
         return self._client
 
@@ -103,7 +103,9 @@ class MLflowTrials(tune.Callback):
         ]
         metrics.append(Metric("epoch", float(step), ts, step))
         tags = [RunTag(k, str(result.get(k, ""))) for k in ("node_id", "node_ip", "hostname")]
-        self.client.log_batch(self._run_id(trial), metrics=[m for m in metrics if math.isfinite(m.value)], tags=tags)
+        run_id, kept = self._run_id(trial), [m for m in metrics if math.isfinite(m.value)]
+        # A write refused by a locked sqlite file or a store answering 503 is retried, not lost.
+        retrying(lambda: self.client.log_batch(run_id, metrics=kept, tags=tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result
@@ -137,8 +139,8 @@ class MLflowTrials(tune.Callback):
 
     def _end(self, trial: Any, tags: dict[str, str], status: str) -> None:
         run_id = self._run_id(trial)
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(run_id, status)
+        retrying(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        retrying(lambda: self.client.set_terminated(run_id, status))
 
 
 def _error_text(trial: Any) -> str:
