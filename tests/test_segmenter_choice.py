@@ -16,7 +16,7 @@ from medtune.data.cache import load_cache
 from medtune.data.coco import resolve_dataset
 from medtune.models import SEG_MODELS
 from medtune.options import LaunchOptions
-from medtune.prepare import _mask_caches, _resolve_segmenter
+from medtune.segmenter_choice import mask_caches, resolve_segmenter
 from medtune.tracking import CHAMPION, TrackingError, segmenter_name
 
 
@@ -58,9 +58,9 @@ def test_reset_store_with_kept_cache_gets_fresh_masks(dataset, tmp_path: Path) -
     for seed in (0, 1):  # two stores, each with its own "v1": the second is the store after a reset
         uri = store(tmp_path)
         log_segmenter(uri, name, seed, tags)
-        segmenter = _resolve_segmenter(MlflowClient(uri), dataset, LaunchOptions(space="masked_cls"))
+        segmenter = resolve_segmenter(MlflowClient(uri), dataset, LaunchOptions(space="masked_cls"))
         assert segmenter.version == "1"
-        files, _ = _mask_caches(segmenter, dataset, [32], cache)
+        files, _ = mask_caches(segmenter, dataset, [32], cache)
         probs.append(load_cache(files[32]["test"])["probs"])
     # Same name and version, other weights: the second launch computed its own masks.
     assert not torch.equal(probs[0], probs[1])
@@ -73,7 +73,7 @@ def test_segmenter_of_another_dataset_is_refused_unless_allowed(dataset, tmp_pat
     options = LaunchOptions(space="masked_cls", segmenter=f"models:/{name}/1")
     # Its training split may hold this dataset's test images: one line saying why and what to do.
     with pytest.raises(TrackingError, match="not on this one.*--allow-foreign-segmenter") as err:
-        _resolve_segmenter(MlflowClient(uri), dataset, options)
+        resolve_segmenter(MlflowClient(uri), dataset, options)
     assert "\n" not in str(err.value)
     allowed = LaunchOptions(space="masked_cls", segmenter=f"models:/{name}/1", allow_foreign_segmenter=True)
-    assert _resolve_segmenter(MlflowClient(uri), dataset, allowed).foreign
+    assert resolve_segmenter(MlflowClient(uri), dataset, allowed).foreign
