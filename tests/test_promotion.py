@@ -17,7 +17,9 @@ TAGS = {"metric": "val/iou", "image_size": "64", "dataset_fingerprint": "abc"}
 @pytest.fixture
 def client(tmp_path: Path) -> MlflowClient:
     # A unique file name: MLflow caches one store per URI, and pytest may reuse a deleted tmp_path's name.
-    client = MlflowClient(f"sqlite:///{tmp_path / f'mlflow-{uuid.uuid4().hex}.db'}")
+    # registry_uri too: an earlier test in this process may have set MLflow's global registry URI.
+    uri = f"sqlite:///{tmp_path / f'mlflow-{uuid.uuid4().hex}.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model(NAME)
     return client
 
