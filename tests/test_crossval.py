@@ -122,7 +122,8 @@ def test_cv_launches_record_folds_oof_and_ensemble(
     synth_dir: Path,
     tmp_path: Path,
 ) -> None:
-    client = MlflowClient(shared_workspace.tracking_uri)
+    uri = shared_workspace.tracking_uri  # registry too: an earlier in-process test may set MLflow's global one
+    client = MlflowClient(uri, registry_uri=uri)
     (seg,), seg_trials = runs_of(client, "segmentation")
     folds = json.loads(_artifact(client, seg.info.run_id, "folds.json", tmp_path).read_text())
     assert folds["folds"] == 2 and seg.data.params["cv_folds"] == "2"

@@ -48,7 +48,8 @@ class Prepared:
     tracking_uri: str
     experiment: str
     folds: FoldPlan | None = None  # cross-validation: caches and pred_masks also hold "pool"
-    mask_sources: dict[str, list[int]] | None = None  # split -> per image: fold model of its mask, -1: ensemble
+    # split -> image_ids and, per image, the fold model that drew its mask (-1: the registered model)
+    mask_sources: dict[str, dict[str, list[int]]] | None = None
 
 
 def load_and_override(options: LaunchOptions) -> SearchSpace:
@@ -207,10 +208,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
 
 
 def _sources_json(prepared: Prepared) -> dict:
-    splits = {}
-    for split, sources in (prepared.mask_sources or {}).items():
-        ids = load_records(prepared.dataset, split).image_ids
-        splits[split] = {"image_ids": ids, "sources": sources}
+    splits = prepared.mask_sources or {}  # the image ids were read once, with the masks
     return {"segmenter": prepared.segmenter.uri if prepared.segmenter else None, "ensemble": -1, "splits": splits}
 
 

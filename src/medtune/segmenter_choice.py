@@ -80,7 +80,7 @@ def resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOpt
 
 def mask_caches(
     seg: Segmenter, dataset: Dataset, sizes: list[int], cache_root: Path
-) -> tuple[dict[int, dict[str, str]], dict[str, list[int]]]:
+) -> tuple[dict[int, dict[str, str]], dict[str, dict[str, list[int]]]]:
     """Mask caches per size and split, and per split the source of each image's mask.
 
     Out-of-fold for a cross-validated segmenter (see ``medtune.segmenter_masks``); models are loaded
@@ -101,16 +101,19 @@ def mask_caches(
         return loaded[source]
 
     out: dict[int, dict[str, str]] = {}
-    sources: dict[str, list[int]] = {}
+    sources: dict[str, dict[str, list[int]]] = {}  # split -> image ids and, per image, its mask's source
     for split in SPLITS:
         ids = load_records(dataset, split).image_ids
-        sources[split] = mask_sources(ids, folds) if split != "test" else [ENSEMBLE] * len(ids)
+        drawn = mask_sources(ids, folds) if split != "test" else [ENSEMBLE] * len(ids)
+        sources[split] = {"image_ids": ids, "sources": drawn}
     for size in sizes:
         out[size] = {}
         for split in SPLITS:
             seg_images = build_cache(dataset, split, seg.image_size, cache_root)
             target = cache_root / "masks" / seg.cache_key / cache_path(dataset, split, size, cache_root).name
-            out[size][split] = str(build_mask_cache(model, seg_images, target, out_size=size, sources=sources[split]))
+            out[size][split] = str(
+                build_mask_cache(model, seg_images, target, out_size=size, sources=sources[split]["sources"])
+            )
     return out, sources
 
 
