@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from medtune import build
 from medtune.data.cache import build_cache
@@ -21,6 +22,7 @@ from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_
 from medtune.data.folds import FoldPlan, plan_folds, pool_cache
 from medtune.options import LaunchOptions
 from medtune.overrides import apply_overrides, describe
+from medtune.provenance import dataset_inputs, describe_experiment, standard_tags
 from medtune.segmenter_choice import Segmenter, concat_masks, mask_caches, resolve_segmenter
 from medtune.spaces import SearchSpace, SpaceError, load_config, load_space
 from medtune.tracking import (
@@ -150,10 +152,18 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
 
 
 def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: Path) -> str:
-    """Create the experiment (driver only) and the launch's parent run with its provenance."""
+    """Create the experiment (driver only) and the launch's parent run with its provenance.
+
+    Besides medtune's own tags, the run carries MLflow's (user, source, git commit), the space file's
+    header comment as its description (and the experiment's, unless it has one) and the dataset
+    splits it uses as inputs, so the MLflow UI and ``MlflowClient`` show them as for any MLflow run.
+    """
     exp_id = experiment_id(client, prepared.experiment, create=True)
     space, dataset = prepared.space, prepared.dataset
+    describe_experiment(client, exp_id, space.description)
     tags = {
+        **standard_tags(),
+        **({MLFLOW_RUN_NOTE: space.description} if space.description else {}),
         LAUNCH_TAG: "true",
         "space": space.name,
         "task": space.task,
@@ -174,6 +184,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
     if prepared.folds:
         tags["cv_folds_digest"] = prepared.folds.digest
     run = client.create_run(exp_id, run_name=f"launch-{ray_path.name}", tags=tags)
+    client.log_inputs(run.info.run_id, datasets=dataset_inputs(dataset, prepared.folds))
     params = {
         "metric": space.metric,
         "mode": space.mode,

@@ -2,6 +2,7 @@
 
 Schema (every key checked; errors name the file and the key)::
 
+    # Which segmenter delineates lesions best?   <- leading comment lines: the MLflow experiment's description
     task: segmentation            # a name in medtune.tasks.TASKS
     metric: val/iou               # the objective, reported by every trial each epoch
     mode: max                     # max or min
@@ -64,6 +65,7 @@ class SearchSpace:
     budget: dict[str, int]
     search: str = "tpe"
     folds: int = 0  # cross-validation folds of train+val per trial (``cv.folds``); 0: train on train, select on val
+    description: str = ""  # the file's header comment: the question the space asks (the experiment's description)
 
     def possible_values(self, key: str) -> tuple:
         """Every value ``key`` can take (fixed value or choice list); empty if continuous or absent."""
@@ -102,7 +104,8 @@ def load_space(name: str, *, smoke: bool = False) -> SearchSpace:
     """Load, merge the ``smoke`` block when asked, and validate a search space."""
     path = resolve_path(name)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SpaceError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     except OSError as err:
@@ -114,7 +117,24 @@ def load_space(name: str, *, smoke: bool = False) -> SearchSpace:
         raise SpaceError(f"{path}: unknown key '{_first(unknown)}'; valid: {', '.join(sorted(TOP_KEYS))}")
     if smoke:
         raw = merge(raw, _mapping(path, raw, "smoke"))
-    return _validate(path, raw)
+    return replace(_validate(path, raw), description=header_comment(text))
+
+
+def header_comment(text: str) -> str:
+    """The leading ``#`` lines of a YAML file, without their ``# ``; "" when it starts otherwise.
+
+    A space file opens with the question it asks, in words: that text describes its experiment.
+    Blank lines before the comment are skipped; the first other line ends it.
+    """
+    lines: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() and not lines:
+            continue
+        if not line.startswith("#"):
+            break
+        body = line[1:]
+        lines.append(body[1:] if body.startswith(" ") else body)
+    return "\n".join(lines).strip()
 
 
 def load_config(path: Path) -> SearchSpace:
@@ -142,6 +162,7 @@ def load_config(path: Path) -> SearchSpace:
         params=(),
         budget=_budget(path, budget),
         folds=base.folds,
+        description=base.description,  # the space's question; the config file's header says which trial
     )
     _check_keys(space)
     return space
