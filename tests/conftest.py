@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,19 +12,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CLS_ARGS, SEG_ARGS, Workspace, tail
+from tests.helpers import CLS_ARGS, OTHER_ARGS, SEG_ARGS, SharedLaunch, Workspace, tail
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+SHARED_GROUP = "shared_launches"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook is not trylast)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` run only where CUDA is available."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """Tests marked ``gpu`` run only where CUDA is available; each test joins an xdist group.
+
+    ``./test.sh`` runs the suite on 2 processes (pytest-xdist, ``--dist loadgroup``), a group never
+    split between them: every test reading the session's shared launches is in one group (so each
+    launch runs once, in one process), every other module is a group of its own (module-scoped
+    workspaces and tests that depend on their order in the module stay together).
+    """
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        if skip and "gpu" in item.keywords:
             item.add_marker(skip)
+        shared = "shared_workspace" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUP if shared else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
@@ -87,30 +98,69 @@ def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Works
     shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
 
 
-class SharedLaunch(subprocess.CompletedProcess):
-    """A shared launch's result and what it left in its Ray storage folder (``runs/``), which is deleted
-    right after the launch: ``ray_files`` lists its files relative to ``runs/``, ``ray_bytes`` their size."""
-
-    ray_files: list[str]
-    ray_bytes: int
-
-
-def _shared_launch(ws: Workspace, *args: str) -> SharedLaunch:
-    done = ws.launch(*args)
+def _collect(ws: Workspace, done: subprocess.CompletedProcess, experiment: str | None = None) -> SharedLaunch:
+    """``done`` as a ``SharedLaunch``; its Ray folder (``runs/<experiment>-<time>``, or all of ``runs/``)
+    is listed, then deleted: what a launch keeps there is nobody's input."""
     result = SharedLaunch(done.args, done.returncode, done.stdout, done.stderr)
-    files = [f for f in (ws.root / "runs").rglob("*") if f.is_file()]
-    result.ray_files = sorted(str(f.relative_to(ws.root / "runs")) for f in files)
+    runs = ws.root / "runs"
+    folders = [f for f in runs.glob(f"{experiment}-*")] if experiment else [runs]
+    files = [f for folder in folders for f in folder.rglob("*") if f.is_file()]
+    result.ray_files = sorted(str(f.relative_to(runs)) for f in files)
     result.ray_bytes = sum(f.stat().st_size for f in files)
-    shutil.rmtree(ws.root / "runs", ignore_errors=True)  # what a launch keeps there is nobody's input
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
     assert result.returncode == 0, tail(result)
     return result
 
 
+def _shared_launch(ws: Workspace, *args: str) -> SharedLaunch:
+    return _collect(ws, ws.launch(*args))
+
+
 @pytest.fixture(scope="session")
-def seg_launch(shared_workspace: Workspace, synth_dir: Path) -> SharedLaunch:
+def second_synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another 48-image synthetic set (seed 1): a second dataset, with its own fingerprint."""
+    from medtune.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth2") / "data"
+    generate(out, n=48, size=32, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def first_launches(shared_workspace: Workspace, synth_dir: Path, second_synth_dir: Path) -> dict[str, SharedLaunch]:
+    """Three launches started at the same moment on the fresh shared store, as a lab runs them: the
+    segmentation search (``SEG_ARGS``) and the whole_cls search (``CLS_ARGS``) on ``synth_dir``, and
+    ``OTHER_ARGS`` (experiment ``other_data``) on ``second_synth_dir``. Keyed by experiment name.
+
+    Each is checked to have finished (exit 0); tests/test_store_concurrency.py checks that none lost
+    a metric. They create the store, its tables and the datasets' caches together.
+    """
+    ws = shared_workspace
+    argv = {
+        "segmentation": (*SEG_ARGS, "--data", str(synth_dir)),
+        "whole_cls": (*CLS_ARGS, "--data", str(synth_dir)),
+        "other_data": (*OTHER_ARGS, "--data", str(second_synth_dir)),
+    }
+    logs = {name: (ws.root / f"{name}.out", ws.root / f"{name}.err") for name in argv}
+    procs = {name: ws.start_launch(*args, log=logs[name][0], err=logs[name][1]) for name, args in argv.items()}
+    launches = {}
+    for name, proc in procs.items():
+        try:
+            code = proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+        out, err = (path.read_text() for path in logs[name])
+        launches[name] = _collect(ws, subprocess.CompletedProcess(proc.args, code, out, err), name)
+    return launches
+
+
+@pytest.fixture(scope="session")
+def seg_launch(first_launches: dict[str, SharedLaunch]) -> SharedLaunch:
     """``segmentation --smoke --folds 2`` (2 trials, at most 2 epochs, 2 folds each): the dataset's first
     segmenter, its champion (the fold ensemble), whose fold models give ``masked_launch`` out-of-fold masks."""
-    return _shared_launch(shared_workspace, *SEG_ARGS, "--data", str(synth_dir))
+    return first_launches["segmentation"]
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +174,15 @@ def masked_launch(
 
 
 @pytest.fixture(scope="session")
-def cls_launch(shared_workspace: Workspace, synth_dir: Path) -> SharedLaunch:
+def cls_launch(first_launches: dict[str, SharedLaunch]) -> SharedLaunch:
     """``whole_cls --smoke`` (2 trials, at most 2 epochs) with ``CLS_ARGS``, experiment ``whole_cls``."""
-    return _shared_launch(shared_workspace, *CLS_ARGS, "--data", str(synth_dir))
+    return first_launches["whole_cls"]
+
+
+@pytest.fixture(scope="session")
+def repro_launch(cls_launch: SharedLaunch, shared_workspace: Workspace, synth_dir: Path) -> SharedLaunch:
+    """``CLS_ARGS`` again (experiment ``repro``), the winner then retrained with a second seed
+    (``--repeats 2``): its search must repeat ``cls_launch``'s, and its test split rests on 2 seeds."""
+    return _shared_launch(
+        shared_workspace, *CLS_ARGS, "--repeats", "2", "--data", str(synth_dir), "--experiment", "repro"
+    )

@@ -33,6 +33,18 @@ OBJECTIVES = {"segmentation": "val/iou", "multilabel_classification": "val/chall
 CLS_ARGS = ("--space", "whole_cls", "--smoke", "--seed", "7", "--max-concurrent", "1", "--set", "data.batch_size=8")
 # The session's shared segmentation launch (conftest ``seg_launch``): cross-validated, 2 folds.
 SEG_ARGS = ("--space", "segmentation", "--smoke", "--folds", "2")
+# The third launch started with those two (conftest ``first_launches``): one trial on a second dataset.
+OTHER_ARGS = (
+    "--space",
+    "whole_cls",
+    "--smoke",
+    "--experiment",
+    "other_data",
+    "--num-samples",
+    "1",
+    "--max-epochs",
+    "1",
+)
 
 
 def build_one(task: str, config: dict, caches: dict, *, epochs: int = 2) -> tuple[pl.LightningModule, object]:
@@ -71,6 +83,14 @@ def tail(result: subprocess.CompletedProcess, chars: int = 3000) -> str:
     return result.stdout[-chars:] + result.stderr[-chars:]
 
 
+class SharedLaunch(subprocess.CompletedProcess):
+    """A shared launch's result and what it left in its Ray storage folder (``runs/``), which is deleted
+    right after the launch: ``ray_files`` lists its files relative to ``runs/``, ``ray_bytes`` their size."""
+
+    ray_files: list[str]
+    ray_bytes: int
+
+
 class Workspace:
     """A temporary MLflow store, Ray storage and cache, and a way to run the real CLIs in it."""
 
@@ -81,18 +101,19 @@ class Workspace:
     def launch(self, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return self._run(["launch.py", *args, *self._common()], timeout, env)
 
-    def start_launch(self, *args: str, log: Path) -> subprocess.Popen:
-        """``launch.py`` in the background, in its own process group, stdout and stderr to ``log``.
+    def start_launch(self, *args: str, log: Path, err: Path | None = None) -> subprocess.Popen:
+        """``launch.py`` in the background, in its own process group, stdout to ``log`` and stderr to
+        ``err`` [``log`` too].
 
-        A file, not a pipe: a pipe nobody reads blocks the launcher once it holds 64 KiB.
+        Files, not pipes: a pipe nobody reads blocks the launcher once it holds 64 KiB.
         """
-        with log.open("w") as out:
+        with log.open("w") as out, (err or log).open("a") as errors:
             return subprocess.Popen(
                 [sys.executable, "launch.py", *args, *self._common()],
                 cwd=PROJECT_DIR,
                 env=self._env(),
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=errors if err else subprocess.STDOUT,
                 start_new_session=True,
             )
 

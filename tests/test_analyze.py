@@ -1,9 +1,9 @@
 """``analyze.py`` on a small MLflow store built by the real ``launch.py`` (tiny synthetic searches).
 
-The store is a copy of the session's shared store (conftest ``shared_workspace``) once its
-``whole_cls`` launch (``cls_launch``: 2 trials of at most 2 epochs) is in it, so no search is run
-again for this module; its artifacts stay where that launch logged them. One launch is added:
-``other_data``, 1 trial of 1 epoch on a second synthetic set generated with another seed. To make
+The store is a copy of the session's shared store (conftest ``shared_workspace``) once its first
+launches are in it (conftest ``first_launches``): ``whole_cls`` (``cls_launch``: 2 trials of at most 2
+epochs) and ``other_data`` (1 trial of 1 epoch on a second synthetic set, generated with another seed),
+so no search is run for this module; their artifacts stay where those launches logged them. To make
 failed and stopped trials deterministic, the fixture then adds two child runs to the ``whole_cls``
 launch by hand, written the way ``trainables/mlflow_trials.py`` writes them, and a copy of that
 launch (same dataset) with perturbed test predictions as a second experiment to compare against.
@@ -29,7 +29,6 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score
 
 import analyze
-from medtune.data.synth import generate
 from medtune.report.load import PREDICTIONS, load_predictions
 from medtune.tracking import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
 from tests.helpers import Workspace
@@ -45,27 +44,6 @@ class Store:
     parent: str  # the whole_cls launch
     stopped_run: str
     failed_run: str
-
-
-def _launch(root: Path, data: str, *extra: str) -> None:
-    command = [
-        sys.executable,
-        "launch.py",
-        "--space",
-        "whole_cls",
-        "--smoke",
-        "--data",
-        str(root / data),
-        "--tracking-uri",
-        f"sqlite:///{root}/mlflow.db",
-        "--storage-path",
-        str(root / "runs"),
-        "--cache-dir",
-        str(root / "cache"),
-        *extra,
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def _fake_trial(client: MlflowClient, exp_id: str, parent: str, params: dict, *, status: str, tags: dict) -> str:
@@ -137,12 +115,9 @@ def _copy_launch(client: MlflowClient, parent: str, root: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory, shared_workspace: Workspace, cls_launch: object) -> Store:
+def store(tmp_path_factory: pytest.TempPathFactory, shared_workspace: Workspace, first_launches: dict) -> Store:
     root = tmp_path_factory.mktemp("analyze")
     shutil.copy(shared_workspace.root / "mlflow.db", root / "mlflow.db")
-    generate(root / "data2", n=48, size=32, seed=1)
-    _launch(root, "data2", "--experiment", "other_data", "--num-samples", "1", "--max-epochs", "1")
-    shutil.rmtree(root / "runs")  # analyze.py reads MLflow only; the checkpoints are ~0.3 GB
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     exp_id = experiment_id(client, "whole_cls", create=False)

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from medtune.spaces import available, load_space
-from tests.helpers import CLS_ARGS, PROJECT_DIR, Workspace, runs_of, tail
+from tests.helpers import PROJECT_DIR, Workspace, runs_of, tail
 
 pytestmark = pytest.mark.slow
 SHARED = {"segmentation": "seg_launch", "masked_cls": "masked_launch", "whole_cls": "cls_launch"}
@@ -31,30 +33,59 @@ def multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _smoke_launch(name: str, request: pytest.FixtureRequest) -> tuple[Workspace, str]:
-    """The store and experiment of a smoke launch of space ``name``: the shared one, or a new one."""
-    if name in SHARED:
-        request.getfixturevalue(SHARED[name])
-        return request.getfixturevalue("shared_workspace"), name
-    space = load_space(name, smoke=True)
-    fixture = "multilabel_dir" if space.task == "multilabel_classification" else "synth_dir"
-    data, workspace = request.getfixturevalue(fixture), request.getfixturevalue("workspace")
-    # Plumbing only: the space's smoke block, cut to one one-epoch trial (the shared launches run theirs whole).
-    args = ("--smoke", "--num-samples", "1", "--max-epochs", "1")
-    result = workspace.launch("--space", name, *args, "--data", str(data), "--experiment", f"smoke_{name}")
+OWN = sorted(set(available()) - set(SHARED) - {"seg_loss_grid"})  # that one: its own test below
+
+
+AT_ONCE = 2  # smoke launches running together: more would start too many Ray clusters at once on 2 cores
+
+
+@pytest.fixture(scope="module")
+def smoke_launches(
+    workspace: Workspace, synth_dir: Path, multilabel_dir: Path
+) -> dict[str, subprocess.CompletedProcess]:
+    """The smoke launch of every space in ``OWN``, ``AT_ONCE`` at a time (experiment ``smoke_<space>``).
+
+    Plumbing only: each space's smoke block, cut to one one-epoch trial (the shared launches run theirs
+    whole). A launch mostly waits (Ray start-up, imports), so two share the 2 cores well.
+    """
+    done = {}
+    for first in range(0, len(OWN), AT_ONCE):
+        procs = {}
+        for name in OWN[first : first + AT_ONCE]:
+            multilabel = load_space(name, smoke=True).task == "multilabel_classification"
+            data = multilabel_dir if multilabel else synth_dir
+            args = ("--space", name, "--smoke", "--num-samples", "1", "--max-epochs", "1", "--data", str(data))
+            log = workspace.root / f"smoke_{name}.log"
+            procs[name] = (workspace.start_launch(*args, "--experiment", f"smoke_{name}", log=log), log)
+        for name, (proc, log) in procs.items():
+            try:
+                code = proc.wait(timeout=900)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                code = proc.wait()
+            done[name] = subprocess.CompletedProcess(proc.args, code, log.read_text(), "")
     shutil.rmtree(workspace.root / "runs", ignore_errors=True)  # Ray checkpoints, never read
-    assert result.returncode == 0, tail(result)
-    return workspace, f"smoke_{name}"
+    return done
 
 
-@pytest.mark.parametrize("name", sorted(set(available()) - {"seg_loss_grid"}))  # that one: its own test below
-def test_space_smoke_runs(name: str, request: pytest.FixtureRequest) -> None:
-    workspace, experiment = _smoke_launch(name, request)
+def _check_smoke(workspace: Workspace, experiment: str, trials: int) -> None:
     parents, children = runs_of(MlflowClient(workspace.tracking_uri), experiment)
     # One finished launch with a child per trial and the best trial's test metrics.
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == (load_space(name, smoke=True).budget["num_samples"] if name in SHARED else 1)
+    assert len(children) == trials
     assert any(key.startswith("test/") for key in parents[0].data.metrics)
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_space_smoke_runs(name: str, workspace: Workspace, smoke_launches: dict) -> None:
+    assert smoke_launches[name].returncode == 0, tail(smoke_launches[name])
+    _check_smoke(workspace, f"smoke_{name}", 1)
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_shared_space_smoke_runs(name: str, shared_workspace: Workspace, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue(SHARED[name])  # the session's launch of that space, its whole smoke block
+    _check_smoke(shared_workspace, name, load_space(name, smoke=True).budget["num_samples"])
 
 
 def grid_combinations(params: dict) -> list[dict]:
@@ -88,10 +119,9 @@ def test_seg_loss_grid_runs_every_combination_once(workspace: Workspace, synth_d
 
 
 def test_same_seed_same_configs_and_metrics(
-    shared_workspace: Workspace, cls_launch: subprocess.CompletedProcess, synth_dir: Path
+    shared_workspace: Workspace, cls_launch: subprocess.CompletedProcess, repro_launch: subprocess.CompletedProcess
 ) -> None:
-    second = shared_workspace.launch(*CLS_ARGS, "--data", str(synth_dir), "--experiment", "repro")
-    assert second.returncode == 0, tail(second)
+    # conftest ``repro_launch``: CLS_ARGS again, experiment "repro" (its winner then retrained with a second seed).
     client = MlflowClient(shared_workspace.tracking_uri)
     runs = [sorted(runs_of(client, name)[1], key=lambda r: r.info.start_time) for name in ("whole_cls", "repro")]
     # The sampler proposes the same configurations in the same order, and on CPU they train identically.

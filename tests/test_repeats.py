@@ -21,7 +21,7 @@ from medtune.report.compare import Entry, compare, format_text, verdict, write_p
 from medtune.report.load import load_predictions
 from medtune.tracking import experiment_id, latest_launch
 from medtune.trainer import make_trainer
-from tests.helpers import TASK_CONFIGS, Workspace, tail
+from tests.helpers import TASK_CONFIGS, SharedLaunch, Workspace, tail
 
 LABELS = np.arange(60) % 3
 
@@ -178,29 +178,25 @@ def test_bad_repeats_refused_in_one_line(
 
 
 @pytest.mark.slow
-def test_launch_with_repeats_reports_over_seeds(workspace: Workspace, synth_dir: Path) -> None:
-    args = ("--space", "whole_cls", "--smoke", "--seed", "3", "--repeats", "2", "--data", str(synth_dir))
-    result = workspace.launch(*args, "--experiment", "repeats2")
-    assert result.returncode == 0, tail(result)
-    client = MlflowClient(workspace.tracking_uri)
-    run = latest_launch(client, experiment_id(client, "repeats2", create=False))
+def test_launch_with_repeats_reports_over_seeds(shared_workspace: Workspace, repro_launch: SharedLaunch) -> None:
+    # conftest ``repro_launch``: CLS_ARGS (seed 7) with --repeats 2, experiment "repro".
+    client = MlflowClient(shared_workspace.tracking_uri)
+    run = latest_launch(client, experiment_id(client, "repro", create=False))
     preds = load_predictions(client, run.info.run_id)
-    # The winner (seed 3) and one retrain (seed 4), each on the 9 test images.
-    assert preds["probs_seeds"].shape[:2] == (2, 9) and list(preds["seeds"]) == [3, 4]
+    # The winner (seed 7) and one retrain (seed 8), each on the 9 test images.
+    assert preds["probs_seeds"].shape[:2] == (2, 9) and list(preds["seeds"]) == [7, 8]
     assert np.allclose(preds["probs_seeds"][0], preds["probs"])
     assert run.data.params["repeats"] == "2"
     score = seed_scores(preds["labels"].astype(int), preds["probs_seeds"])["balanced_acc"]
     assert run.data.metrics["test_seeds/balanced_acc_mean"] == pytest.approx(score.mean)
     assert {f"test_seeds/auroc_{k}" for k in ("mean", "sd", "low", "high")} <= set(run.data.metrics)
-    assert f"test balanced_acc over 2 seeds x 9 images: mean {score.mean:.3f}" in result.stdout
-    compared = workspace.analyze("--compare", "repeats2", "repeats2", "--out", str(workspace.root / "cmp"))
+    assert f"test balanced_acc over 2 seeds x 9 images: mean {score.mean:.3f}" in repro_launch.stdout
+    compared = shared_workspace.analyze("--compare", "repro", "repro", "--out", str(shared_workspace.root / "cmp"))
     # Read back from the store: the comparison rests on both seeds. Against itself the difference is 0,
     # its interval not a point: each side draws its seeds on its own, so the seeds' spread shows in it.
     assert compared.returncode == 0, tail(compared)
-    assert "repeats2 over 2 seeds and 9 test images" in compared.stdout
-    assert re.search(
-        r"repeats2 vs repeats2, acc: \+0\.000 \[[-+]\d\.\d+, \+\d\.\d+\]: no difference shown", compared.stdout
-    )
+    assert "repro over 2 seeds and 9 test images" in compared.stdout
+    assert re.search(r"repro vs repro, acc: \+0\.000 \[[-+]\d\.\d+, \+\d\.\d+\]: no difference shown", compared.stdout)
 
 
 def test_compare_bootstraps_per_image_saliency_when_saved() -> None:

@@ -1,4 +1,5 @@
-"""The sqlite store under concurrency: a fresh store opened by several processes at once, and locked writes."""
+"""The sqlite store under concurrency: a fresh store opened by several processes at once, locked writes, and
+three real launches started together on one store."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtune.tracking import TrackingError, open_client, retrying, sqlite_file, transient
+from tests.helpers import Workspace, runs_of
 
 PROCESSES = 3
 
@@ -163,3 +165,28 @@ def test_store_of_an_older_schema_is_one_tracking_error(store: tuple, tmp_path: 
     with pytest.raises(TrackingError, match="cannot open the store .*out-of-date database schema") as err:
         open_client(f"sqlite:///{db}")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_three_launches_at_once_on_one_store_lose_nothing(shared_workspace: Workspace, first_launches: dict) -> None:
+    """conftest ``first_launches``: segmentation (2 folds) and whole_cls on one synthetic set and whole_cls on
+    a second one, started at the same moment on a fresh store (their caches built at the same time too)."""
+    client = MlflowClient(shared_workspace.tracking_uri)
+    found = expected = 0
+    for experiment, launch in first_launches.items():
+        parents, children = runs_of(client, experiment)
+        # Each launch finished with one parent run and one finished child run per trial ...
+        assert launch.returncode == 0 and len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert children and all(r.info.status == "FINISHED" for r in children), experiment
+        objective = parents[0].data.params["metric"]
+        for run in children:
+            epochs = int(run.data.tags["epochs_run"])
+            keys = ["epoch", "val/loss", objective]
+            if "cv_folds" in parents[0].data.params:  # cross-validated: both folds' scores every round
+                keys += [f"cv/fold{k}/{objective}" for k in range(int(parents[0].data.params["cv_folds"]))]
+            for key in keys:
+                # ... with every epoch's metrics, each exactly once.
+                steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+                assert steps == list(range(1, epochs + 1)), (experiment, run.info.run_name, key, steps)
+                found, expected = found + len(steps), expected + epochs
+    print(f"3 launches at once: {expected} metric points expected, {found} found")
