@@ -42,6 +42,7 @@ from medtune.winner import publish_winner
 from trainables import cleanup
 from trainables.console import Console
 from trainables.mlflow_trials import MLflowTrials
+from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
 from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
@@ -55,6 +56,7 @@ def code_runtime_env() -> dict:
 
 
 INTERRUPTED = 130  # the exit code of a search that ended before its trials did (as for SIGINT)
+STUDY_TAGS = ("optuna_storage", "optuna_study")  # the parent run's record of where its Optuna study lives
 
 
 @contextmanager
@@ -146,9 +148,10 @@ def run(
     client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
         parent_run_id, path = _parent(client, prepared, options)
+        storage = _study(client, prepared, options, parent_run_id, path)
     try:
         with ray_session(options.address, phases=phases, verbose=options.verbose):
-            tuner = _tuner(client, prepared, options, policy, parent_run_id, path)
+            tuner = _tuner(client, prepared, options, policy, parent_run_id, path, storage)
             with phases.time("tuner_fit"):
                 grid = tuner.fit()
     except BaseException:
@@ -166,7 +169,24 @@ def run(
             raise
     _clean_up(path, options, code)
     print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
+    if storage:
+        print(f"[launch] optuna study {path.name}: {dashboard_command(storage)}", file=sys.stderr)
     return code
+
+
+def _study(
+    client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, path: Path
+) -> str | None:
+    """The Optuna storage keeping the launch's study (named ``path.name``), recorded on the parent run;
+    None for a grid (no searcher) and for a resumed launch that recorded none (its study is in memory)."""
+    if options.resume:  # the restored searcher reattaches to the study its launch recorded
+        return client.get_run(parent_run_id).data.tags.get(STUDY_TAGS[0])
+    if prepared.space.search == "grid":
+        return None
+    storage = study_storage(prepared.tracking_uri, path.parent)
+    for tag, value in zip(STUDY_TAGS, (storage, path.name)):
+        client.set_tag(parent_run_id, tag, value)
+    return storage
 
 
 def _clean_up(path: Path, options: LaunchOptions, code: int) -> None:
@@ -190,8 +210,9 @@ def _tuner(
     policy: SearchPolicy,
     parent_run_id: str,
     path: Path,
+    storage: str | None,
 ) -> Tuner:
-    """The new or restored Tuner, with the MLflow trial logger attached."""
+    """The new or restored Tuner, with the MLflow trial logger attached (and the study's ``storage``)."""
     space = prepared.space
     context, resources = _context(prepared, options, path), _resources(options)
     if options.resume:
@@ -226,6 +247,7 @@ def _tuner(
         callbacks=[logger] if verbose else [logger, console],
         policy=policy,
         verbose=verbose,
+        study_storage=storage,
     )
 
 

@@ -106,6 +106,7 @@ def make_tuner(
     callbacks: list,
     policy: SearchPolicy = SearchPolicy(),
     verbose: bool = False,
+    study_storage: str | None = None,
 ) -> Tuner:
     """A fresh Tuner for ``space``; results go to ``storage_path/name``.
 
@@ -119,6 +120,8 @@ def make_tuner(
         callbacks: driver-side Tune callbacks (e.g. the MLflow trial logger).
         policy: sampler, scheduler, checkpoints, actor reuse and trainable [what launch.py runs].
         verbose: Ray's own progress tables (else quiet: pass a ``trainables.console.Console`` callback).
+        study_storage: Optuna storage URL keeping the study, named ``name``, for ``optuna-dashboard`` and
+            resume (``optuna_search.study_storage``) [None: in memory]; a grid space has no study.
     """
     budget = space.budget
     if space.search == "grid":
@@ -137,6 +140,8 @@ def make_tuner(
             mode=space.mode,
             sampler=sampler,
             max_epochs=budget["max_epochs"],
+            storage_url=study_storage,
+            study_name=name if study_storage else None,
         )
         scheduler, param_space = SCHEDULERS[policy.scheduler](budget), None
     tune_config = TuneConfig(
@@ -170,7 +175,8 @@ def restore_tuner(
 ) -> Tuner:
     """Continue an interrupted search: finished trials stay, unfinished ones resume from checkpoints.
 
-    Only ``policy.trainable`` applies: the rest of the search was saved with the experiment.
+    Only ``policy.trainable`` applies: the rest of the search was saved with the experiment, and the
+    searcher reattaches to its Optuna study by name (``optuna_search``).
     """
     trainable = _trainable(context, resources, policy)
     return Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
