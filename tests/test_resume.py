@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -84,6 +85,12 @@ def resume_and_check(workspace, args: list[str], experiment: str, samples: int =
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(after) == samples and len(set(trial_ids)) == samples
     assert all(r.info.status in ("FINISHED", "FAILED") for r in after)
+    url, name = parents[0].data.tags["optuna_storage"], parents[0].data.tags["optuna_study"]
+    # The resume continued the launch's own study: no second study, one told Optuna trial per trial run.
+    assert [n for n in optuna.get_all_study_names(url) if n.startswith(experiment)] == [name]
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert sorted(t.user_attrs["ray_trial_id"] for t in trials) == sorted(trial_ids)
+    assert all(t.state.is_finished() and t.intermediate_values for t in trials)
     return after
 
 
