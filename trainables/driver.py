@@ -36,12 +36,13 @@ from medtune.tracking import (
     experiment_id,
     latest_launch,
     open_client,
+    transient,
     trial_runs,
 )
 from medtune.winner import publish_winner
 from trainables import cleanup
 from trainables.console import Console
-from trainables.mlflow_trials import MLflowTrials
+from trainables.mlflow_trials import MLflowTrials, pending_writes, spool_file
 from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
@@ -157,6 +158,8 @@ def run(
     except BaseException:
         _close_runs(client, parent_run_id, prepared, "FAILED")
         raise
+    if unsent := pending_writes(spool_file(path)):  # the store stayed away: nothing to close or publish there
+        raise TrackingError(_unreachable(prepared, f"({unsent} trial writes kept in {spool_file(path)})"))
     if not _complete(grid, prepared.space.budget["num_samples"]):
         _close_runs(client, parent_run_id, prepared, "KILLED")
         code = INTERRUPTED
@@ -164,7 +167,9 @@ def run(
         try:
             with phases.time("finish"):
                 code = _finish(client, prepared, options, parent_run_id, grid)
-        except BaseException:  # testing, retraining or logging the winner failed: never leave RUNNING
+        except BaseException as err:  # testing, retraining or logging the winner failed: never leave RUNNING
+            if transient(err):  # ... unless the store went away: then nothing can be closed there
+                raise TrackingError(_unreachable(prepared, "while the winner was published")) from None
             _close_runs(client, parent_run_id, prepared, "FAILED")
             raise
     _clean_up(path, options, code)
@@ -187,6 +192,14 @@ def _study(
     for tag, value in zip(STUDY_TAGS, (storage, path.name)):
         client.set_tag(parent_run_id, tag, value)
     return storage
+
+
+def _unreachable(prepared: Prepared, what: str) -> str:
+    """The one line of a launch whose tracking store stopped answering: what it kept, how to go on."""
+    return (
+        f"the tracking store {prepared.tracking_uri} stopped answering {what}; the trials' checkpoints are kept: "
+        "once it answers, run the same command with --resume (it sends what is pending, then publishes the winner)"
+    )
 
 
 def _clean_up(path: Path, options: LaunchOptions, code: int) -> None:
@@ -228,6 +241,9 @@ def _tuner(
         max_epochs=space.budget["max_epochs"],
         searched=[p.name for p in space.params],
         tags=tags,
+        metric=space.metric,
+        mode=space.mode,
+        spool=spool_file(path),
     )
     console = Console(
         metric=space.metric,

@@ -2,13 +2,25 @@
 
 All MLflow writes happen in the driver (one writer, so sqlite never sees concurrent trials). A
 trial stopped by ASHA is a run too: it ends FINISHED with ``status=stopped``, ``stopped_early=true``
-and the epoch it reached (``status=early_stopped`` when the task's own patience ended it). A trial that raises ends FAILED with its error message in the ``error`` tag. On resume the
-callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
+and the epoch it reached (``status=early_stopped`` when the task's own patience ended it). A trial
+that raises ends FAILED with its error message in the ``error`` tag. Each run carries its per-epoch
+history and, as ``best/<metric>`` and ``best/epoch``, its best objective so far and the epoch it came
+from (the value the leaderboard ranks by), so the UI can sort trials by them.
+
+Writes go through a queue, sent in order on every callback: a store that is away (a tracking server
+restarting, a locked sqlite file) costs the search nothing while it is away, and its writes arrive
+when it answers again. The end of the search waits up to ``outage_s`` for it; what it could not send
+stays in ``spool`` (a JSON file in the Ray experiment folder), which ``--resume`` sends first. On
+resume the callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +28,180 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from medtune.tracking import PARENT_TAG, TRIAL_TAG, open_client, retrying, run_name
+from medtune.data.cocoio import write_json_atomic
+from medtune.tracking import PARENT_TAG, TRIAL_TAG, fail_fast, open_client, run_name, transient
 from trainables.sampling import flat_config
 
 ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
+SPOOL_NAME = "mlflow_pending.json"
+OUTAGE_S = 300.0  # how long a finished search waits for a store that stopped answering ("a few minutes")
+BACKOFF_S = (0.5, 15.0)  # first and longest pause between tries of a store that does not answer
+NODE_TAGS = ("node_id", "node_ip", "hostname")
+
+
+def spool_file(experiment_path: Path) -> Path:
+    """Where a launch keeps the trial writes its store did not take: its Ray experiment folder."""
+    return Path(experiment_path) / SPOOL_NAME
+
+
+def pending_writes(spool: Path) -> int:
+    """How many trial writes are waiting in ``spool`` for the store (0 when none)."""
+    try:
+        return len(json.loads(spool.read_text()))
+    except FileNotFoundError:
+        return 0
+
+
+class PendingWrites:
+    """The trial logger's writes, queued and sent in order to the store, kept in ``spool`` while unsent.
+
+    Every write names its trial by Ray trial id, never by run id, so a spool written during an outage
+    is valid for the process that resumes the launch. Args are ``MLflowTrials``'s.
+    """
+
+    def __init__(
+        self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, mode: str, spool: Path | None
+    ) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.metric, self.mode, self.spool = metric, mode, spool
+        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id, as far as the store was read
+        self._client: MlflowClient | None = None
+        self._best: dict[str, tuple[float, int]] = {}  # Ray trial id -> (best objective, its epoch)
+        self._queue: deque[dict] = deque(json.loads(spool.read_text()) if spool and spool.is_file() else [])
+        self._synced = False  # ``runs`` and the bests were read from the store since the last failed write
+        self._failures, self._retry_at, self._down_since = 0, 0.0, 0.0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
+
+    def start(self, trial: str, *, name: str, tags: dict[str, str], params: dict[str, str]) -> None:
+        """The trial's run: created, or set RUNNING again when the store has one (a trial resumed)."""
+        self._queue.append({"op": "start", "trial": trial, "name": name, "tags": tags, "params": params})
+
+    def log(self, trial: str, *, metrics: list[list], tags: dict[str, str]) -> None:
+        """One epoch: ``[key, value, timestamp_ms, step]`` points, with ``best/*`` added when it improved."""
+        self._queue.append({"op": "log", "trial": trial, "metrics": metrics, "tags": tags})
+
+    def end(self, trial: str, *, tags: dict[str, str], status: str) -> None:
+        self._queue.append({"op": "end", "trial": trial, "tags": tags, "status": status})
+
+    def retire(self, trial: str) -> None:
+        """A run the restored search no longer knows: tagged ``status=lost``, KILLED, deleted."""
+        self._queue.append({"op": "retire", "trial": trial})
+
+    def drain(self, deadline: float) -> bool:
+        """Try to send everything until ``deadline`` (``time.monotonic``); whether nothing is left."""
+        while not self.flush():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            time.sleep(max(0.05, min(self._retry_at, deadline) - now))
+        return True
+
+    def flush(self) -> bool:
+        """Send the pending writes in order; whether none is left.
+
+        A write the store refuses transiently (``tracking.transient``: a server away, a locked sqlite
+        file) stays first in the queue with everything after it, and the next try waits a backoff
+        (``BACKOFF_S``): a store that is away costs Tune's event loop one refused request per try, not
+        MLflow's own minutes of retrying (``tracking.fail_fast``). Resending is harmless: the run map
+        is re-read after a failure, so a run whose creation reached the store before the answer was
+        lost is not created twice, and the store keeps a resent metric point (same key, step,
+        timestamp and value) once.
+        """
+        queue = self._queue
+        if queue and time.monotonic() >= self._retry_at:
+            try:
+                with fail_fast():
+                    if not self._synced:
+                        self._sync()
+                    while queue:
+                        self._send(queue[0])
+                        queue.popleft()
+                if self._failures:
+                    away = time.monotonic() - self._down_since
+                    print(f"[launch] the tracking store answers again after {away:.0f} s: queue sent", file=sys.stderr)
+                self._failures = 0
+            except Exception as err:
+                if not transient(err):
+                    raise
+                self._waiting()
+        self._save()
+        return not queue
+
+    def _waiting(self) -> None:
+        """After a refused try: the next one after a backoff, a line when the store stopped answering."""
+        if not self._failures:
+            self._down_since = time.monotonic()
+            print(f"[launch] the tracking store {self.tracking_uri} does not answer: queuing writes", file=sys.stderr)
+        self._synced, self._failures = False, self._failures + 1
+        self._retry_at = time.monotonic() + min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (self._failures - 1))
+
+    def _save(self) -> None:
+        if self.spool is None:
+            return
+        if self._queue:
+            write_json_atomic(self.spool, list(self._queue))
+        else:
+            self.spool.unlink(missing_ok=True)
+
+    def _sync(self) -> None:
+        """Read the launch's trial runs from the store: which trials have one, and each one's best so far."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
+        )
+        runs = [r for r in runs if TRIAL_TAG in r.data.tags]
+        self.runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs}
+        key = f"best/{self.metric}"
+        self._best = {
+            r.data.tags[TRIAL_TAG]: (r.data.metrics[key], int(r.data.metrics.get("best/epoch", 0)))
+            for r in runs
+            if key in r.data.metrics
+        }
+        self._synced = True
+
+    def _send(self, op: dict) -> None:
+        trial, kind, client = op["trial"], op["op"], self.client
+        if kind == "start":
+            run_id = self.runs.get(trial)
+            if run_id is None:
+                run_id = client.create_run(self.experiment_id, run_name=op["name"], tags=op["tags"]).info.run_id
+                self.runs[trial] = run_id
+            else:  # a trial continuing after --resume (its run was closed as KILLED), or a start resent
+                client.update_run(run_id, "RUNNING")
+            client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"].items()])
+        elif kind == "log":
+            metrics = [Metric(*m) for m in op["metrics"]] + self._improved(trial, op["metrics"])
+            client.log_batch(self.runs[trial], metrics=metrics, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+        elif kind == "end":
+            client.log_batch(self.runs[trial], tags=[RunTag(k, v) for k, v in op["tags"].items()])
+            client.set_terminated(self.runs[trial], op["status"])
+        elif kind == "retire" and trial in self.runs:  # a deleted run is no longer in the map once re-read
+            client.set_tag(self.runs[trial], "status", "lost")
+            client.set_terminated(self.runs[trial], "KILLED")
+            client.delete_run(self.runs.pop(trial))
+
+    def _improved(self, trial: str, metrics: list[list]) -> list[Metric]:
+        """``best/<metric>`` and ``best/epoch`` when this epoch beats the trial's best so far.
+
+        The leaderboard's rule (``medtune.leaderboard``): the best finite value of the objective over the
+        trial's epochs, here with the first epoch that reached it.
+        """
+        point = next((m for m in metrics if m[0] == self.metric), None)
+        if not self.metric or point is None:
+            return []
+        key, value, ts, step = point
+        best, sign = self._best.get(trial), 1.0 if self.mode == "max" else -1.0
+        if best is not None and sign * value <= sign * best[0]:
+            return []
+        self._best[trial] = (value, step)
+        return [Metric(f"best/{key}", value, ts, step), Metric("best/epoch", float(step), ts, step)]
 
 
 class MLflowTrials(tune.Callback):
@@ -32,7 +214,14 @@ class MLflowTrials(tune.Callback):
         max_epochs: the epoch budget, to tell ASHA-stopped trials from complete ones.
         searched: names of searched parameters (used for readable run names).
         tags: extra tags for every child run (e.g. the segmenter version).
+        metric: the search's objective, whose best epoch is logged as ``best/<metric>`` ("" for none).
+        mode: ``max`` or ``min``, for ``metric``.
+        spool: the file unsent writes are kept in (``spool_file``); None keeps them in memory only.
+        outage_s: how long the end of a finished search waits for a store that does not answer.
     """
+
+    # Class-level defaults: a callback pickled by an older version (restored by --resume) lacks them.
+    metric, mode, spool, outage_s = "", "max", None, OUTAGE_S
 
     def __init__(
         self,
@@ -43,69 +232,50 @@ class MLflowTrials(tune.Callback):
         max_epochs: int,
         searched: list[str],
         tags: dict[str, str] | None = None,
+        metric: str = "",
+        mode: str = "max",
+        spool: Path | None = None,
+        outage_s: float = OUTAGE_S,
     ) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.max_epochs, self.searched, self.tags = max_epochs, searched, dict(tags or {})
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self.metric, self.mode, self.spool, self.outage_s = metric, mode, spool, outage_s
+        self._writes: PendingWrites | None = None
+        self._started: set[str] = set()  # trials whose start is queued in this process
 
-    def __getstate__(self) -> dict:  # the Tuner pickles its callbacks; never the client
-        return {**self.__dict__, "_client": None, "_runs": {}}
+    def __getstate__(self) -> dict:  # the Tuner pickles its callbacks: the arguments only, never the client
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({k: v for k, v in state.items() if not k.startswith("_")})
+        self._writes, self._started = None, set()
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = open_client(self.tracking_uri)
-            self._reattach()
-        return self._client
-
-    def _reattach(self) -> None:
-        runs = self._client.search_runs(
-            [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
-        )
-        self._runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
-
-    def _run_id(self, trial: Any) -> str:
-        _ = self.client  # connects and re-attaches existing runs on first use
-        if trial.trial_id not in self._runs:
-            self._start(trial)
-        return self._runs[trial.trial_id]
-
-    def _start(self, trial: Any) -> None:
-        config = flat_config(trial.config)
-        tags = {
-            PARENT_TAG: self.parent_run_id,
-            TRIAL_TAG: trial.trial_id,
-            "trial_dir": str(trial.path or ""),
-            **self.tags,
-        }
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name(config, self.searched, trial.trial_id), tags=tags
-        )
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
-        self.client.log_batch(run.info.run_id, params=params)
-        self._runs[trial.trial_id] = run.info.run_id
+    def writes(self) -> PendingWrites:
+        """The queue, with what a previous process of this launch left in the spool first."""
+        if self._writes is None:
+            ids = {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id}
+            self._writes = PendingWrites(
+                tracking_uri=self.tracking_uri, **ids, metric=self.metric, mode=self.mode, spool=self.spool
+            )
+        return self._writes
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _ = self.client  # connects and re-attaches existing runs on first use
-        resumed = trial.trial_id in self._runs
-        run_id = self._run_id(trial)
-        if resumed:  # a trial continuing after --resume: its run was closed as KILLED
-            self.client.update_run(run_id, "RUNNING")
+        self._start(trial)
+        self.writes.flush()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         step = int(result.get("training_iteration", 0))
-        ts = int(result.get("timestamp", 0) * 1000)
+        ts = int(result.get("timestamp", 0) * 1000)  # fixed per result: a resent point is the same point
         metrics = [
-            Metric(key, float(value), ts, step)
+            [key, float(value), ts, step]
             for key, value in result.items()
             if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
-        metrics.append(Metric("epoch", float(step), ts, step))
-        tags = [RunTag(k, str(result.get(k, ""))) for k in ("node_id", "node_ip", "hostname")]
-        run_id, kept = self._run_id(trial), [m for m in metrics if math.isfinite(m.value)]
-        # A write refused by a locked sqlite file or a store answering 503 is retried, not lost.
-        retrying(lambda: self.client.log_batch(run_id, metrics=kept, tags=tags))
+        metrics = [m for m in metrics + [["epoch", float(step), ts, step]] if math.isfinite(m[1])]
+        self._start(trial)
+        self.writes.log(trial.trial_id, metrics=metrics, tags={k: str(result.get(k, "")) for k in NODE_TAGS})
+        self.writes.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result
@@ -122,25 +292,43 @@ class MLflowTrials(tune.Callback):
         self._end(trial, tags, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Retire runs of trials Ray no longer knows.
+        """Send every pending write (waiting up to ``outage_s`` once every trial ended), then retire lost runs.
 
         A trial started after Ray's last experiment snapshot and before a SIGKILL is unknown to the
         restored search, which samples its configuration again under a new trial id. Its run would
         be a duplicate left RUNNING forever: it is marked KILLED, tagged ``status=lost`` and deleted
-        (MLflow keeps deleted runs restorable).
+        (MLflow keeps deleted runs restorable). What cannot be sent stays in the spool for --resume.
         """
-        _ = self.client  # re-attaches runs when no trial started in this session
-        known = {t.trial_id for t in trials}
-        for trial_id, run_id in self._runs.items():
-            if trial_id not in known:
-                self.client.set_tag(run_id, "status", "lost")
-                self.client.set_terminated(run_id, "KILLED")
-                self.client.delete_run(run_id)
+        finished = all(t.status in ("TERMINATED", "ERROR") for t in trials)  # not an interrupted search
+        deadline = time.monotonic() + (self.outage_s if finished else 0.0)
+        writes = self.writes
+        if not writes.flush() and finished:
+            wait = f"waiting up to {self.outage_s:.0f} s for the tracking store ({len(writes)} writes queued)"
+            print(f"[launch] every trial ended; {wait}", file=sys.stderr)
+        if writes.drain(deadline):
+            known = {t.trial_id for t in trials}
+            for trial_id in [t for t in writes.runs if t not in known]:
+                writes.retire(trial_id)
+            writes.drain(deadline)
+
+    def _start(self, trial: Any) -> None:
+        """Queue the trial's run (created, or re-opened after --resume) once per process."""
+        if trial.trial_id in self._started:
+            return
+        self._started.add(trial.trial_id)
+        config = flat_config(trial.config)
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "trial_dir": str(trial.path or "")}
+        self.writes.start(
+            trial.trial_id,
+            name=run_name(config, self.searched, trial.trial_id),
+            tags={**tags, **self.tags},
+            params={k: str(v)[:6000] for k, v in sorted(config.items())},
+        )
 
     def _end(self, trial: Any, tags: dict[str, str], status: str) -> None:
-        run_id = self._run_id(trial)
-        retrying(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
-        retrying(lambda: self.client.set_terminated(run_id, status))
+        self._start(trial)
+        self.writes.end(trial.trial_id, tags=tags, status=status)
+        self.writes.flush()
 
 
 def _error_text(trial: Any) -> str:

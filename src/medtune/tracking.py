@@ -9,6 +9,7 @@ the alias ``champion`` points at the best version for that dataset.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sqlite3
 import subprocess
@@ -149,6 +150,33 @@ def retrying(fn: Callable[[], T], *, attempts: int = RETRIES, delay: float = 0.5
                 raise
             time.sleep(delay * 2**attempt * random.uniform(1.0, 1.5))
     return fn()
+
+
+FAIL_FAST_TIMEOUT_S = 30  # a healthy server answers a write in ms; a busy sqlite store behind it in up to 20 s
+_HTTP_RETRIES, _HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
+
+
+@contextmanager
+def fail_fast(timeout_s: int = FAIL_FAST_TIMEOUT_S) -> Iterator[None]:
+    """MLflow HTTP requests without MLflow's own retries, for a caller that keeps and resends its writes.
+
+    MLflow's REST client retries a refused connection or a 5xx itself, 7 times with exponential backoff:
+    about 4 minutes per request before it raises. A caller on Tune's event loop (the trial logger) cannot
+    wait that long per write without stalling the search; inside this block a request to a server that
+    is away fails at once (or after ``timeout_s`` without an answer) and the caller resends it later.
+    Set through MLflow's environment variables, which it reads at each request: one thread at a time
+    (the driver's Tune callbacks all run on its event loop).
+    """
+    saved = {name: os.environ.get(name) for name in (_HTTP_RETRIES, _HTTP_TIMEOUT)}
+    os.environ.update({_HTTP_RETRIES: "0", _HTTP_TIMEOUT: str(timeout_s)})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 SHORT_KEYS = {
