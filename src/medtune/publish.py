@@ -67,6 +67,7 @@ class Published:
     registered: str | None = None  # "name/version" for segmenters
     promoted: bool = False
     seeds: dict[str, SeedScore] | None = None  # per metric, over every seed (single-label classifiers)
+    facts: ModelFacts | None = None  # what the logged model carries (its model card's preprocessing)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def publish_best(
     facts = model_facts(task, best.config, system, lineage)
     info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"], register_as)
     if register_as is None:
-        return Published(test, info.model_uri, seeds=scores)
+        return Published(test, info.model_uri, seeds=scores, facts=facts)
     tags = {
         "val_score": repr(best.val_score),
         "metric": metric,
@@ -168,7 +169,7 @@ def publish_best(
     }
     version = str(info.registered_model_version)
     promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
-    return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores)
+    return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
 
 
 def register(
@@ -188,16 +189,30 @@ def _over_seeds(
 ) -> dict[str, SeedScore] | None:
     """The winner's test scores over ``repeats`` seeds, for a single-label classifier (else None).
 
-    Adds ``probs_seeds`` [R, N, K] and ``seeds`` [R] to ``arrays`` (the retrains of
-    ``medtune.repeats``), logs ``test_seeds/<metric>_{mean,sd,low,high}`` on the run, and the
-    param ``repeats``: the seeds the test score rests on (1 for other tasks, which are not retrained).
+    With ``repeats`` > 1 adds ``probs_seeds`` [R, N, K] and ``seeds`` [R] to ``arrays`` (the retrains
+    of ``medtune.repeats``). Logs the param ``repeats`` (the seeds the test score rests on: 1 for other
+    tasks, which are not retrained) and, for a single-label classifier, ``test_seeds/*``
+    (``log_seed_scores``); with one seed that is the bootstrap over test images alone.
     """
-    retrain = repeats > 1 and task_spec(recipe.task).single_label
+    single = task_spec(recipe.task).single_label
+    retrain = repeats > 1 and single
     client.log_param(run_id, "repeats", repeats if retrain else 1)
-    if not retrain:
+    if not single:
         return None
-    arrays.update(recipe.seed_predictions(arrays["probs"], seed=seed, repeats=repeats))
-    scores = seed_scores(arrays["labels"].astype(int), arrays["probs_seeds"])
+    if retrain:
+        arrays.update(recipe.seed_predictions(arrays["probs"], seed=seed, repeats=repeats))
+    return log_seed_scores(client, run_id, arrays["labels"], arrays.get("probs_seeds", arrays["probs"][None]))
+
+
+def log_seed_scores(
+    client: MlflowClient, run_id: str, labels: np.ndarray, probs_seeds: np.ndarray
+) -> dict[str, SeedScore]:
+    """``test_seeds/<metric>_{mean,sd,low,high}`` of a single-label classifier's test probabilities [R, N, K].
+
+    The interval every reader of the run quotes (the terminal, the model card): the two-level
+    bootstrap of ``medtune.report.bootstrap`` over the N test images and the R seeds.
+    """
+    scores = seed_scores(labels.astype(int), probs_seeds)
     metrics = [metric_entry(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
     client.log_batch(run_id, metrics=metrics)
     return scores

@@ -4,7 +4,8 @@ Recorded on the launch's parent run (``analyze.py`` reads these names):
 
 * ``test/*``: the fold ensemble (mean of the K models' probabilities, ``medtune.ensemble``), the
   model that is logged and registered (its champion candidate is the ensemble);
-  ``test_fold{k}/*``: each fold model alone;
+  ``test_fold{k}/*``: each fold model alone; for single-label classifiers ``test_seeds/*``: the
+  ensemble's 95% interval over the test images (``publish.log_seed_scores``, one model);
 * ``cv/fold{k}/<val metric>``, ``cv/mean/<val metric>``, ``cv/sd/<val metric>``: the winner's
   held-out fold scores at its selected round (what the search ranked it by);
 * ``test_predictions.npz``: the ensemble's per-image test predictions, plus ``probs_folds`` [K, N, C]
@@ -39,6 +40,7 @@ from medtune.publish import (
     log_cam_overlays,
     log_model,
     log_predictions,
+    log_seed_scores,
     metric_entry,
     model_facts,
     register,
@@ -85,6 +87,9 @@ def publish_folds(
     cv = fold_scores(best.metrics or {})
     client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in {**test, **cv}.items()])
     client.log_param(parent_run_id, "repeats", 1)
+    scores = None
+    if task_spec(recipe.task).single_label:  # the ensemble's interval over the test images (one model, no seeds)
+        scores = log_seed_scores(client, parent_run_id, arrays["labels"], arrays["probs"][None])
     client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
     client.set_tag(parent_run_id, "best_run_id", best.run_id)
     client.set_tag(best.run_id, "best", "true")
@@ -94,7 +99,7 @@ def publish_folds(
     images = load_cache(recipe.caches["test"])["images"]
     info = log_model(parent_run_id, ensemble, facts, images, register_as)
     if register_as is None:
-        return Published(test, info.model_uri)
+        return Published(test, info.model_uri, seeds=scores, facts=facts)
     if task_spec(recipe.task).model_kind == "segmentation":  # masked tasks draw out-of-fold masks from these
         _log_fold_models(client, parent_run_id, recipe, members, facts, images)
     version = str(info.registered_model_version)
@@ -109,7 +114,7 @@ def publish_folds(
         **(version_tags or {}),
     }
     promoted = register(client, parent_run_id, register_as, version, tags, best, mode)
-    return Published(test, info.model_uri, f"{register_as}/{version}", promoted)
+    return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
 
 
 def _load(recipe: FoldRecipe, file: Path) -> BaseTask:
