@@ -107,7 +107,7 @@ def options_from(args: argparse.Namespace) -> LaunchOptions:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from medtune.prepare import USER_ERRORS
-    from trainables.driver import INTERRUPTED, run
+    from trainables.driver import INTERRUPTED, RayStartError, run
 
     resume = f"continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume"
     try:
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RayStartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C outside the search (which Ray turns into an early end)
         print(f"interrupted; {resume}", file=sys.stderr)
         return INTERRUPTED

@@ -60,6 +60,38 @@ INTERRUPTED = 130  # the exit code of a search that ended before its trials did 
 STUDY_TAGS = ("optuna_storage", "optuna_study")  # the parent run's record of where its Optuna study lives
 
 
+class RayStartError(RuntimeError):
+    """Ray could not start its local node: one line for the terminal, not Ray's traceback."""
+
+
+STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when its node does not register in 30 s
+
+
+def _init(address: str | None, level: str) -> None:
+    """``ray.init`` with the code shipped to workers; a local node that did not come up in Ray's fixed 30 s
+    (a machine busy with other work) is shut down and started once more before giving up in one line."""
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=getattr(logging, level),
+                logging_config=ray.LoggingConfig(log_level=level),  # trials' loggers too (checkpoint notices)
+                runtime_env=code_runtime_env(),
+            )
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            if STARTUP_TIMEOUT not in str(err):
+                raise
+            ray.shutdown()
+            if attempt == 2:
+                raise RayStartError(
+                    "Ray's node did not start within its 30 s, twice: the machine is too busy (see `uptime`)"
+                ) from err
+            print(f"[launch] Ray's node {STARTUP_TIMEOUT} (a busy machine?); starting it once more", file=sys.stderr)
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, phases: Phases | None = None, verbose: bool = False) -> Iterator[None]:
     """Ray started (or joined at ``address``) with the code shipped to workers, shut down after.
@@ -72,14 +104,7 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None, ver
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     level = "INFO" if verbose else "WARNING"
     with phases.time("ray_init"):
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=True,
-            logging_level=getattr(logging, level),
-            logging_config=ray.LoggingConfig(log_level=level),  # trials' loggers too (checkpoint notices)
-            runtime_env=code_runtime_env(),
-        )
+        _init(address, level)
     try:
         yield
     finally:
