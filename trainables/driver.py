@@ -25,6 +25,7 @@ from ray.tune import ResultGrid, Tuner
 
 import medtune
 import trainables
+from medtune.data.coco import SPLITS
 from medtune.leaderboard import counts, format_table, leaderboard
 from medtune.options import LaunchOptions
 from medtune.prepare import Prepared, prepare, start_parent_run
@@ -47,7 +48,7 @@ from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
 from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
-from trainables.trial import CHECKPOINT_FILE, TrialContext
+from trainables.trial import CHECKPOINT_FILE, TrialContext, hand_over
 
 
 def code_runtime_env() -> dict:
@@ -113,10 +114,16 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None, ver
 
 
 def _context(prepared: Prepared, options: LaunchOptions, path: Path) -> TrialContext:
+    """The trials' constants, their caches handed to Ray's object store (after ``ray.init``): trials on
+    any node read them from there, never from ``--cache-dir``, which only the driver's machine has."""
+    splits = ("pool", "test") if prepared.folds else SPLITS  # what a trial's data module opens
+    caches, size = hand_over(prepared.caches, splits)
+    pred_masks, more = hand_over(prepared.pred_masks, splits)
+    print(f"[launch] caches handed to Ray's object store for the trials: {(size + more) / 2**20:.1f} MiB")
     return TrialContext(
         task=prepared.space.task,
-        caches=prepared.caches,
-        pred_masks=prepared.pred_masks,
+        caches=caches,
+        pred_masks=pred_masks,
         num_classes=prepared.dataset.num_classes,
         max_epochs=prepared.space.budget["max_epochs"],
         seed=options.seed,

@@ -2,6 +2,10 @@
 
 Each epoch ends with one ``tune.report`` of every logged metric plus a Lightning checkpoint, so ASHA
 can stop the trial after any epoch and ``--resume`` continues from the last checkpoint.
+
+Trials get their data from Ray, not from the driver's disk (a cluster need not share one): the driver
+puts each cache file once into the object store (``hand_over``) and each trial maps it from its own
+node's shared memory (``received``; ``medtune.data.shared`` says why numpy and how).
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import ray
@@ -19,7 +25,9 @@ from ray import tune
 
 from medtune.build import build_datamodule, build_system
 from medtune.crossval import FoldRecipe, train_folds
+from medtune.data.cache import load_cache
 from medtune.data.folds import FoldPlan
+from medtune.data.shared import from_arrays, nbytes, to_arrays
 from medtune.trainer import make_trainer
 from trainables.sampling import flat_config
 
@@ -74,11 +82,16 @@ class EpochReport(pl.Callback):
 
 @dataclass(frozen=True)
 class TrialContext:
-    """Constants every trial receives from the driver (absolute paths, prepared once)."""
+    """Constants every trial receives from the driver, prepared once.
+
+    ``caches`` and ``pred_masks`` hold, per image size and split, the ObjectRef of a cache the driver put
+    into Ray's object store (``hand_over``); a cache file's absolute path also works, where every node
+    reads the same disk (a benchmark on one machine).
+    """
 
     task: str
-    caches: dict[int, dict[str, str]]  # image size -> split -> cache file
-    pred_masks: dict[int, dict[str, str]] | None  # image size -> split -> segmenter probabilities
+    caches: dict[int, dict[str, Any]]  # image size -> split -> ObjectRef of the cache (or its file)
+    pred_masks: dict[int, dict[str, Any]] | None  # image size -> split -> segmenter probabilities, the same way
     num_classes: int
     max_epochs: int
     seed: int
@@ -91,10 +104,49 @@ class TrialContext:
 
 
 def made(folder: str | None) -> str | None:
-    """``folder``, created if missing (None: the system temp folder)."""
-    if folder is not None:
+    """``folder``, created if missing (None: the system temp folder).
+
+    The folder is a path on the driver's machine; where it cannot be made (a node without that temp
+    folder, or not allowed to write there), the trial uses a folder of that name in its node's temp folder.
+    """
+    if folder is None:
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        folder = os.path.join(tempfile.gettempdir(), os.path.basename(folder))
         os.makedirs(folder, exist_ok=True)
     return folder
+
+
+def hand_over(
+    files: dict[int, dict[str, str]] | None, splits: Iterable[str]
+) -> tuple[dict[int, dict[str, ray.ObjectRef]] | None, int]:
+    """Put the cache ``files`` of ``splits`` into Ray's object store, one object per file; returns the
+    refs (for ``TrialContext``) and the bytes put. Driver only, after ``ray.init``.
+
+    Objects live while the driver holds their refs (the TrialContext, until the search ends); a trial
+    on any node then reads them from its node's shared memory, never from the driver's cache folder.
+    """
+    if files is None:
+        return None, 0
+    refs: dict[int, dict[str, ray.ObjectRef]] = {}
+    total = 0
+    for size, by_split in files.items():
+        refs[size] = {}
+        for split in splits:
+            arrays = to_arrays(load_cache(by_split[split]))
+            total += nbytes(arrays)
+            refs[size][split] = ray.put(arrays)
+    return refs, total
+
+
+def received(handed: dict[str, Any]) -> dict[str, Any]:
+    """Split -> the open cache (``load_cache``'s dict, viewing the object store) for each ObjectRef in
+    ``handed``; a path is passed on as it is."""
+    keys = [key for key, value in handed.items() if isinstance(value, ray.ObjectRef)]
+    got = dict(zip(keys, ray.get([handed[key] for key in keys])))
+    return {key: from_arrays(got[key]) if key in got else value for key, value in handed.items()}
 
 
 def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None = None) -> None:
@@ -115,13 +167,12 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
         return
     pl.seed_everything(context.seed, workers=True, verbose=False)
     size = int(config["data.image_size"])
-    caches = context.caches[size]
+    caches = received(context.caches[size])
+    pred_masks = received(context.pred_masks[size]) if context.pred_masks else None
     system = build_system(
         context.task, config, num_classes=context.num_classes, epochs=context.max_epochs, train_cache=caches["train"]
     )
-    data = build_datamodule(
-        config, caches=caches, pred_masks=(context.pred_masks or {}).get(size), num_classes=context.num_classes
-    )
+    data = build_datamodule(config, caches=caches, pred_masks=pred_masks, num_classes=context.num_classes)
     callbacks = [report or EpochReport(scratch=context.scratch)]
     trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks)
     checkpoint = tune.get_checkpoint()
@@ -142,8 +193,8 @@ def run_folds(config: dict, context: TrialContext) -> None:
     recipe = FoldRecipe(
         task=context.task,
         config=config,
-        caches=context.caches[size],
-        pred_masks=(context.pred_masks or {}).get(size),
+        caches=received(context.caches[size]),
+        pred_masks=received(context.pred_masks[size]) if context.pred_masks else None,
         num_classes=context.num_classes,
         epochs=context.max_epochs,
         plan=context.folds,

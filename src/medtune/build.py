@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from medtune.data.cache import load_cache
+from medtune.data.cache import CacheSource, load_cache
 from medtune.data.datasets import CachedDataModule
 from medtune.losses import BALANCED, LOSSES_BY_KIND
 from medtune.models import CLS_MODELS, CLS_SPECS, SEG_MODELS
@@ -130,12 +130,12 @@ def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epo
 def build_datamodule(
     config: dict,
     *,
-    caches: dict[str, str],
-    pred_masks: dict[str, str] | None = None,
+    caches: dict[str, CacheSource],
+    pred_masks: dict[str, CacheSource] | None = None,
     num_classes: int | None = None,
     subsets: dict[str, list[int]] | None = None,
 ) -> CachedDataModule:
-    """The data module over the driver-built caches for one trial configuration.
+    """The data module over the driver-built caches (files, or open: ``medtune.data.shared``) for one configuration.
 
     ``num_classes`` sizes the multi-hot ``targets``; None lets the data module infer it from the caches.
     ``subsets``: split -> rows of its cache (a cross-validation fold, ``medtune.crossval``).

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from medtune.build import build_datamodule, build_system
+from medtune.data.cache import CacheSource
 from medtune.data.datasets import CachedDataModule
 from medtune.data.folds import FoldPlan
 from medtune.tasks.base import BaseTask
@@ -45,7 +46,8 @@ class FoldRecipe:
     Args:
         task: the space's task.
         config: the trial's flat configuration.
-        caches: ``pool`` (train+val rows in ``plan`` order) and ``test`` cache files at the config's size.
+        caches: ``pool`` (train+val rows in ``plan`` order) and ``test`` caches at the config's size: files, or
+            (in a trial) the caches the driver handed over through Ray, already open (``medtune.data.shared``).
         pred_masks: the same splits' segmenter probabilities (masked tasks), else None.
         num_classes: classes in the dataset.
         epochs: the space's ``max_epochs``.
@@ -56,8 +58,8 @@ class FoldRecipe:
 
     task: str
     config: dict
-    caches: dict[str, str]
-    pred_masks: dict[str, str] | None
+    caches: dict[str, CacheSource]
+    pred_masks: dict[str, CacheSource] | None
     num_classes: int
     epochs: int
     plan: FoldPlan

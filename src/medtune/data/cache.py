@@ -3,7 +3,8 @@
 Images are letterboxed: the longest side is resized to ``size`` and the rest padded with zeros, so
 lesions keep their shape. The cache file holds uint8 ``images`` [N,3,S,S], ``masks`` [N,1,S,S]
 (lesion = 1), the label sets and the image ids.
-Trials open it with ``torch.load(mmap=True, weights_only=True)``, so memory is shared, not copied.
+The driver opens it with ``torch.load(mmap=True, weights_only=True)``, so memory is shared, not copied;
+trials get it from the driver through Ray (``medtune.data.shared``), never from this folder.
 Images are decoded by ``medtune.data.imageio.read_image`` (EXIF orientation, 16-bit and DICOM scaling).
 
 The file name's key covers the split's content digest (its COCO file and every image's bytes,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,15 @@ def build_cache(dataset: Dataset, split: str, size: int, cache_root: Path) -> Pa
     return save_tensors(tensors, path)
 
 
-def load_cache(path: str | Path) -> dict:
-    """Open a cache file memory-mapped and without unpickling arbitrary objects."""
-    return torch.load(path, mmap=True, weights_only=True)
+CacheSource = str | Path | Mapping  # a cache file, or a cache already open (``medtune.data.shared``)
+
+
+def load_cache(source: CacheSource) -> dict:
+    """Open a cache file memory-mapped and without unpickling arbitrary objects.
+
+    A cache already open (the dict of its tensors, as a trial receives it from the driver through Ray,
+    ``medtune.data.shared``) is returned as it is: datasets and loss weights take either.
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    return torch.load(source, mmap=True, weights_only=True)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from medtune.data.cache import load_cache
+from medtune.data.cache import CacheSource, load_cache
 from medtune.data.samplers import SAMPLERS
 from medtune.registry import lookup
 
@@ -76,10 +76,11 @@ class CachedDataset(Dataset):
     """Items of one split read from a cache file (see ``medtune.data.cache``).
 
     Args:
-        cache_file: the split's cache (``build_cache``).
+        cache_file: the split's cache (``build_cache``), or that cache already open (a trial's, handed over
+            by the driver through Ray: ``medtune.data.shared``).
         transform: joint transform applied to ``tv_tensors.Image`` and ``tv_tensors.Mask``.
         num_classes: classes of the dataset; when given, items carry the multi-hot ``targets``.
-        pred_masks: optional cached segmenter probabilities, uint8 [N,1,S,S] scaled 0..255.
+        pred_masks: optional cached segmenter probabilities, uint8 [N,1,S,S] scaled 0..255 (a file or open).
         mask_mode: ``none``, ``soft``, ``hard`` or ``crop`` (how ``pred_masks`` is applied to the image).
         mask_threshold: threshold on the probability for ``hard`` and ``crop``.
         crop_margin: for ``crop``, margin around the box as a share of its longer side.
@@ -89,11 +90,11 @@ class CachedDataset(Dataset):
 
     def __init__(
         self,
-        cache_file: str,
+        cache_file: CacheSource,
         transform: v2.Transform,
         *,
         num_classes: int | None = None,
-        pred_masks: str | None = None,
+        pred_masks: CacheSource | None = None,
         mask_mode: str = "none",
         mask_threshold: float = 0.5,
         crop_margin: float = 0.1,
@@ -155,7 +156,7 @@ class CachedDataModule(pl.LightningDataModule):
     """Train/val/test loaders over cache files prepared once by the driver.
 
     Args:
-        caches: split name -> cache file (absolute paths).
+        caches: split name -> cache file (absolute paths), or the cache already open (``medtune.data.shared``).
         batch_size: images per batch.
         augment: augmentation strength in [0, 1] (training split only).
         pred_masks: split name -> cached segmenter probabilities, for masked classification.
@@ -180,10 +181,10 @@ class CachedDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        caches: dict[str, str],
+        caches: dict[str, CacheSource],
         batch_size: int = 16,
         augment: float = 0.5,
-        pred_masks: dict[str, str] | None = None,
+        pred_masks: dict[str, CacheSource] | None = None,
         mask_mode: str = "none",
         mask_threshold: float = 0.5,
         crop_margin: float = 0.1,
@@ -204,7 +205,7 @@ class CachedDataModule(pl.LightningDataModule):
 
     def _classes(self) -> int:
         if self.num_classes is None:
-            labels = [t for path in self.caches.values() for t in load_cache(path)["labels"] if t.numel()]
+            labels = [t for cache in self.caches.values() for t in load_cache(cache)["labels"] if t.numel()]
             self.num_classes = 1 + max((int(t.max()) for t in labels), default=0)
         return self.num_classes
 

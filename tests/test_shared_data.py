@@ -1,0 +1,76 @@
+"""Caches handed to trials as arrays (``medtune.data.shared``): the same items as from the file, no copies.
+
+Ray hands the arrays back read-only; the tests make them read-only the same way, without a cluster
+(tests/test_multinode.py runs the real hand-over on two nodes).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medtune.data.cache import load_cache
+from medtune.data.datasets import CachedDataset, build_transform
+from medtune.data.shared import Ragged, from_arrays, to_arrays
+from trainables.trial import made
+
+
+def read_only(arrays: dict) -> dict:
+    """``arrays`` as Ray's object store returns them: numpy arrays that refuse writes."""
+    parts = [p for v in arrays.values() for p in ((v.values, v.offsets) if isinstance(v, Ragged) else (v,))]
+    for part in parts:
+        part.flags.writeable = False
+    return arrays
+
+
+def test_round_trip_gives_the_file_contents_without_copying(task_caches: dict) -> None:
+    path = task_caches["caches"]["train"]
+    arrays = read_only(to_arrays(load_cache(path)))
+    opened, original = from_arrays(arrays), load_cache(path)
+    assert set(opened) == set(original)
+    for key in ("images", "masks", "image_ids"):
+        assert torch.equal(opened[key], original[key])
+    # Label sets keep their lengths (an image may have none or several).
+    assert [t.tolist() for t in opened["labels"]] == [t.tolist() for t in original["labels"]]
+    # The tensors view the store's memory: a trial maps the images, it does not copy them.
+    assert opened["images"].data_ptr() == arrays["images"].ctypes.data
+
+
+@pytest.mark.parametrize("mask_mode", ["none", "crop"])
+def test_dataset_items_equal_from_file_and_from_arrays(task_caches: dict, mask_mode: str) -> None:
+    files, preds = task_caches["caches"], task_caches["pred_masks"]
+    transform = build_transform(0.0, train=True)
+    rows = [4, 0, 2]  # a fold's rows, out of order
+    kwargs = {"num_classes": task_caches["num_classes"], "mask_mode": mask_mode, "rows": rows}
+    from_file = CachedDataset(files["val"], transform, pred_masks=preds["val"], **kwargs)
+    handed = {
+        name: from_arrays(read_only(to_arrays(load_cache(p)))) for name, p in (("c", files["val"]), ("p", preds["val"]))
+    }
+    from_store = CachedDataset(handed["c"], transform, pred_masks=handed["p"], **kwargs)
+    assert len(from_store) == len(from_file) == len(rows)
+    for i in range(len(rows)):
+        a, b = from_file[i], from_store[i]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_empty_label_list_and_a_foreign_entry() -> None:
+    arrays = to_arrays({"labels": [], "image_ids": torch.zeros(0, dtype=torch.long)})
+    assert from_arrays(arrays)["labels"] == [] and np.array_equal(arrays["labels"].offsets, [0])
+    # Anything but tensors and lists of 1-D tensors has no zero-copy form: refused, naming the entry.
+    with pytest.raises(TypeError, match="'note'"):
+        to_arrays({"note": "text"})
+
+
+def test_scratch_folder_falls_back_to_the_nodes_temp_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    # The driver's scratch path cannot be made here (a file is in the way, as root too) ...
+    folder = made(str(blocker / "medtune-scratch-launch-x"))
+    # ... so the trial uses a folder of the same name in this node's temp folder.
+    assert folder == str(Path(tempfile.gettempdir()) / "medtune-scratch-launch-x") and Path(folder).is_dir()
+    Path(folder).rmdir()
+    assert made(None) is None and made(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
