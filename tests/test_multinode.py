@@ -1,4 +1,9 @@
-"""A real two-node Ray cluster on this machine: trials are spread over both nodes."""
+"""A real two-node Ray cluster on this machine, run as if the nodes shared no disk.
+
+The trials are spread over both nodes and read their data from Ray, never from the driver's cache
+folder: it is moved away while they load it. The worker node has its own temp folder and working
+directory, and ``--storage-path`` is a ``file://`` URI.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import Workspace, free_port, runs_of
+from medtune.tracking import champion
+from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -50,7 +56,7 @@ def in_sessions(sids: set[int]) -> set[int]:
     return pids
 
 
-def start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+def start_node(args: list[str], log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
     """``ray start --block`` as a child in a session of its own (its Ray processes join that session)."""
     with log.open("w") as out:
         node = subprocess.Popen(
@@ -58,6 +64,7 @@ def start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
     for _ in range(360):
@@ -118,44 +125,88 @@ def comm(pid: int) -> str:
 @pytest.fixture
 def two_node_cluster(tmp_path: Path, bystander: subprocess.Popen) -> Iterator[str]:
     port = free_port()
-    temp_dir = Path("/tmp") / f"ray-mt-{port}"  # Ray's socket paths must stay short
+    temp_dirs = [Path("/tmp") / f"ray-mt-{port}{node}" for node in ("h", "w")]  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    elsewhere = tmp_path / "elsewhere"  # the worker node's working directory: not the project's
+    elsewhere.mkdir()
     nodes: list[subprocess.Popen] = []
     try:
-        head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
+        head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dirs[0]}"]
         nodes.append(start_node(head, tmp_path / "head.log", env))
-        nodes.append(start_node([f"--address=127.0.0.1:{port}"], tmp_path / "worker.log", env))
+        worker = [f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}"]
+        nodes.append(start_node(worker, tmp_path / "worker.log", env, cwd=elsewhere))
         names = [comm(pid) for pid in in_sessions({node.pid for node in nodes})]
         # Each node's raylet runs in the session of its ``ray start``, where the teardown finds it.
         assert names.count("raylet") == 2 and "gcs_server" in names, names
         yield f"127.0.0.1:{port}"
     finally:
         left = stop_nodes(nodes)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for temp_dir in temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
     # Every process of both nodes is gone, and the raylet-named process outside them still runs.
     assert not left, sorted(left)
     assert bystander.poll() is None
 
 
-def test_trials_run_on_both_nodes(two_node_cluster: str, synth_dir: Path, tmp_path: Path) -> None:
+def wait_for(done: Callable[[], bool], launch: subprocess.Popen, timeout: float = 300) -> bool:
+    """Poll ``done`` every 0.1 s until it holds, the launch ends or ``timeout`` passes; whether it holds."""
+    end = time.monotonic() + timeout
+    while not done() and launch.poll() is None and time.monotonic() < end:
+        time.sleep(0.1)
+    return done()
+
+
+def trials_with_checkpoints(runs: Path) -> int:
+    """Trials of the launch that saved a checkpoint: each has loaded its data and trained an epoch."""
+    return len({folder.parent for folder in runs.glob("multinode-*/trial_*/checkpoint_*")})
+
+
+def test_trials_on_both_nodes_never_read_the_drivers_cache(
+    two_node_cluster: str, synth_dir: Path, tmp_path: Path
+) -> None:
     workspace = Workspace(tmp_path)
-    # The workspace's storage folder is on this machine, so both nodes reach it (NFS/S3 on a real cluster).
-    space = tmp_path / "grid.yaml"
+    space, log = tmp_path / "grid.yaml", tmp_path / "launch.log"
     space.write_text(SPACE)
-    result = workspace.launch(
-        "--space",
-        str(space),
-        "--data",
-        str(synth_dir),
-        "--address",
-        two_node_cluster,
-        "--cpus-per-trial",
-        "1",
-        "--experiment",
-        "multinode",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    _, children = runs_of(MlflowClient(workspace.tracking_uri), "multinode")
+    cache, away, runs = tmp_path / "cache", tmp_path / "cache-away", tmp_path / "runs"
+    # The storage folder is on this machine, so both nodes reach it (NFS/S3 on a real cluster); as a URI.
+    argv = ["--space", str(space), "--data", str(synth_dir), "--address", two_node_cluster, "--cpus-per-trial", "1"]
+    argv += ["--experiment", "multinode", "--tracking-uri", workspace.tracking_uri]
+    argv += ["--storage-path", f"file://{runs}", "--cache-dir", str(cache)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    with log.open("w") as out:
+        launch = subprocess.Popen(
+            [sys.executable, "launch.py", *argv],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # Trials start after the driver has handed the caches to Ray: from then on its cache folder is gone ...
+        started = wait_for(lambda: "[trial] start" in log.read_text(), launch)
+        assert started, log.read_text()[-4000:]
+        cache.rename(away)
+        # ... until every trial has loaded its data and trained an epoch (its first checkpoint); the
+        # driver's own steps after the search (testing and logging the winner) read it again.
+        trained = wait_for(lambda: trials_with_checkpoints(runs) == 4, launch)
+        away.rename(cache)
+        launch.wait(timeout=600)
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)  # the launch's own process group only
+            launch.wait()
+    output = log.read_text()
+    assert launch.returncode == 0, output[-4000:]
+    assert trained, output[-4000:]  # every trial loaded its data while the cache folder was away
+    client = MlflowClient(workspace.tracking_uri)
+    launches, children = runs_of(client, "multinode")
     nodes = {r.data.tags.get("node_id") for r in children}
-    # Each node offers one CPU and each trial needs one, so the trials ran on both nodes.
-    assert len(children) == 4 and len(nodes) == 2 and "" not in nodes, result.stdout[-4000:]
+    # Each node offers one CPU and each trial needs one, so the trials ran on both nodes, and all finished.
+    assert len(children) == 4 and len(nodes) == 2 and "" not in nodes, output[-4000:]
+    assert [r.info.status for r in launches + children] == ["FINISHED"] * 5
+    # The launch published its winner: the first registered version of its model is the champion.
+    [model] = client.search_registered_models()
+    assert champion(client, model.name) is not None
+    # The file:// storage path is the folder it names (not a folder called "file:" in the project).
+    assert list(runs.glob("multinode-*/trial_*")) and not (PROJECT_DIR / "file:").exists()

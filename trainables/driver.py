@@ -7,9 +7,11 @@ Each phase's wall-clock time is printed at the end and recorded in the ``Phases`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -134,6 +136,24 @@ def _context(prepared: Prepared, options: LaunchOptions, path: Path) -> TrialCon
     )
 
 
+def storage_folder(path: Path) -> Path:
+    """``--storage-path`` as the local (or mounted) folder the launch keeps Ray's results in, absolute.
+
+    ``file:///x`` (the URI form Ray accepts) is the folder /x. Other schemes (``s3://``, ``gs://``) are
+    refused in one line: the launch also keeps its unsent trial writes, checkpoint clean-up and (without a
+    sqlite store) its Optuna study in that folder, all local; a bucket mounted on every node works.
+    """
+    text = str(path)  # Path() has already folded "//" into "/": "file:///x" arrives as "file:/x"
+    if text.startswith("file:"):
+        return Path("/" + text[len("file:") :].lstrip("/")).resolve()
+    if scheme := re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", text):
+        raise TrackingError(
+            f"--storage-path {scheme[1]}://{text[scheme.end() :]}: only local folders and file:// URIs are "
+            "supported; mount the bucket on every node (e.g. s3fs, gcsfuse) and pass its folder"
+        )
+    return path.resolve()
+
+
 def _resources(options: LaunchOptions) -> Resources:
     gpus = options.gpus_per_trial if options.gpus_per_trial is not None else float(torch.cuda.is_available())
     return Resources(options.cpus_per_trial, gpus, options.max_concurrent, options.max_failures)
@@ -174,6 +194,7 @@ def run(
         phases: filled with each phase's wall-clock time [a fresh one, printed only].
     """
     phases = phases if phases is not None else Phases()
+    options = dataclasses.replace(options, storage_path=storage_folder(options.storage_path))
     if not options.verbose:
         quiet_driver()
     with phases.time("prepare"):

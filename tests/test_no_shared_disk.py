@@ -1,7 +1,9 @@
-"""Caches handed to trials as arrays (``medtune.data.shared``): the same items as from the file, no copies.
+"""A cluster without a shared disk, the parts without a cluster: caches handed to trials as arrays
+(``medtune.data.shared``) give the same items as the file, without copies; a trial's scratch folder and
+``--storage-path`` need no driver path.
 
-Ray hands the arrays back read-only; the tests make them read-only the same way, without a cluster
-(tests/test_multinode.py runs the real hand-over on two nodes).
+Ray hands the arrays back read-only; the tests make them read-only the same way. tests/test_multinode.py
+runs the real hand-over on two nodes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from medtune.data.cache import load_cache
 from medtune.data.datasets import CachedDataset, build_transform
 from medtune.data.shared import Ragged, from_arrays, to_arrays
+from medtune.tracking import TrackingError
+from trainables.driver import storage_folder
 from trainables.trial import made
 
 
@@ -74,3 +78,16 @@ def test_scratch_folder_falls_back_to_the_nodes_temp_folder(tmp_path: Path) -> N
     assert folder == str(Path(tempfile.gettempdir()) / "medtune-scratch-launch-x") and Path(folder).is_dir()
     Path(folder).rmdir()
     assert made(None) is None and made(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+
+
+def test_storage_path_takes_file_uris_and_refuses_other_schemes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # launch.py parses --storage-path into a Path, which folds "file:///x" into "file:/x": still the folder /x.
+    assert storage_folder(Path(f"file://{tmp_path}/runs")) == tmp_path / "runs"
+    assert storage_folder(Path("runs")) == tmp_path / "runs"
+    # A bucket is named in the one-line error (as typed), not silently made a local folder called "s3:".
+    with pytest.raises(TrackingError, match="^--storage-path s3://bucket/medtune: only local folders"):
+        storage_folder(Path("s3://bucket/medtune"))
+    assert not (tmp_path / "s3:").exists()
