@@ -53,6 +53,8 @@ def sqlite_file(uri: str) -> Path | None:
 LOCK_TIMEOUT_S = 300  # creating a store takes seconds; minutes of waiting means a stuck holder
 RETRIES = 6  # backoff 0.5+1+2+4+8 s (x1-1.5 jitter): about 20 s on top of MLflow's own waiting
 TRANSIENT_HTTP = {408, 429, 502, 503, 504}  # what MLflow's REST client itself retries, less 500 (a bug)
+FAIL_FAST_TIMEOUT_S = 30  # a healthy server answers a write in ms; a busy sqlite store behind it in up to 20 s
+_HTTP_RETRIES, _HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
 PROMOTION_ATTEMPTS = 3  # decisions per promotion while the alias keeps moving underneath (stores without a lock)
 T = TypeVar("T")
 
@@ -119,10 +121,7 @@ def transient(err: BaseException) -> bool:
     which it also gives every other sqlite error), a remote store's 408/429/502/503/504, and a connection
     refused, reset or timed out (MLflow's REST client re-raises those as a plain ``MlflowException``).
     """
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(err):
         if isinstance(current, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)):
             return "is locked" in str(current)
         local = isinstance(current.__cause__, sqlalchemy.exc.OperationalError)  # judged by its cause, next
@@ -130,8 +129,23 @@ def transient(err: BaseException) -> bool:
             return True
         if isinstance(current, (requests.ConnectionError, requests.Timeout)):
             return True
-        current = current.__cause__ or current.__context__
     return False
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__``), once each."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _retried_by_mlflow(err: BaseException) -> bool:
+    """A remote store's error that MLflow's REST client already retried (about 4 minutes; not in ``fail_fast``)."""
+    local = any(isinstance(e, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)) for e in _chain(err))
+    return not local and os.environ.get(_HTTP_RETRIES) != "0"
 
 
 def retrying(fn: Callable[[], T], *, attempts: int = RETRIES, delay: float = 0.5) -> T:
@@ -139,21 +153,18 @@ def retrying(fn: Callable[[], T], *, attempts: int = RETRIES, delay: float = 0.5
 
     MLflow's sqlite store already sets ``PRAGMA busy_timeout = 20000`` on each session (a write waits
     up to 20 s for a lock), but not on the engine's first connections (sqlite3's default 5 s), and a
-    busy writer can starve past 20 s; a remote store's client gives up after its own HTTP retries.
-    The last attempt's error is raised unchanged.
+    busy writer can starve past 20 s. A remote store's request was already retried by MLflow's client
+    (7 times with backoff, about 4 minutes, outside ``fail_fast``): its error is raised at once, not
+    waited out ``attempts`` times over. The last attempt's error is raised unchanged.
     """
     for attempt in range(attempts - 1):
         try:
             return fn()
         except Exception as err:
-            if not transient(err):
+            if not transient(err) or _retried_by_mlflow(err):
                 raise
             time.sleep(delay * 2**attempt * random.uniform(1.0, 1.5))
     return fn()
-
-
-FAIL_FAST_TIMEOUT_S = 30  # a healthy server answers a write in ms; a busy sqlite store behind it in up to 20 s
-_HTTP_RETRIES, _HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
 
 
 @contextmanager
