@@ -33,15 +33,19 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
 
-def synth_caches(*, n: int = 300, size: int = 64) -> tuple[Path, dict[str, str], int]:
-    """(dataset folder, split -> cache file, num_classes) of the synthetic data at ``size`` px, built once."""
+def synth_caches(*, n: int = 300, size: int = 64, source: int = 64) -> tuple[Path, dict[str, str], int]:
+    """(dataset folder, split -> cache file, num_classes) of the synthetic data at ``size`` px, built once.
+
+    ``source`` is the side of the generated images (``python -m medtune.data synth --size``); the
+    cache letterboxes them to ``size``. 60% of each class goes to train (``n=53``: 32 images).
+    """
     from medtune.data.cache import build_cache
     from medtune.data.coco import resolve_dataset
     from medtune.data.synth import generate
 
-    data = WORK / f"synth-n{n}"
+    data = WORK / (f"synth-n{n}" if source == 64 else f"synth-n{n}-{source}px")
     if not (data / "train.json").is_file():
-        generate(data, n=n, size=64, seed=0)
+        generate(data, n=n, size=source, seed=0)
     dataset = resolve_dataset(data, cache_root=WORK / "cache", seed=0)
     caches = {s: str(build_cache(dataset, s, size, WORK / "cache")) for s in SPLITS}
     return data, caches, dataset.num_classes
