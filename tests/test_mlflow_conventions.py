@@ -127,3 +127,16 @@ def test_cross_validated_run_logs_the_pool_and_test(shared_workspace: Workspace,
     assert (pool_tags["cv_folds"], pool_tags["cv_folds_digest"]) == ("2", parent.data.tags["cv_folds_digest"])
     # What a trial would log: the parent's inputs less the test split, which no trial sees.
     assert [i.dataset.name for i in trial_inputs(client, parent.info.run_id)] == [pool.dataset.name]
+
+
+def test_trial_runs_carry_the_standard_tags_and_their_splits(shared_workspace: Workspace, cls_launch: object) -> None:
+    client = MlflowClient(shared_workspace.tracking_uri, registry_uri=shared_workspace.tracking_uri)
+    parents, children = runs_of(client, "whole_cls")
+    parent = parents[0]
+    assert children
+    for run in children:
+        # The UI's User and Source columns, as on the parent run ...
+        assert run.data.tags["mlflow.user"] == parent.data.tags["mlflow.user"]
+        assert run.data.tags["mlflow.source.name"] == "launch.py"
+        # ... and the splits the trial trained and validated on: never the test split.
+        assert sorted(_inputs(run)) == ["train", "val"]

@@ -31,6 +31,7 @@ from medtune.data.coco import SPLITS
 from medtune.leaderboard import counts, format_table, leaderboard
 from medtune.options import LaunchOptions
 from medtune.prepare import Prepared, prepare, start_parent_run
+from medtune.provenance import standard_tags
 from medtune.publish import BestTrial
 from medtune.quiet import quiet_driver
 from medtune.tracking import (
@@ -287,6 +288,7 @@ def _tuner(
     tags = (
         {"segmenter_version": f"{seg.name}/{seg.version}", "segmenter_foreign": str(seg.foreign).lower()} if seg else {}
     )
+    tags = {**standard_tags(), **tags}  # the UI's User and Source columns, as on the parent run
     logger = MLflowTrials(
         tracking_uri=prepared.tracking_uri,
         experiment_id=experiment_id(client, prepared.experiment, create=False),

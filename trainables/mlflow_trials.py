@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from medtune.data.cocoio import write_json_atomic
+from medtune.provenance import trial_inputs
 from medtune.tracking import PARENT_TAG, TRIAL_TAG, fail_fast, open_client, run_name, transient
 from trainables.sampling import flat_config
 
@@ -173,6 +174,8 @@ class PendingWrites:
             if run_id is None:
                 run_id = client.create_run(self.experiment_id, run_name=op["name"], tags=op["tags"]).info.run_id
                 self.runs[trial] = run_id
+                # The splits the trial trains and validates on (the parent's inputs but test), for the UI.
+                client.log_inputs(run_id, datasets=trial_inputs(client, self.parent_run_id))
             else:  # a trial continuing after --resume (its run was closed as KILLED), or a start resent
                 client.update_run(run_id, "RUNNING")
             client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"].items()])
