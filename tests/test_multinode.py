@@ -199,7 +199,7 @@ def test_trials_on_both_nodes_never_read_the_drivers_cache(
     output = log.read_text()
     assert launch.returncode == 0, output[-4000:]
     assert trained, output[-4000:]  # every trial loaded its data while the cache folder was away
-    client = MlflowClient(workspace.tracking_uri)
+    client = MlflowClient(workspace.tracking_uri, registry_uri=workspace.tracking_uri)  # not the global URI
     launches, children = runs_of(client, "multinode")
     nodes = {r.data.tags.get("node_id") for r in children}
     # Each node offers one CPU and each trial needs one, so the trials ran on both nodes, and all finished.
