@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
+from medtune.report.bootstrap import CONCLUSIVE_HALF_WIDTH
 from medtune.tracking import retrying
 
 CARD_FILE = "model_card.md"
 # MLflow's SQL registry stores descriptions in a String(5000) column: sqlite ignores the length,
 # Postgres and MySQL refuse longer text. A longer card is cut there, the artifact keeps it whole.
 DESCRIPTION_LIMIT = 5000
-WIDE = 0.05  # an interval half-width above this is "too wide to conclude" (as report.compare says)
 SMALL_TEST = 100  # fewer test images than this: the card says the split is small
 SHORTENED = ("## Search", "## Preprocessing", "## Data")  # what a registry description leaves out first
 STATUS = {"stopped": "stopped by ASHA", "early_stopped": "stopped by patience"}  # the trials' status tags
@@ -311,7 +311,7 @@ def limitations(card: CardInput) -> list[str]:
     if n < SMALL_TEST:
         out.append(f"Small test split: {n} images.")
     widest = _widest(card)
-    if widest > WIDE:
+    if widest > CONCLUSIVE_HALF_WIDTH:
         out.append(f"The widest 95% test interval is +/- {widest:.3f}: too wide to conclude.")
     if lin.fold_models:
         out.append(f"Not retrained with more seeds: the spread of the {lin.fold_models} fold models stands for it.")

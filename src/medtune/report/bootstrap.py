@@ -25,6 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+# A difference whose interval includes 0 and is wider than +-0.05 cannot rule out a difference of
+# 0.05 or more (e.g. 3 images in 60 for accuracy): too wide to conclude "no difference".
+CONCLUSIVE_HALF_WIDTH = 0.05
+
 RESAMPLES = 1000
 SEED = 0
 Metric = Callable[[np.ndarray, np.ndarray], float]

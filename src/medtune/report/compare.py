@@ -25,15 +25,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from medtune.report import cv, html
-from medtune.report.bootstrap import METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
+from medtune.report.bootstrap import CONCLUSIVE_HALF_WIDTH, METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
 from medtune.report.load import PREDICTIONS, load_predictions
 from medtune.report.plots import save
 from medtune.tracking import TrackingError, experiment_id, latest_launch
 
 SALIENCY = "test/saliency_iou"  # logged by saliency-trained classifiers; shown when present
-# A difference whose interval includes 0 and is wider than +-0.05 cannot rule out a difference of
-# 0.05 or more (e.g. 3 images in 60 for accuracy): too wide to conclude "no difference".
-CONCLUSIVE_HALF_WIDTH = 0.05
 
 
 class CompareError(TrackingError):
