@@ -96,7 +96,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the trials' Ray checkpoints after a finished launch (deleted by default: the winner is in MLflow)",
     )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=minutes,
+        default=5.0,
+        help="a running trial writes a checkpoint on each new best, on its last epoch and at least this often: "
+        "the most a kill makes --resume re-train per trial (0: every epoch)",
+    )
     return p.parse_args(argv)
+
+
+def minutes(text: str) -> float:
+    """``--checkpoint-minutes``: a finite number >= 0 (argparse turns the error into one line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of minutes >= 0, got '{text}'")
+    return value
 
 
 def options_from(args: argparse.Namespace) -> LaunchOptions:

@@ -5,9 +5,9 @@
 Nothing in the platform is patched: the launch is ``trainables.driver.run`` with the options
 ``launch.py`` would build, a ``Phases`` to fill (prepare, MLflow parent run, Ray start, ``Tuner.fit``,
 Ray shutdown, finish = leaderboard + test evaluation + model logging), and a ``SearchPolicy`` whose
-trainable is ``timed_trial`` below: ``run_trial`` with a timed ``EpochReport`` that appends, to a
-JSON-lines file, when the worker started and how long each epoch's checkpoint + ``tune.report``
-took. ``--no-reuse`` turns ``reuse_actors`` off, to measure what actor reuse saves;
+trainable is ``timed_trial`` below: ``run_trial`` with a timed ``EpochReport`` (the launch's
+checkpoint policy, ``--checkpoint-minutes``) that appends, to a JSON-lines file, when the worker
+started, how long each epoch's report took and which epochs wrote a checkpoint. ``--no-reuse`` turns ``reuse_actors`` off, to measure what actor reuse saves;
 ``--no-checkpoint`` reports metrics without checkpoints (the launch then fails at publishing,
 having no checkpoint: use it for the training phases only); ``--keep-all`` keeps every checkpoint
 (no deletions, no forced experiment snapshots). Times are wall clock (``time.time``) so driver and
@@ -43,7 +43,7 @@ def timed_trial(config: dict, context) -> None:
         def save(self, trainer: pl.Trainer, folder: str) -> None:
             start = time.time()
             super().save(trainer, folder)
-            _write(event="save_checkpoint", t=start, seconds=time.time() - start)
+            _write(event="save_checkpoint", t=start, seconds=time.time() - start, epoch=trainer.current_epoch)
 
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             start = time.time()
@@ -52,7 +52,9 @@ def timed_trial(config: dict, context) -> None:
             _write(event="report", t=start, seconds=time.time() - start, epoch=trainer.current_epoch)
 
     _write(event="trial_start", t=time.time())
-    run_trial(config, context, report=TimedReport(checkpoints=SAVE_CHECKPOINTS))
+    report = TimedReport(checkpoints=SAVE_CHECKPOINTS, scratch=context.scratch, policy=context.checkpoint_policy())
+    run_trial(config, context, report=report)
+    _write(event="trial_end", t=time.time())  # a trial ASHA or the budget stops at its last report never gets here
 
 
 def flat_phases(phases) -> dict[str, float]:

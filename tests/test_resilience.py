@@ -222,7 +222,8 @@ def test_writes_wait_for_a_store_that_is_away(tmp_path: Path) -> None:
     )
     away.start("t1", name="t1", tags={PARENT_TAG: ids["parent_run_id"], TRIAL_TAG: "t1"}, params={"train.lr": "0.01"})
     for epoch, acc in [(1, 0.5), (2, 0.7), (3, 0.6)]:
-        away.log("t1", metrics=[["val/acc", acc, 1000 * epoch, epoch], ["epoch", epoch, 1000 * epoch, epoch]], tags={})
+        points = [["val/acc", acc, 1000 * epoch, epoch], ["epoch", epoch, 1000 * epoch, epoch]]
+        away.log("t1", step=epoch, metrics=points, tags={})
     away.end("t1", tags={"status": "completed"}, status="FINISHED")
     started = time.monotonic()
     # Nobody answers: nothing is raised, nothing lost; the five writes wait in the spool.
@@ -232,7 +233,7 @@ def test_writes_wait_for_a_store_that_is_away(tmp_path: Path) -> None:
     back = PendingWrites(tracking_uri=uri, **ids, metric="val/acc", mode="max", spool=spool)
     assert back.drain(time.monotonic() + 30) and not spool.exists()
     again = PendingWrites(tracking_uri=uri, **ids, metric="val/acc", mode="max", spool=None)
-    again.log("t1", metrics=[["val/acc", 0.7, 2000, 2]], tags={})  # a write resent after a lost answer
+    again.log("t1", step=2, metrics=[["val/acc", 0.7, 2000, 2]], tags={})  # a write resent after a lost answer
     assert again.drain(time.monotonic() + 30)
     (run,) = store.search_runs([exp], f"tags.{TRIAL_TAG} = 't1'")
     history = [(m.step, m.value) for m in store.get_metric_history(run.info.run_id, "val/acc")]

@@ -1,4 +1,9 @@
-"""Kill the launcher mid-search, resume it: no trial re-run, one MLflow run per trial, none RUNNING."""
+"""Kill the launcher mid-search, resume it: no trial re-run, one MLflow run per trial, none RUNNING.
+
+Under the checkpoint policy (``trainables.checkpoint_policy``) a trial running at the kill resumes from
+its latest checkpoint, which may be older than its last logged epoch: the epochs after it are
+trained again, and each epoch is still logged once.
+"""
 
 from __future__ import annotations
 
@@ -43,10 +48,15 @@ CV_SPACE = SPACE.replace(
     "num_samples: 3, max_epochs: 3, grace_period: 3", "num_samples: 3, max_epochs: 2, grace_period: 2"
 )
 CV_SPACE += "cv: {folds: 2}\n"
+# The SIGKILL case waits for a running trial's second epoch: 5 epochs leave time to kill it mid-way.
+KILL_SPACE = SPACE.replace("max_epochs: 3, grace_period: 3", "max_epochs: 5, grace_period: 5")
 
 
-def start_and_interrupt(workspace, synth_dir: Path, sig: int, text: str = SPACE) -> tuple[list[str], int, str]:
-    """Start the search of space ``text``, wait until one trial finished and the next runs, then send ``sig``.
+def start_and_interrupt(
+    workspace, synth_dir: Path, sig: int, text: str = SPACE, epochs: int = 0
+) -> tuple[list[str], int, str]:
+    """Start the search of space ``text``, wait until one trial finished and the next runs (with
+    ``epochs`` epochs logged), then send ``sig``.
 
     Returns the launch arguments, the launcher's exit code and its output.
     """
@@ -61,7 +71,8 @@ def start_and_interrupt(workspace, synth_dir: Path, sig: int, text: str = SPACE)
     deadline = time.time() + 300
     while time.time() < deadline:
         _, children = _runs(client, experiment)
-        if any(r.info.status == "FINISHED" for r in children) and any(r.info.status == "RUNNING" for r in children):
+        running = [r for r in children if r.info.status == "RUNNING" and r.data.metrics.get("epoch", 0) >= epochs]
+        if any(r.info.status == "FINISHED" for r in children) and running:
             break
         if proc.poll() is not None:
             pytest.fail(
@@ -111,7 +122,8 @@ def test_sigint_stops_cleanly_and_resumes_a_cross_validated_search(workspace, sy
 
 
 def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
-    args, _, _ = start_and_interrupt(workspace, synth_dir, signal.SIGKILL)
+    # The running trial has logged 2 epochs: Ray has recorded its first checkpoint (epoch 1, a new best).
+    args, _, _ = start_and_interrupt(workspace, synth_dir, signal.SIGKILL, KILL_SPACE, epochs=2)
     client = MlflowClient(workspace.tracking_uri)
     experiment = f"whole_cls_{int(signal.SIGKILL)}"
     _, before = _runs(client, experiment)
@@ -125,3 +137,15 @@ def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
         history = client.get_metric_history(run.info.run_id, "epoch")
         # A trial finished before the kill was not re-run: one metric point per epoch, no repeats.
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))
+    running = [r for r in before if r.info.status != "FINISHED" and r.data.metrics.get("epoch", 0) >= 2]
+    assert running, [(r.info.status, r.data.metrics.get("epoch")) for r in before]
+    by_trial = {r.data.tags[TRIAL_TAG]: r for r in after}
+    for run in running:
+        resumed = by_trial[run.data.tags[TRIAL_TAG]]
+        # It went on from a checkpoint, not from scratch, and ran to the end of its budget ...
+        assert int(resumed.data.tags.get("resumed_from_epoch", 0)) >= 1, resumed.data.tags
+        assert resumed.data.tags["epochs_run"] == "5" and resumed.info.status == "FINISHED"
+        # ... with every epoch logged once, those trained again after the kill included.
+        for key in ("epoch", "val/loss", "val/balanced_acc"):
+            steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, key))
+            assert steps == [1, 2, 3, 4, 5], (key, steps)

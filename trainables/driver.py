@@ -134,6 +134,9 @@ def _context(prepared: Prepared, options: LaunchOptions, path: Path) -> TrialCon
         precision=options.precision,
         folds=prepared.folds,
         scratch=str(cleanup.scratch_folder(path)),
+        metric=prepared.space.metric,
+        mode=prepared.space.mode,
+        checkpoint_every_s=60.0 * options.checkpoint_minutes,
     )
 
 

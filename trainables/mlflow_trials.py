@@ -12,6 +12,11 @@ restarting, a locked sqlite file) costs the search nothing while it is away, and
 when it answers again. The end of the search waits up to ``outage_s`` for it; what it could not send
 stays in ``spool`` (a JSON file in the Ray experiment folder), which ``--resume`` sends first. On
 resume the callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
+
+A trial resumed from a checkpoint older than its last report (``--resume`` after a kill, or a retry
+after a failure; ``checkpoint_policy``) re-trains the epochs after that checkpoint and reports them
+again: an epoch the run already has is not logged again (each run's latest ``epoch`` is read from the
+store), and the run is tagged ``resumed_from_epoch``.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class PendingWrites:
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id, as far as the store was read
         self._client: MlflowClient | None = None
         self._best: dict[str, tuple[float, int]] = {}  # Ray trial id -> (best objective, its epoch)
+        self._epochs: dict[str, int] = {}  # Ray trial id -> the last epoch its run has
         self._queue: deque[dict] = deque(json.loads(spool.read_text()) if spool and spool.is_file() else [])
         self._synced = False  # ``runs`` and the bests were read from the store since the last failed write
         self._failures, self._retry_at, self._down_since = 0, 0.0, 0.0
@@ -85,9 +91,10 @@ class PendingWrites:
         """The trial's run: created, or set RUNNING again when the store has one (a trial resumed)."""
         self._queue.append({"op": "start", "trial": trial, "name": name, "tags": tags, "params": params})
 
-    def log(self, trial: str, *, metrics: list[list], tags: dict[str, str]) -> None:
-        """One epoch: ``[key, value, timestamp_ms, step]`` points, with ``best/*`` added when it improved."""
-        self._queue.append({"op": "log", "trial": trial, "metrics": metrics, "tags": tags})
+    def log(self, trial: str, *, step: int, metrics: list[list], tags: dict[str, str]) -> None:
+        """Epoch ``step``: ``[key, value, timestamp_ms, step]`` points, with ``best/*`` added when it improved;
+        skipped when the run already has that epoch (re-trained after a resume)."""
+        self._queue.append({"op": "log", "trial": trial, "step": step, "metrics": metrics, "tags": tags})
 
     def end(self, trial: str, *, tags: dict[str, str], status: str) -> None:
         self._queue.append({"op": "end", "trial": trial, "tags": tags, "status": status})
@@ -159,6 +166,7 @@ class PendingWrites:
         )
         runs = [r for r in runs if TRIAL_TAG in r.data.tags]
         self.runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs}
+        self._epochs = {r.data.tags[TRIAL_TAG]: int(r.data.metrics.get("epoch", 0)) for r in runs}
         key = f"best/{self.metric}"
         self._best = {
             r.data.tags[TRIAL_TAG]: (r.data.metrics[key], int(r.data.metrics.get("best/epoch", 0)))
@@ -180,8 +188,12 @@ class PendingWrites:
                 client.update_run(run_id, "RUNNING")
             client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"].items()])
         elif kind == "log":
+            step = int(op.get("step", 0))  # a spool of an older version has none: logged as before
+            if step and step <= self._epochs.get(trial, 0):
+                return  # an epoch re-trained after a resume: the run has it
             metrics = [Metric(*m) for m in op["metrics"]] + self._improved(trial, op["metrics"])
             client.log_batch(self.runs[trial], metrics=metrics, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+            self._epochs[trial] = max(step, self._epochs.get(trial, 0))
         elif kind == "end":
             client.log_batch(self.runs[trial], tags=[RunTag(k, v) for k, v in op["tags"].items()])
             client.set_terminated(self.runs[trial], op["status"])
@@ -276,8 +288,11 @@ class MLflowTrials(tune.Callback):
             if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         metrics = [m for m in metrics + [["epoch", float(step), ts, step]] if math.isfinite(m[1])]
+        tags = {k: str(result.get(k, "")) for k in NODE_TAGS}
+        if result.get("start_epoch"):  # this fit continued from a checkpoint of that epoch
+            tags["resumed_from_epoch"] = str(int(result["start_epoch"]))
         self._start(trial)
-        self.writes.log(trial.trial_id, metrics=metrics, tags={k: str(result.get(k, "")) for k in NODE_TAGS})
+        self.writes.log(trial.trial_id, step=step, metrics=metrics, tags=tags)
         self.writes.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

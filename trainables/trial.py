@@ -1,7 +1,8 @@
 """The Ray Tune function trainable: build the task from the sampled config and train it.
 
-Each epoch ends with one ``tune.report`` of every logged metric plus a Lightning checkpoint, so ASHA
-can stop the trial after any epoch and ``--resume`` continues from the last checkpoint.
+Each epoch ends with one ``tune.report`` of every logged metric, so ASHA can stop the trial after any
+epoch; the report carries a Lightning checkpoint when ``CheckpointPolicy`` says one is needed (a new
+best, the last epoch, or minutes since the last one), and ``--resume`` continues from the latest.
 
 Trials get their data from Ray, not from the driver's disk (a cluster need not share one): the driver
 puts each cache file once into the object store (``hand_over``) and each trial maps it from its own
@@ -10,6 +11,7 @@ node's shared memory (``received``; ``medtune.data.shared`` says why numpy and h
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,43 +26,63 @@ import torch
 from ray import tune
 
 from medtune.build import build_datamodule, build_system
-from medtune.crossval import FoldRecipe, train_folds
+from medtune.crossval import FoldRecipe, rounds_done, train_folds
 from medtune.data.cache import load_cache
 from medtune.data.folds import FoldPlan
 from medtune.data.shared import from_arrays, nbytes, to_arrays
 from medtune.trainer import make_trainer
+from trainables.checkpoint_policy import EVERY_S, CheckpointPolicy
 from trainables.sampling import flat_config
 
 CHECKPOINT_FILE = "checkpoint"
+POLICY_FILE = "checkpoint_policy.json"  # a cross-validated trial's policy state, beside its fold files
 
 
 class EpochReport(pl.Callback):
-    """One ``tune.report`` per epoch: every logged metric, two facts for the driver, a checkpoint.
+    """One ``tune.report`` per epoch: every logged metric, three facts for the driver, a checkpoint when
+    ``policy`` wants one.
 
     The facts, recorded on the trial's MLflow run: ``early_stopped`` (1.0 when the task's own
-    patience ended training, so the driver can tell it from an ASHA stop) and ``node_id`` (the Ray
-    node the trial ran on, for multi-node clusters).
+    patience ended training, so the driver can tell it from an ASHA stop), ``node_id`` (the Ray
+    node the trial ran on, for multi-node clusters) and ``start_epoch`` (the epoch this fit resumed
+    from, 0 when it started from scratch).
 
     Reports at ``on_train_epoch_end``, which Lightning calls after the epoch's validation, so train
     and val metrics are both in. The task's EarlyStopping decides at validation end (see
     ``medtune.tasks.base``), so ``trainer.should_stop`` is already set here on the stopping epoch.
 
     Args:
-        checkpoints: attach a Lightning checkpoint to each report (False: metrics only, to measure
-            what checkpoints cost; ``--resume`` and publishing need them).
+        checkpoints: attach Lightning checkpoints to reports (False: metrics only, to measure what
+            checkpoints cost; ``--resume`` and publishing need them).
         scratch: folder for the checkpoint's temporary copy [the system temp folder]; the launch
             passes its own (``TrialContext.scratch``) and deletes it.
+        policy: which epochs carry one [every epoch]; its state (the best so far) is saved in each
+            checkpoint, so a resumed trial goes on deciding as before.
     """
 
-    def __init__(self, *, checkpoints: bool = True, scratch: str | None = None) -> None:
+    def __init__(
+        self, *, checkpoints: bool = True, scratch: str | None = None, policy: CheckpointPolicy | None = None
+    ) -> None:
         self.checkpoints = checkpoints
         self.scratch = scratch
+        self.policy = policy if policy is not None else CheckpointPolicy(metric="", every_s=0)
+        self.start_epoch = 0
+
+    def state_dict(self) -> dict:
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.policy.load_state_dict(state_dict)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start_epoch = trainer.current_epoch  # a restored checkpoint's epoch count (restored by now), else 0
 
     def metrics(self, trainer: pl.Trainer) -> dict:
-        """The report's metrics: Lightning's logged values plus ``early_stopped`` and ``node_id``."""
+        """The report's metrics: Lightning's logged values plus ``early_stopped``, ``node_id`` and ``start_epoch``."""
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         metrics["early_stopped"] = float(trainer.should_stop)
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
+        metrics["start_epoch"] = self.start_epoch
         return metrics
 
     def save(self, trainer: pl.Trainer, folder: str) -> None:
@@ -71,7 +93,8 @@ class EpochReport(pl.Callback):
         if trainer.sanity_checking:
             return
         metrics = self.metrics(trainer)
-        if not self.checkpoints:
+        last = trainer.should_stop or trainer.current_epoch + 1 >= trainer.max_epochs
+        if self.policy.reason(metrics, last=last) is None or not self.checkpoints:
             tune.report(metrics)
             return
         # Ray copies the folder into the trial's storage during report; the temporary one can go.
@@ -101,6 +124,15 @@ class TrialContext:
     # The launch's folder for temporary checkpoint copies: a trial stopped while reporting can leave
     # one behind, and the launch deletes this folder when it ends (trainables.cleanup).
     scratch: str | None = None
+    # When reports carry checkpoints (trainables.checkpoint_policy): the objective and its direction
+    # (a new best is written; "" writes every epoch), and the longest stretch without one.
+    metric: str = ""
+    mode: str = "max"
+    checkpoint_every_s: float = EVERY_S
+
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        """A fresh policy for one trial (each trial decides on its own epochs)."""
+        return CheckpointPolicy(metric=self.metric, mode=self.mode, every_s=self.checkpoint_every_s)
 
 
 def made(folder: str | None) -> str | None:
@@ -173,8 +205,10 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
         context.task, config, num_classes=context.num_classes, epochs=context.max_epochs, train_cache=caches["train"]
     )
     data = build_datamodule(config, caches=caches, pred_masks=pred_masks, num_classes=context.num_classes)
-    callbacks = [report or EpochReport(scratch=context.scratch)]
-    trainer = make_trainer(max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks)
+    callbacks = [report or EpochReport(scratch=context.scratch, policy=context.checkpoint_policy())]
+    trainer = make_trainer(
+        max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks, seed=context.seed
+    )
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         trainer.fit(system, datamodule=data)
@@ -187,7 +221,8 @@ def run_folds(config: dict, context: TrialContext) -> None:
     """Cross-validated trial: the folds in lockstep (``medtune.crossval``), one report per round.
 
     The report holds the fold means (the objective ASHA and TPE see), each fold's validation metrics
-    and their sd, and the folder of fold checkpoints; ``--resume`` continues from the last one.
+    and their sd, and, when the checkpoint policy wants it, the folder of fold checkpoints (with the
+    policy's state in ``POLICY_FILE``); ``--resume`` continues from the latest one.
     """
     size = int(config["data.image_size"])
     recipe = FoldRecipe(
@@ -201,14 +236,25 @@ def run_folds(config: dict, context: TrialContext) -> None:
         seed=context.seed,
         precision=context.precision,
     )
-
-    def report(metrics: dict[str, float], finished: bool, folder: Path) -> None:
-        facts = {"early_stopped": float(finished), "node_id": ray.get_runtime_context().get_node_id()}
-        tune.report({**metrics, **facts}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+    policy = context.checkpoint_policy()
 
     with tempfile.TemporaryDirectory(dir=made(context.scratch)) as work:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as saved:
                 shutil.copytree(saved, work, dirs_exist_ok=True)
+        if (Path(work) / POLICY_FILE).is_file():
+            policy.load_state_dict(json.loads((Path(work) / POLICY_FILE).read_text()))
+        start = rounds_done(Path(work))
+
+        def report(metrics: dict[str, float], finished: bool, folder: Path) -> None:
+            node = ray.get_runtime_context().get_node_id()
+            facts = {"early_stopped": float(finished), "node_id": node, "start_epoch": start}
+            last = finished or rounds_done(folder) >= context.max_epochs
+            if policy.reason(metrics, last=last) is None:
+                tune.report({**metrics, **facts})
+                return
+            (folder / POLICY_FILE).write_text(json.dumps(policy.state_dict()))
+            tune.report({**metrics, **facts}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
         train_folds(recipe, Path(work), report)

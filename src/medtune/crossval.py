@@ -99,6 +99,12 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def rounds_done(folder: Path) -> int:
+    """How many rounds the fold files in ``folder`` have trained (0 for an empty folder)."""
+    path = folder / STATE_FILE
+    return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
+
+
 def _read_state(folder: Path, folds: int) -> dict:
     path = folder / STATE_FILE
     if path.is_file():

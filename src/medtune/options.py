@@ -43,7 +43,12 @@ class LaunchOptions:
     resume: bool = False  # continue the experiment's interrupted latest launch
     verbose: bool = False  # Ray's own progress tables instead of one line per trial start and end
     keep_checkpoints: bool = False  # keep the trials' Ray checkpoints after a finished launch
+    # A running trial's longest stretch without a checkpoint (besides its new bests and last epoch):
+    # the most a kill makes --resume re-train; 0 writes every epoch (trainables.checkpoint_policy).
+    checkpoint_minutes: float = 5.0
 
     def __post_init__(self) -> None:
         if (self.space is None) == (self.config is None):
             raise ValueError("LaunchOptions: give exactly one of space and config")
+        if not 0 <= self.checkpoint_minutes < float("inf"):
+            raise ValueError(f"LaunchOptions: checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")

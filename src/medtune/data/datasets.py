@@ -19,7 +19,7 @@ import math
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -224,12 +224,19 @@ class CachedDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
-        sampler = self.sampler(dataset.labels, dataset.masks, floor=self.sampler_floor) if split == "train" else None
+        sampler, generator = None, None
+        if split == "train":
+            sampler = self.sampler(dataset.labels, dataset.masks, floor=self.sampler_floor) or RandomSampler(dataset)
+            # Training draws (order, augmentation) come from the global generator, from the first batch on;
+            # creating the iterator must not draw from it, or an epoch's draws would depend on whether
+            # Lightning made its iterator before the epoch was seeded (a fit's first epoch, a resumed
+            # one) or after (``medtune.trainer.EpochSeed``). Loader workers get their seeds from here.
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=split == "train" and sampler is None,
             sampler=sampler,
+            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
