@@ -182,7 +182,7 @@ def received(handed: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None = None) -> None:
-    """Train one configuration, reporting validation metrics and a checkpoint every epoch.
+    """Train one configuration, reporting validation metrics every epoch (and checkpoints, ``EpochReport``).
 
     Args:
         config: the sampled configuration (flat dotted keys, or a grid point).
