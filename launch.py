@@ -21,8 +21,7 @@ from medtune.options import LaunchOptions
 # Local runs: without this, Ray prints a token-authentication notice and writes ~/.ray/auth_token.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-# num_to_keep=1 forces an experiment snapshot after each checkpoint (what makes --resume exact);
-# Ray warns about it on every short epoch.
+# Ray warns when experiment snapshots come often (TUNE_GLOBAL_CHECKPOINT_S=0, as tests set it).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 PROJECT_DIR = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ checkpoint policy, ``--checkpoint-minutes``) that appends, to a JSON-lines file,
 started, how long each epoch's report took and which epochs wrote a checkpoint. ``--no-reuse`` turns ``reuse_actors`` off, to measure what actor reuse saves;
 ``--no-checkpoint`` reports metrics without checkpoints (the launch then fails at publishing,
 having no checkpoint: use it for the training phases only); ``--keep-all`` keeps every checkpoint
-(no deletions, no forced experiment snapshots). Times are wall clock (``time.time``) so driver and
+(no pruning). Times are wall clock (``time.time``) so driver and
 worker events share one axis; ``BENCH_SPAWN`` (set by the caller) anchors process start.
 """
 
@@ -85,7 +85,7 @@ def main() -> int:
     policy = SearchPolicy(
         trainable=timed_trial,
         reuse_actors="--no-reuse" not in flags,
-        keep_checkpoints=None if "--keep-all" in flags else 1,
+        prune_checkpoints="--keep-all" not in flags,
     )
     phases = Phases()
     try:

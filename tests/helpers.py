@@ -101,9 +101,11 @@ class Workspace:
     def launch(self, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return self._run(["launch.py", *args, *self._common()], timeout, env)
 
-    def start_launch(self, *args: str, log: Path, err: Path | None = None) -> subprocess.Popen:
+    def start_launch(
+        self, *args: str, log: Path, err: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         """``launch.py`` in the background, in its own process group, stdout to ``log`` and stderr to
-        ``err`` [``log`` too].
+        ``err`` [``log`` too], with ``env`` added to the environment.
 
         Files, not pipes: a pipe nobody reads blocks the launcher once it holds 64 KiB.
         """
@@ -111,7 +113,7 @@ class Workspace:
             return subprocess.Popen(
                 [sys.executable, "launch.py", *args, *self._common()],
                 cwd=PROJECT_DIR,
-                env=self._env(),
+                env=self._env(env),
                 stdout=out,
                 stderr=errors if err else subprocess.STDOUT,
                 start_new_session=True,

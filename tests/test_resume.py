@@ -48,15 +48,28 @@ CV_SPACE = SPACE.replace(
     "num_samples: 3, max_epochs: 3, grace_period: 3", "num_samples: 3, max_epochs: 2, grace_period: 2"
 )
 CV_SPACE += "cv: {folds: 2}\n"
-# The SIGKILL case waits for a running trial's second epoch: 5 epochs leave time to kill it mid-way.
-KILL_SPACE = SPACE.replace("max_epochs: 3, grace_period: 3", "max_epochs: 5, grace_period: 5")
+# The SIGKILL case waits for a running trial's second epoch and kills at once: 8 epochs leave it 6
+# (several seconds) to be killed mid-way. On a 2-core CI machine 3 epochs passed in the second the
+# test used to wait.
+KILL_EPOCHS = 8
+KILL_SPACE = SPACE.replace("max_epochs: 3, grace_period: 3", f"max_epochs: {KILL_EPOCHS}, grace_period: {KILL_EPOCHS}")
+# Ray snapshots the experiment (what --resume restores) every 10 s or more; a checkpoint newer than
+# the last snapshot is not resumed from. Snapshotting every step makes the trial's first checkpoint
+# known before its second epoch is logged, so the kill below lands after it.
+SNAPSHOT_EVERY_STEP = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
 
 
 def start_and_interrupt(
-    workspace, synth_dir: Path, sig: int, text: str = SPACE, epochs: int = 0
+    workspace,
+    synth_dir: Path,
+    sig: int,
+    text: str = SPACE,
+    epochs: int = 0,
+    settle_s: float = 1.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[str], int, str]:
-    """Start the search of space ``text``, wait until one trial finished and the next runs (with
-    ``epochs`` epochs logged), then send ``sig``.
+    """Start the search of space ``text`` (``env`` added to the launcher's environment), wait until one
+    trial finished and the next runs (with ``epochs`` epochs logged), wait ``settle_s``, then send ``sig``.
 
     Returns the launch arguments, the launcher's exit code and its output.
     """
@@ -67,7 +80,7 @@ def start_and_interrupt(
     client = MlflowClient(workspace.tracking_uri)
     client.search_experiments()  # create the store's tables now, not while the launcher opens it
     log = workspace.root / f"launch-{int(sig)}.log"
-    proc = workspace.start_launch(*args, log=log)
+    proc = workspace.start_launch(*args, log=log, env=env)
     deadline = time.time() + 300
     while time.time() < deadline:
         _, children = _runs(client, experiment)
@@ -82,7 +95,7 @@ def start_and_interrupt(
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"no trial finished while another ran within 300 s:\n{log.read_text()[-4000:]}")
-    time.sleep(1)  # let the running trial report (and checkpoint) an epoch, so it resumes from one
+    time.sleep(settle_s)  # e.g. let the running trial report (and checkpoint) an epoch, so it resumes from one
     os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C or a kill -9 of the job
     proc.wait(timeout=300)
     return args, proc.returncode, log.read_text()
@@ -122,8 +135,10 @@ def test_sigint_stops_cleanly_and_resumes_a_cross_validated_search(workspace, sy
 
 
 def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
-    # The running trial has logged 2 epochs: Ray has recorded its first checkpoint (epoch 1, a new best).
-    args, _, _ = start_and_interrupt(workspace, synth_dir, signal.SIGKILL, KILL_SPACE, epochs=2)
+    # The running trial has logged 2 epochs: Ray has snapshotted its first checkpoint (epoch 1, a new best).
+    args, _, _ = start_and_interrupt(
+        workspace, synth_dir, signal.SIGKILL, KILL_SPACE, epochs=2, settle_s=0.0, env=SNAPSHOT_EVERY_STEP
+    )
     client = MlflowClient(workspace.tracking_uri)
     experiment = f"whole_cls_{int(signal.SIGKILL)}"
     _, before = _runs(client, experiment)
@@ -144,8 +159,8 @@ def test_sigkill_then_resume(workspace, synth_dir: Path) -> None:
         resumed = by_trial[run.data.tags[TRIAL_TAG]]
         # It went on from a checkpoint, not from scratch, and ran to the end of its budget ...
         assert int(resumed.data.tags.get("resumed_from_epoch", 0)) >= 1, resumed.data.tags
-        assert resumed.data.tags["epochs_run"] == "5" and resumed.info.status == "FINISHED"
+        assert resumed.data.tags["epochs_run"] == str(KILL_EPOCHS) and resumed.info.status == "FINISHED"
         # ... with every epoch logged once, those trained again after the kill included.
         for key in ("epoch", "val/loss", "val/balanced_acc"):
             steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, key))
-            assert steps == [1, 2, 3, 4, 5], (key, steps)
+            assert steps == list(range(1, KILL_EPOCHS + 1)), (key, steps)

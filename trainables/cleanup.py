@@ -1,7 +1,7 @@
 """What a finished launch deletes: its trials' Ray checkpoints and its trials' scratch folders.
 
-Each trial keeps its best and latest checkpoint (``SearchPolicy.keep_checkpoints``), up to 128 MiB
-each for a resnet18; once the winner is tested and logged to MLflow nobody reads them, so a finished
+Each trial keeps its best and latest checkpoint (``CheckpointPruner`` deletes the others), up to
+128 MiB each for a resnet18; once the winner is tested and logged to MLflow nobody reads them, so a finished
 launch deletes them (``launch.py --keep-checkpoints`` keeps them). An interrupted launch keeps
 everything: ``--resume`` continues from those checkpoints.
 
@@ -12,9 +12,13 @@ They make them under ``scratch_folder(experiment)``, one per launch, which the l
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from ray import tune
 
 CHECKPOINT_GLOB = "trial_*/checkpoint_*"  # Ray's layout: <experiment>/<trial folder>/checkpoint_<index>
 
@@ -52,3 +56,55 @@ def summary(folders: int, freed: int, experiment: Path) -> str:
         f"[launch] deleted {folders} Ray checkpoint folder(s) under {experiment}, {freed / 2**20:.1f} MiB freed "
         "(the winner is in MLflow; --keep-checkpoints keeps them)"
     )
+
+
+class CheckpointPruner(tune.Callback):
+    """Deletes each trial's superseded checkpoints (neither its best nor its latest), two experiment
+    snapshots after they were superseded.
+
+    Why not Ray's ``CheckpointConfig(num_to_keep=1)``: Ray deletes the superseded checkpoint the moment
+    a new one registers, and records the new one in its experiment snapshot only at the end of the
+    step; a launch killed in between (seen in ``tests/test_resume.py``) is restored from a snapshot
+    that names a deleted checkpoint, and that trial fails with "Could not recover from checkpoint".
+    Here a checkpoint is deleted only once two later snapshots (which no longer name it) were written.
+    Ray calls ``get_state`` on every snapshot, after writing the trials' state; the search keeps no
+    more than two extra checkpoints per trial for two snapshot periods (10 s or more each).
+
+    Args:
+        metric: the search's objective, the checkpoints' score.
+        mode: ``max`` or ``min``.
+    """
+
+    def __init__(self, *, metric: str, mode: str) -> None:
+        self.metric, self.mode = metric, mode
+        self._kept: dict[str, list[tuple[str, float]]] = {}  # trial id -> [(checkpoint path, score)]
+        self._superseded: list[list[str]] = []  # per snapshot, oldest first
+
+    def __getstate__(self) -> dict:  # pickled with the Tuner: the arguments only
+        return {"metric": self.metric, "mode": self.mode}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        score = (trial.last_result or {}).get(self.metric)  # the result this checkpoint was reported with
+        value = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else math.nan
+        self._kept.setdefault(trial.trial_id, []).append((checkpoint.path, value))
+
+    def get_state(self) -> None:
+        """On each snapshot: delete what was superseded two snapshots ago, then mark what is superseded now."""
+        if len(self._superseded) >= 2:
+            for path in self._superseded.pop(0):
+                shutil.rmtree(path, ignore_errors=True)
+        now: list[str] = []
+        for trial_id, kept in self._kept.items():
+            keep = {kept[-1][0], self._best(kept)}
+            now += [path for path, _ in kept if path not in keep]
+            self._kept[trial_id] = [entry for entry in kept if entry[0] in keep]
+        self._superseded.append(now)
+        return None
+
+    def _best(self, kept: list[tuple[str, float]]) -> str:
+        sign = 1.0 if self.mode == "max" else -1.0
+        scored = [(sign * score, -i, path) for i, (path, score) in enumerate(kept) if math.isfinite(score)]
+        return max(scored)[2] if scored else kept[-1][0]  # ties: the first (as Ray and the leaderboard)

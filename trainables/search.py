@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from medtune.spaces import SearchSpace
+from trainables.cleanup import CheckpointPruner
 from trainables.optuna_search import AshaAwareOptunaSearch
 from trainables.sampling import DefineByRun, grid_param_space
 from trainables.trial import TrialContext, run_trial
@@ -63,9 +64,12 @@ class SearchPolicy:
     # num_samples, so TPE would never run. None: warm up on a quarter of the budget (>= 2).
     tpe_startup: int | None = None
     scheduler: str = "asha"  # a name in SCHEDULERS
-    # Checkpoints kept per trial, the best by the space's metric (None keeps all). Keeping one
-    # forces an experiment snapshot after each checkpoint, which makes --resume exact.
-    keep_checkpoints: int | None = 1
+    # Ray's num_to_keep (None: Ray deletes none). Ray deletes a superseded checkpoint before its
+    # snapshot records the new one, so a kill in between breaks that trial's resume; the launch
+    # leaves deleting to ``prune_checkpoints`` instead (trainables.cleanup.CheckpointPruner: each
+    # trial's best and latest kept, the others deleted two snapshots late).
+    keep_checkpoints: int | None = None
+    prune_checkpoints: bool = True
     reuse_actors: bool = True  # a fresh worker per trial costs about 9-10 s on a CPU
     trainable: Callable[[dict, TrialContext], None] = run_trial  # called as trainable(config, context=...)
 
@@ -144,6 +148,7 @@ def make_tuner(
             study_name=name if study_storage else None,
         )
         scheduler, param_space = SCHEDULERS[policy.scheduler](budget), None
+    prune = policy.prune_checkpoints and policy.keep_checkpoints is None
     tune_config = TuneConfig(
         metric=space.metric,
         mode=space.mode,
@@ -157,7 +162,7 @@ def make_tuner(
     run_config = RunConfig(
         name=name,
         storage_path=str(storage_path),
-        callbacks=callbacks,
+        callbacks=callbacks + ([CheckpointPruner(metric=space.metric, mode=space.mode)] if prune else []),
         verbose=1 if verbose else 0,
         checkpoint_config=CheckpointConfig(
             num_to_keep=policy.keep_checkpoints,
