@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medtune.data import cache
+from medtune.data import cache, folds
 from medtune.data.cache import build_cache, cache_ok, cache_path, load_cache, save_tensors
 from medtune.data.coco import Dataset, load_records, resolve_dataset
 from medtune.data.imageio import read_image
@@ -123,7 +123,7 @@ def test_failed_build_leaves_nothing_cache_ok(
 KILLED_BUILD = """
 import os, signal, sys
 from pathlib import Path
-from medtune.data import cache
+from medtune.data import cache, folds
 from medtune.data.coco import resolve_dataset
 encode, calls = cache._encode, []
 def killed(*args):
@@ -147,3 +147,26 @@ def test_killed_build_is_not_trusted_and_rebuilt(dataset: Dataset, tmp_path: Pat
     # The next build writes the whole file beside it.
     assert build_cache(dataset, "train", SIZE, tmp_path) == path and cache_ok(path)
     assert torch.equal(load_cache(path)["images"], in_memory(dataset, "train", SIZE)["images"])
+
+
+@pytest.mark.parametrize("batch", [5, 64])  # batches that cross neither or both parts' ends; one per part
+def test_pooled_cache_streams_the_concatenation(
+    batch: int, dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(folds, "BATCH", batch)
+    files = [build_cache(dataset, split, SIZE, tmp_path) for split in ("train", "val")]
+    pooled = folds.concat_caches(files, tmp_path / "pool.pt")
+    parts = [load_cache(f) for f in files]
+    joined = {key: torch.cat([p[key] for p in parts]) for key in ("images", "masks", "image_ids")}
+    joined["labels"] = [t for p in parts for t in p["labels"]]
+    torch.save(joined, tmp_path / "reference.pt")
+    # Record for record what torch.save of the concatenated tensors writes, and trusted as a cache.
+    assert records(pooled) == records(tmp_path / "reference.pt") and cache_ok(pooled)
+    # A segmenter's masks file (probs, sources) pools the same way.
+    masks = []
+    for i, n in enumerate(len(p["images"]) for p in parts):
+        probs = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8)
+        masks.append(save_tensors({"probs": probs, "sources": torch.full((n,), i)}, tmp_path / f"masks{i}.pt"))
+    pooled_masks = load_cache(folds.concat_caches(masks, tmp_path / "pool-masks.pt"))
+    for key in ("probs", "sources"):
+        assert torch.equal(pooled_masks[key], torch.cat([load_cache(m)[key] for m in masks]))

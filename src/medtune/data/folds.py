@@ -16,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medtune.data import cocoio, duplicates, split
-from medtune.data.cache import build_cache, cache_ok, load_cache, save_tensors
+from medtune.data.cache import BATCH, build_cache, cache_ok, load_cache, save_tensors
 from medtune.data.coco import DataError, Dataset
+from medtune.data.streamed import Stream
 
 POOL = ("train", "val")
 PLAN_VERSION = "1"
@@ -133,16 +136,33 @@ def _plan(dataset: Dataset, folds: int, seed: int) -> FoldPlan:
 
 
 def concat_caches(files: list[str | Path], out: Path) -> Path:
-    """One cache file holding the rows of ``files`` in order (tensors concatenated, lists joined); built once."""
+    """One cache file holding the rows of ``files`` in order (tensors concatenated, lists joined); built once.
+
+    The tensors are streamed (``medtune.data.streamed``): ``BATCH`` rows at a time are copied from the
+    memory-mapped parts into the file, so the pool of a large train and val split is never held in
+    memory (at 512 px, 10,000 images are 7.5 GiB).
+    """
     out = Path(out)
     if cache_ok(out):
         return out
     parts = [load_cache(f) for f in files]
-    joined = {}
+    joined, streamed = {}, []
     for key, value in parts[0].items():
         values = [p[key] for p in parts]
-        joined[key] = torch.cat(values) if isinstance(value, torch.Tensor) else [v for part in values for v in part]
-    return save_tensors(joined, out)
+        if isinstance(value, torch.Tensor):
+            rows = sum(len(v) for v in values)  # a placeholder, never touched: written from the batches
+            joined[key] = torch.empty((rows, *value.shape[1:]), dtype=value.dtype)
+            streamed.append(key)
+        else:
+            joined[key] = [v for part in values for v in part]
+    return save_tensors(joined, out, stream=Stream(streamed, _rows(parts, streamed)))
+
+
+def _rows(parts: list[dict], keys: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """``keys`` of each part in order, ``BATCH`` rows at a time."""
+    for part in parts:
+        for start in range(0, len(part[keys[0]]) if keys else 0, BATCH):
+            yield {key: part[key][start : start + BATCH].numpy() for key in keys}
 
 
 def pool_path(split_files: dict[str, str | Path]) -> Path:
