@@ -136,27 +136,37 @@ def test_checkpoint_minutes_must_be_a_number_of_minutes(text: str, capsys: pytes
     assert f"--checkpoint-minutes: expected a number of minutes >= 0, got '{text}'" in capsys.readouterr().err
 
 
-def test_pruner_keeps_best_and_latest_and_deletes_the_rest_two_snapshots_late(tmp_path: Path) -> None:
+def test_pruner_keeps_best_and_latest_and_deletes_the_rest_two_snapshots_and_a_grace_late(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from trainables.cleanup import CheckpointPruner
 
-    pruner = CheckpointPruner(metric="val/acc", mode="max")
-    trial = SimpleNamespace(trial_id="t1", last_result={})
-    folders = []
-    for i, acc in enumerate([0.5, 0.7, 0.6, 0.7, float("nan")]):  # 1: the best (first of a tie); 4: the latest
-        folders.append(tmp_path / f"checkpoint_{i:06d}")
-        folders[-1].mkdir()
-        trial.last_result = {"val/acc": acc}
-        pruner.on_checkpoint(0, [trial], trial, SimpleNamespace(path=str(folders[-1])))
+    def checkpoints(pruner: CheckpointPruner, folder: Path) -> list[Path]:
+        trial = SimpleNamespace(trial_id="t1", last_result={})
+        folders = []
+        for i, acc in enumerate([0.5, 0.7, 0.6, 0.7, float("nan")]):  # 1: the best (first of a tie); 4: the latest
+            folders.append(folder / f"checkpoint_{i:06d}")
+            folders[-1].mkdir(parents=True)
+            trial.last_result = {"val/acc": acc}
+            pruner.on_checkpoint(0, [trial], trial, SimpleNamespace(path=str(folders[-1])))
+        return folders
+
+    pruner = CheckpointPruner(metric="val/acc", mode="max", grace_s=0.0)
+    folders = checkpoints(pruner, tmp_path / "a")
     exists = lambda: [f.name[-1] for f in folders if f.exists()]  # noqa: E731
     pruner.get_state()  # snapshot 1 no longer names 0, 2, 3: marked, not deleted
     pruner.get_state()  # snapshot 2
     assert exists() == ["0", "1", "2", "3", "4"]
     pruner.get_state()  # two snapshots later: deleted
     assert exists() == ["1", "4"]
+    # Snapshots milliseconds apart (TUNE_GLOBAL_CHECKPOINT_S=0): nothing deleted before grace_s has passed.
+    patient = CheckpointPruner(metric="val/acc", mode="max", grace_s=3600.0)
+    folders = checkpoints(patient, tmp_path / "b")
+    for _ in range(5):
+        patient.get_state()
+    assert exists() == ["0", "1", "2", "3", "4"]
     # Pickled with the Tuner: its arguments only.
     import pickle
 
-    again = pickle.loads(pickle.dumps(pruner))
-    assert (again.metric, again.mode, again._kept) == ("val/acc", "max", {})
+    again = pickle.loads(pickle.dumps(patient))
+    assert (again.metric, again.mode, again.grace_s, again._kept) == ("val/acc", "max", 3600.0, {})

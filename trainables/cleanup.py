@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +67,27 @@ class CheckpointPruner(tune.Callback):
     a new one registers, and records the new one in its experiment snapshot only at the end of the
     step; a launch killed in between (seen in ``tests/test_resume.py``) is restored from a snapshot
     that names a deleted checkpoint, and that trial fails with "Could not recover from checkpoint".
-    Here a checkpoint is deleted only once two later snapshots (which no longer name it) were written.
-    Ray calls ``get_state`` on every snapshot, after writing the trials' state; the search keeps no
-    more than two extra checkpoints per trial for two snapshot periods (10 s or more each).
+    Here a checkpoint is deleted only once two later snapshots (which no longer name it) were written
+    and ``grace_s`` has passed: Ray calls ``get_state`` on every snapshot, after writing the trials'
+    state to its staging folder, and copies that folder to the storage path in the background (a
+    copy still running skips the next one), so the storage can lag a snapshot behind; with
+    ``TUNE_GLOBAL_CHECKPOINT_S=0`` snapshots come milliseconds apart. A trial keeps its superseded
+    checkpoints for two snapshot periods (10 s or more each) and at least ``grace_s``.
 
     Args:
         metric: the search's objective, the checkpoints' score.
         mode: ``max`` or ``min``.
+        grace_s: the least time between superseding a checkpoint and deleting it.
     """
 
-    def __init__(self, *, metric: str, mode: str) -> None:
-        self.metric, self.mode = metric, mode
+    def __init__(self, *, metric: str, mode: str, grace_s: float = 60.0) -> None:
+        self.metric, self.mode, self.grace_s = metric, mode, grace_s
         self._kept: dict[str, list[tuple[str, float]]] = {}  # trial id -> [(checkpoint path, score)]
-        self._superseded: list[list[str]] = []  # per snapshot, oldest first
+        self._superseded: list[tuple[int, float, list[str]]] = []  # oldest first: (snapshot, when, paths)
+        self._snapshots = 0  # get_state calls so far
 
     def __getstate__(self) -> dict:  # pickled with the Tuner: the arguments only
-        return {"metric": self.metric, "mode": self.mode}
+        return {"metric": self.metric, "mode": self.mode, "grace_s": self.grace_s}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -92,16 +98,21 @@ class CheckpointPruner(tune.Callback):
         self._kept.setdefault(trial.trial_id, []).append((checkpoint.path, value))
 
     def get_state(self) -> None:
-        """On each snapshot: delete what was superseded two snapshots ago, then mark what is superseded now."""
-        if len(self._superseded) >= 2:
-            for path in self._superseded.pop(0):
+        """On each snapshot: delete what was superseded two or more snapshots and ``grace_s`` ago, then
+        mark what is superseded now."""
+        self._snapshots, clock = self._snapshots + 1, time.monotonic()
+        while self._superseded and self._snapshots - self._superseded[0][0] >= 2:
+            if clock - self._superseded[0][1] < self.grace_s:
+                break
+            for path in self._superseded.pop(0)[2]:
                 shutil.rmtree(path, ignore_errors=True)
         now: list[str] = []
         for trial_id, kept in self._kept.items():
             keep = {kept[-1][0], self._best(kept)}
             now += [path for path, _ in kept if path not in keep]
             self._kept[trial_id] = [entry for entry in kept if entry[0] in keep]
-        self._superseded.append(now)
+        if now:
+            self._superseded.append((self._snapshots, clock, now))
         return None
 
     def _best(self, kept: list[tuple[str, float]]) -> str:
