@@ -61,7 +61,7 @@ def summary(folders: int, freed: int, experiment: Path) -> str:
 
 class CheckpointPruner(tune.Callback):
     """Deletes each trial's superseded checkpoints (neither its best nor its latest), two experiment
-    snapshots after they were superseded.
+    snapshots and ``grace_s`` after they were superseded.
 
     Why not Ray's ``CheckpointConfig(num_to_keep=1)``: Ray deletes the superseded checkpoint the moment
     a new one registers, and records the new one in its experiment snapshot only at the end of the
@@ -72,7 +72,8 @@ class CheckpointPruner(tune.Callback):
     state to its staging folder, and copies that folder to the storage path in the background (a
     copy still running skips the next one), so the storage can lag a snapshot behind; with
     ``TUNE_GLOBAL_CHECKPOINT_S=0`` snapshots come milliseconds apart. A trial keeps its superseded
-    checkpoints for two snapshot periods (10 s or more each) and at least ``grace_s``.
+    checkpoints for two snapshot periods (10 s or more each) and at least ``grace_s``. A resumed launch
+    starts with a fresh pruner: what was superseded before the kill stays until the launch's clean-up.
 
     Args:
         metric: the search's objective, the checkpoints' score.

@@ -67,7 +67,7 @@ class SearchPolicy:
     # Ray's num_to_keep (None: Ray deletes none). Ray deletes a superseded checkpoint before its
     # snapshot records the new one, so a kill in between breaks that trial's resume; the launch
     # leaves deleting to ``prune_checkpoints`` instead (trainables.cleanup.CheckpointPruner: each
-    # trial's best and latest kept, the others deleted two snapshots late).
+    # trial's best and latest kept, the others deleted two snapshots and a minute late).
     keep_checkpoints: int | None = None
     prune_checkpoints: bool = True
     reuse_actors: bool = True  # a fresh worker per trial costs about 9-10 s on a CPU
