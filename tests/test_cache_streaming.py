@@ -123,7 +123,7 @@ def test_failed_build_leaves_nothing_cache_ok(
 KILLED_BUILD = """
 import os, signal, sys
 from pathlib import Path
-from medtune.data import cache, folds
+from medtune.data import cache
 from medtune.data.coco import resolve_dataset
 encode, calls = cache._encode, []
 def killed(*args):
@@ -149,7 +149,7 @@ def test_killed_build_is_not_trusted_and_rebuilt(dataset: Dataset, tmp_path: Pat
     assert torch.equal(load_cache(path)["images"], in_memory(dataset, "train", SIZE)["images"])
 
 
-@pytest.mark.parametrize("batch", [5, 64])  # batches that cross neither or both parts' ends; one per part
+@pytest.mark.parametrize("batch", [5, 64])  # several batches per part, the last one short; one batch per part
 def test_pooled_cache_streams_the_concatenation(
     batch: int, dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
