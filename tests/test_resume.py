@@ -124,9 +124,7 @@ def resume_and_check(workspace, args: list[str], experiment: str, samples: int =
 
 
 def test_sigint_stops_cleanly_and_resumes_a_cross_validated_search(workspace, synth_dir: Path) -> None:
-    args, code, output = start_and_interrupt(
-        workspace, synth_dir, signal.SIGINT, CV_SPACE, epochs=1, settle_s=0.0
-    )
+    args, code, output = start_and_interrupt(workspace, synth_dir, signal.SIGINT, CV_SPACE, epochs=1, settle_s=0.0)
     # Ctrl-C: exit 130 with the resume command, the launch and its unfinished trials marked KILLED.
     assert code == 130, output[-2000:]
     assert "--resume" in output
