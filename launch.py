@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = PROJECT_DIR / "data" / "synthetic"
 DEFAULT_CACHE = PROJECT_DIR / ".cache"
-DEFAULT_STORAGE = PROJECT_DIR / "runs"
+DEFAULT_STORAGE = str(PROJECT_DIR / "runs")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,7 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=0, help="retries per failing trial")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
     p.add_argument(
-        "--storage-path", type=Path, default=DEFAULT_STORAGE, help="Ray results (shared storage on clusters)"
+        "--storage-path",
+        default=DEFAULT_STORAGE,
+        help="Ray results: a folder, file:///folder, or a bucket every node reaches (s3://bucket/prefix, gs://...)",
     )
     p.add_argument("--experiment", help="MLflow experiment [the space name]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from medtune.prepare import USER_ERRORS
     from trainables.driver import INTERRUPTED, RayStartError, run
 
-    resume = f"continue with: python launch.py {' '.join(sys.argv[1:] if argv is None else argv)} --resume"
+    resume = f"continue with: python launch.py {shlex.join(sys.argv[1:] if argv is None else argv)} --resume"
     try:
         code = run(options_from(args), default_data=DEFAULT_DATA)
     except USER_ERRORS as err:

@@ -139,6 +139,8 @@ def test_checkpoint_minutes_must_be_a_number_of_minutes(text: str, capsys: pytes
 def test_pruner_keeps_best_and_latest_and_deletes_the_rest_two_snapshots_and_a_grace_late(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    import pyarrow.fs
+
     from trainables.cleanup import CheckpointPruner
 
     def checkpoints(pruner: CheckpointPruner, folder: Path) -> list[Path]:
@@ -148,7 +150,8 @@ def test_pruner_keeps_best_and_latest_and_deletes_the_rest_two_snapshots_and_a_g
             folders.append(folder / f"checkpoint_{i:06d}")
             folders[-1].mkdir(parents=True)
             trial.last_result = {"val/acc": acc}
-            pruner.on_checkpoint(0, [trial], trial, SimpleNamespace(path=str(folders[-1])))
+            checkpoint = SimpleNamespace(path=str(folders[-1]), filesystem=pyarrow.fs.LocalFileSystem())  # as Ray's
+            pruner.on_checkpoint(0, [trial], trial, checkpoint)
         return folders
 
     pruner = CheckpointPruner(metric="val/acc", mode="max", grace_s=0.0)

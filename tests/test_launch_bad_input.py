@@ -125,3 +125,26 @@ def test_num_samples_other_than_a_grid_size_is_refused(
     assert_clean_refusal(tmp_path, code, err, f"--num-samples: {SPACES_DIR / 'seg_loss_grid.yaml'} is a grid of 2")
     assert len(err.strip().splitlines()) == 1 and f"got {samples}" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("ftp://host/runs", "--storage-path ftp://host/runs: expected a folder, file:///folder or a bucket URI"),
+        ("s3:///runs", "--storage-path s3:///runs: expected s3://<bucket>/<prefix>"),
+        ("{blocker}/runs", "--storage-path {blocker}/runs: cannot write there"),
+    ],
+)
+def test_bad_storage_path(
+    storage: str, expected: str, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"  # a file where a folder should be made
+    blocker.write_text("")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = storage.format(blocker=blocker)
+    args = ["--space", "whole_cls", "--smoke", "--data", str(synth_dir), "--tracking-uri", uri]
+    code = launch.main([*args, "--storage-path", storage, "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert_clean_refusal(tmp_path, code, err, expected.format(blocker=blocker))
+    # Refused before anything was prepared: no cache, no local folder named after the scheme.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

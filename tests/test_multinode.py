@@ -2,7 +2,8 @@
 
 The trials are spread over both nodes and read their data from Ray, never from the driver's cache
 folder: it is moved away while they load it. The worker node has its own temp folder and working
-directory, and ``--storage-path`` is a ``file://`` URI.
+directory, and ``--storage-path`` is an S3 bucket (moto's S3 server on this machine, reached over
+HTTP as a real bucket would be): Ray's experiment state and every checkpoint go there from both nodes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3
+import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
+from moto.server import ThreadedMotoServer
 
 from medtune.tracking import champion
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
@@ -37,6 +41,33 @@ params:
 budget: {max_epochs: 4}
 """
 STARTED = "Ray runtime started"  # what ``ray start`` prints once its node is up
+BUCKET = "medtune-results"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "medtune-test",
+    "AWS_SECRET_ACCESS_KEY": "medtune-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def bucket() -> Iterator[tuple[str, pyarrow.fs.S3FileSystem]]:
+    """An empty S3 bucket on a local S3 server: its ``--storage-path`` URI and a filesystem on it."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        keys = {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": "medtune-test"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(Bucket=BUCKET)
+        fs = pyarrow.fs.S3FileSystem(
+            access_key=keys["aws_access_key_id"],
+            secret_key=keys["aws_secret_access_key"],
+            endpoint_override=endpoint,
+            region="us-east-1",
+        )
+        yield f"s3://{BUCKET}/runs?endpoint_override={endpoint}&region=us-east-1", fs
+    finally:
+        server.stop()
 
 
 def in_sessions(sids: set[int]) -> set[int]:
@@ -126,7 +157,7 @@ def comm(pid: int) -> str:
 def two_node_cluster(tmp_path: Path, bystander: subprocess.Popen) -> Iterator[str]:
     port = free_port()
     temp_dirs = [Path("/tmp") / f"ray-mt-{port}{node}" for node in ("h", "w")]  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **CREDENTIALS}  # the trials write to the bucket
     elsewhere = tmp_path / "elsewhere"  # the worker node's working directory: not the project's
     elsewhere.mkdir()
     nodes: list[subprocess.Popen] = []
@@ -156,23 +187,30 @@ def wait_for(done: Callable[[], bool], launch: subprocess.Popen, timeout: float 
     return done()
 
 
-def trials_with_checkpoints(runs: Path) -> int:
-    """Trials of the launch that saved a checkpoint: each has loaded its data and trained an epoch."""
-    return len({folder.parent for folder in runs.glob("multinode-*/trial_*/checkpoint_*")})
+def files(fs: pyarrow.fs.FileSystem, folder: str) -> list[str]:
+    """Every file under ``folder`` of ``fs``."""
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True, allow_not_found=True))
+    return [i.path for i in infos if i.type == pyarrow.fs.FileType.File]
 
 
-def test_trials_on_both_nodes_never_read_the_drivers_cache(
-    two_node_cluster: str, synth_dir: Path, tmp_path: Path
+def trials_with_checkpoints(fs: pyarrow.fs.FileSystem) -> int:
+    """Trials of the launch that saved a checkpoint in the bucket: each has loaded its data and trained an epoch."""
+    trials = {f.split("/checkpoint_")[0] for f in files(fs, f"{BUCKET}/runs") if "/checkpoint_" in f}
+    return len(trials)
+
+
+def test_trials_on_both_nodes_never_read_the_drivers_cache_and_write_to_a_bucket(
+    bucket: tuple[str, pyarrow.fs.S3FileSystem], two_node_cluster: str, synth_dir: Path, tmp_path: Path
 ) -> None:
+    storage, fs = bucket
     workspace = Workspace(tmp_path)
     space, log = tmp_path / "grid.yaml", tmp_path / "launch.log"
     space.write_text(SPACE)
-    cache, away, runs = tmp_path / "cache", tmp_path / "cache-away", tmp_path / "runs"
-    # The storage folder is on this machine, so both nodes reach it (NFS/S3 on a real cluster); as a URI.
+    cache, away = tmp_path / "cache", tmp_path / "cache-away"
     argv = ["--space", str(space), "--data", str(synth_dir), "--address", two_node_cluster, "--cpus-per-trial", "1"]
     argv += ["--experiment", "multinode", "--tracking-uri", workspace.tracking_uri]
-    argv += ["--storage-path", f"file://{runs}", "--cache-dir", str(cache)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    argv += ["--storage-path", storage, "--cache-dir", str(cache)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **CREDENTIALS}
     with log.open("w") as out:
         launch = subprocess.Popen(
             [sys.executable, "launch.py", *argv],
@@ -189,7 +227,7 @@ def test_trials_on_both_nodes_never_read_the_drivers_cache(
         cache.rename(away)
         # ... until every trial has loaded its data and trained an epoch (its first checkpoint); the
         # driver's own steps after the search (testing and logging the winner) read it again.
-        trained = wait_for(lambda: trials_with_checkpoints(runs) == 4, launch)
+        trained = wait_for(lambda: trials_with_checkpoints(fs) == 4, launch)
         away.rename(cache)
         launch.wait(timeout=600)
     finally:
@@ -208,5 +246,11 @@ def test_trials_on_both_nodes_never_read_the_drivers_cache(
     # The launch published its winner: the first registered version of its model is the champion.
     [model] = client.search_registered_models()
     assert champion(client, model.name) is not None
-    # The file:// storage path is the folder it names (not a folder called "file:" in the project).
-    assert list(runs.glob("multinode-*/trial_*")) and not (PROJECT_DIR / "file:").exists()
+    # Ray's record of the search is in the bucket; the finished launch deleted its checkpoints there.
+    kept = files(fs, f"{BUCKET}/runs")
+    assert [f for f in kept if f.endswith("/tuner.pkl")] and len([f for f in kept if f.endswith("/result.json")]) == 4
+    assert not [f for f in kept if "/checkpoint_" in f], kept
+    # What only the driver reads (its unsent trial writes) was kept under --cache-dir, not in the bucket
+    # and not in a folder called "s3:" in the project.
+    assert [p.name for p in (cache / "launches").iterdir()] == [Path(kept[0]).parts[2]]
+    assert not (PROJECT_DIR / "s3:").exists()

@@ -19,7 +19,7 @@ from medtune.data.cache import load_cache
 from medtune.data.datasets import CachedDataset, build_transform
 from medtune.data.shared import Ragged, from_arrays, to_arrays
 from medtune.tracking import TrackingError
-from trainables.driver import storage_folder
+from trainables.storage import DRIVER_FOLDER, check_writable, join, location, storage_root
 from trainables.trial import made
 
 
@@ -80,14 +80,33 @@ def test_scratch_folder_falls_back_to_the_nodes_temp_folder(tmp_path: Path) -> N
     assert made(None) is None and made(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
 
 
-def test_storage_path_takes_file_uris_and_refuses_other_schemes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_storage_path_takes_folders_file_uris_and_buckets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    # launch.py parses --storage-path into a Path, which folds "file:///x" into "file:/x": still the folder /x.
-    assert storage_folder(Path(f"file://{tmp_path}/runs")) == tmp_path / "runs"
-    assert storage_folder(Path("runs")) == tmp_path / "runs"
-    # A bucket is named in the one-line error (as typed), not silently made a local folder called "s3:".
-    with pytest.raises(TrackingError, match="^--storage-path s3://bucket/medtune: only local folders"):
-        storage_folder(Path("s3://bucket/medtune"))
-    assert not (tmp_path / "s3:").exists()
+    assert storage_root(f"file://{tmp_path}/runs") == storage_root("runs") == str(tmp_path / "runs")
+    # A bucket URI is kept as typed, its query (pyarrow's options) at the end of every folder below it.
+    bucket = "s3://bucket/medtune?endpoint_override=http://127.0.0.1:9000&region=eu-west-1"
+    assert storage_root(bucket) == bucket
+    ray = join(bucket, "seg-20260101-000000")
+    assert ray == "s3://bucket/medtune/seg-20260101-000000?endpoint_override=http://127.0.0.1:9000&region=eu-west-1"
+    # What only the driver reads stays on its disk, under --cache-dir, by the launch's name.
+    loc = location(ray, Path("cache"))
+    assert loc.name == "seg-20260101-000000" and loc.root == bucket
+    assert loc.driver == tmp_path / "cache" / DRIVER_FOLDER / "seg-20260101-000000"
+    # A local experiment folder is the driver's folder too.
+    local = location(join(storage_root("runs"), "seg-1"), Path("cache"))
+    assert local.driver == tmp_path / "runs" / "seg-1" and local.root == str(tmp_path / "runs")
+    # Unknown schemes and bucket URIs without a bucket: one line naming the flag, no folder made.
+    with pytest.raises(
+        TrackingError, match="^--storage-path ftp://host/x: expected a folder, file:///folder or a bucket"
+    ):
+        storage_root("ftp://host/x")
+    with pytest.raises(TrackingError, match="^--storage-path s3:///x: expected s3://<bucket>/<prefix>"):
+        storage_root("s3:///x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_storage_path_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(TrackingError, match=f"^--storage-path {blocker}/runs: cannot write there"):
+        check_writable(str(blocker / "runs"))

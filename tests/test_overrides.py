@@ -20,6 +20,7 @@ from medtune.prepare import load_and_override
 from medtune.spaces import SpaceError, load_space
 from tests.helpers import Workspace, runs_of
 from trainables import cleanup
+from trainables.storage import location
 
 
 def test_set_overrides_fixed_searched_and_budget_after_smoke() -> None:
@@ -113,7 +114,7 @@ def test_finished_launch_deleted_its_checkpoints(seg_launch) -> None:
     )
     assert freed and int(freed[1]) >= 2 and float(freed[3]) > 0, seg_launch.stderr[-2000:]
     # The trials' scratch folder (temporary checkpoint copies) is gone too; what is left is small.
-    assert not cleanup.scratch_folder(Path(freed[2])).exists()
+    assert not cleanup.scratch_folder(Path(freed[2]).name).exists()
     assert seg_launch.ray_bytes < 5 * 2**20
 
 
@@ -124,7 +125,7 @@ def test_drop_checkpoints_keeps_the_record(tmp_path: Path) -> None:
         (experiment / trial / "checkpoint_000001" / "checkpoint").write_bytes(b"x" * 1000)
         (experiment / trial / "result.json").write_text("{}")
     (experiment / "tuner.pkl").write_bytes(b"t")
-    folders, freed = cleanup.drop_checkpoints(experiment)
+    folders, freed = cleanup.drop_checkpoints(location(str(experiment), tmp_path / "cache"))
     # Two checkpoint folders of 1000 bytes each; results and the tuner stay.
     assert (folders, freed) == (2, 2000)
     assert sorted(p.name for p in experiment.rglob("*") if p.is_file()) == ["result.json", "result.json", "tuner.pkl"]

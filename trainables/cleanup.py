@@ -7,7 +7,10 @@ everything: ``--resume`` continues from those checkpoints.
 
 Trials write each checkpoint into a temporary folder before Ray copies it into the experiment
 folder; a trial stopped while reporting (ASHA, the end of the search) can leave that folder behind.
-They make them under ``scratch_folder(experiment)``, one per launch, which the launch removes.
+They make them under ``scratch_folder(name)``, one per launch, which the launch removes.
+
+The experiment folder may be local or in a bucket (``trainables.storage``): both are reached through
+pyarrow's filesystem, as Ray reaches them.
 """
 
 from __future__ import annotations
@@ -19,39 +22,62 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 from ray import tune
 
-CHECKPOINT_GLOB = "trial_*/checkpoint_*"  # Ray's layout: <experiment>/<trial folder>/checkpoint_<index>
+from trainables.storage import Location
+
+TRIAL_PREFIX, CHECKPOINT_PREFIX = "trial_", "checkpoint_"  # Ray's layout: <experiment>/trial_*/checkpoint_<index>
 
 
-def scratch_folder(experiment: Path) -> Path:
-    """The launch's folder for its trials' temporary checkpoint copies, in the system temp folder."""
-    return Path(tempfile.gettempdir()) / f"medtune-scratch-{experiment.name}"
+def scratch_folder(name: str) -> Path:
+    """The folder of launch ``name`` for its trials' temporary checkpoint copies, in the system temp folder."""
+    return Path(tempfile.gettempdir()) / f"medtune-scratch-{name}"
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def drop_checkpoints(experiment: Path) -> tuple[int, int]:
-    """Delete the ``checkpoint_*`` folders of every trial of ``experiment``; returns (folders, bytes).
+def _folders(fs: pyarrow.fs.FileSystem, path: str, prefix: str) -> list[str]:
+    """The subfolders of ``path`` whose names start with ``prefix`` (none when ``path`` is missing)."""
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return [i.path for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(prefix)]
+
+
+def drop_checkpoints(loc: Location) -> tuple[int, int]:
+    """Delete the ``checkpoint_*`` folders of every trial of the launch at ``loc``, and its scratch
+    folder; returns (checkpoint folders, bytes freed).
 
     Ray's experiment state (``experiment_state-*.json``, ``tuner.pkl``) and each trial's
     ``result.json`` stay: the launch's record besides MLflow.
     """
-    folders = [f for f in experiment.glob(CHECKPOINT_GLOB) if f.is_dir()]
+    fs, experiment = loc.filesystem()
+    folders = [c for t in _folders(fs, experiment, TRIAL_PREFIX) for c in _folders(fs, t, CHECKPOINT_PREFIX)]
     freed = 0
     for folder in folders:
-        freed += folder_bytes(folder)
-        shutil.rmtree(folder, ignore_errors=True)
-    scratch = scratch_folder(experiment)
+        files = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True))
+        freed += sum(f.size or 0 for f in files if f.type == pyarrow.fs.FileType.File)
+        _delete(fs, folder)
+    scratch = scratch_folder(loc.name)
     if scratch.is_dir():
         freed += folder_bytes(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
     return len(folders), freed
 
 
-def summary(folders: int, freed: int, experiment: Path) -> str:
+def _delete(fs: pyarrow.fs.FileSystem, folder: str) -> None:
+    """Delete ``folder`` and what it holds; one already gone (or going) is no error."""
+    try:
+        fs.delete_dir(folder)
+    except FileNotFoundError:
+        pass
+    except OSError:  # a local folder that changed while it was deleted: what is left, best effort
+        if isinstance(fs, pyarrow.fs.LocalFileSystem):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def summary(folders: int, freed: int, experiment: str) -> str:
     """One line for the launch's output."""
     return (
         f"[launch] deleted {folders} Ray checkpoint folder(s) under {experiment}, {freed / 2**20:.1f} MiB freed "
@@ -84,6 +110,7 @@ class CheckpointPruner(tune.Callback):
     def __init__(self, *, metric: str, mode: str, grace_s: float = 60.0) -> None:
         self.metric, self.mode, self.grace_s = metric, mode, grace_s
         self._kept: dict[str, list[tuple[str, float]]] = {}  # trial id -> [(checkpoint path, score)]
+        self._filesystems: dict[str, pyarrow.fs.FileSystem] = {}  # checkpoint path -> its filesystem
         self._superseded: list[tuple[int, float, list[str]]] = []  # oldest first: (snapshot, when, paths)
         self._snapshots = 0  # get_state calls so far
 
@@ -97,6 +124,7 @@ class CheckpointPruner(tune.Callback):
         score = (trial.last_result or {}).get(self.metric)  # the result this checkpoint was reported with
         value = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else math.nan
         self._kept.setdefault(trial.trial_id, []).append((checkpoint.path, value))
+        self._filesystems[checkpoint.path] = checkpoint.filesystem
 
     def get_state(self) -> None:
         """On each snapshot: delete what was superseded two or more snapshots and ``grace_s`` ago, then
@@ -106,7 +134,7 @@ class CheckpointPruner(tune.Callback):
             if clock - self._superseded[0][1] < self.grace_s:
                 break
             for path in self._superseded.pop(0)[2]:
-                shutil.rmtree(path, ignore_errors=True)
+                _delete(self._filesystems.pop(path), path)
         now: list[str] = []
         for trial_id, kept in self._kept.items():
             keep = {kept[-1][0], self._best(kept)}

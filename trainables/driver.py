@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -51,6 +50,7 @@ from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
 from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
+from trainables.storage import Location, check_writable, join, location, storage_root
 from trainables.trial import CHECKPOINT_FILE, TrialContext, hand_over
 
 
@@ -116,7 +116,7 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None, ver
             ray.shutdown()
 
 
-def _context(prepared: Prepared, options: LaunchOptions, path: Path) -> TrialContext:
+def _context(prepared: Prepared, options: LaunchOptions, loc: Location) -> TrialContext:
     """The trials' constants, their caches handed to Ray's object store (after ``ray.init``): trials on
     any node read them from there, never from ``--cache-dir``, which only the driver's machine has."""
     splits = ("pool", "test") if prepared.folds else SPLITS  # what a trial's data module opens
@@ -133,29 +133,11 @@ def _context(prepared: Prepared, options: LaunchOptions, path: Path) -> TrialCon
         threads=max(1, int(options.cpus_per_trial)),
         precision=options.precision,
         folds=prepared.folds,
-        scratch=str(cleanup.scratch_folder(path)),
+        scratch=str(cleanup.scratch_folder(loc.name)),
         metric=prepared.space.metric,
         mode=prepared.space.mode,
         checkpoint_every_s=60.0 * options.checkpoint_minutes,
     )
-
-
-def storage_folder(path: Path) -> Path:
-    """``--storage-path`` as the local (or mounted) folder the launch keeps Ray's results in, absolute.
-
-    ``file:///x`` (the URI form Ray accepts) is the folder /x. Other schemes (``s3://``, ``gs://``) are
-    refused in one line: the launch also keeps its unsent trial writes, checkpoint clean-up and (without a
-    sqlite store) its Optuna study in that folder, all local; a bucket mounted on every node works.
-    """
-    text = str(path)  # Path() has already folded "//" into "/": "file:///x" arrives as "file:/x"
-    if text.startswith("file:"):
-        return Path("/" + text[len("file:") :].lstrip("/")).resolve()
-    if scheme := re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", text):
-        raise TrackingError(
-            f"--storage-path {scheme[1]}://{text[scheme.end() :]}: only local folders and file:// URIs are "
-            "supported; mount the bucket on every node (e.g. s3fs, gcsfuse) and pass its folder"
-        )
-    return path.resolve()
 
 
 def _resources(options: LaunchOptions) -> Resources:
@@ -163,23 +145,25 @@ def _resources(options: LaunchOptions) -> Resources:
     return Resources(options.cpus_per_trial, gpus, options.max_concurrent, options.max_failures)
 
 
-def _parent(client: MlflowClient, prepared: Prepared, options: LaunchOptions) -> tuple[str, Path]:
-    """The parent run and Ray experiment folder: a new launch, or the one ``--resume`` continues."""
+def _parent(client: MlflowClient, prepared: Prepared, options: LaunchOptions) -> tuple[str, Location]:
+    """The parent run and where its search is kept: a new launch, or the one ``--resume`` continues."""
     if not options.resume:
-        path = options.storage_path.resolve() / f"{prepared.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return start_parent_run(client, prepared, options, path), path
+        name = f"{prepared.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        loc = location(join(options.storage_path, name), options.cache_dir)
+        loc.driver.mkdir(parents=True, exist_ok=True)
+        return start_parent_run(client, prepared, options, loc.ray, loc.name), loc
     run = latest_launch(client, experiment_id(client, prepared.experiment, create=False))
-    path = Path(run.data.tags["ray_path"])
-    if not can_restore(path):
+    loc = location(run.data.tags["ray_path"], options.cache_dir)
+    if not can_restore(loc.ray):
         raise TrackingError(
-            f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {path}"
+            f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {loc.ray}"
         )
     if run.info.status == "FINISHED":  # its checkpoints are gone (trainables.cleanup); nothing is left to run
         raise TrackingError(
             f"--resume: the latest launch of '{prepared.experiment}' finished; start a new one without --resume"
         )
     client.update_run(run.info.run_id, "RUNNING")
-    return run.info.run_id, path
+    return run.info.run_id, loc
 
 
 def run(
@@ -198,55 +182,57 @@ def run(
         phases: filled with each phase's wall-clock time [a fresh one, printed only].
     """
     phases = phases if phases is not None else Phases()
-    options = dataclasses.replace(options, storage_path=storage_folder(options.storage_path))
+    options = dataclasses.replace(options, storage_path=storage_root(options.storage_path))
+    if not options.resume:  # a wrong folder, bucket or credential: one line before anything is prepared
+        check_writable(options.storage_path)
     if not options.verbose:
         quiet_driver()
     with phases.time("prepare"):
         prepared = prepare(options, default_data=default_data)
     client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
-        parent_run_id, path = _parent(client, prepared, options)
-        storage = _study(client, prepared, options, parent_run_id, path)
+        parent_run_id, loc = _parent(client, prepared, options)
+        storage = _study(client, prepared, options, parent_run_id, loc)
     try:
         with ray_session(options.address, phases=phases, verbose=options.verbose):
-            tuner = _tuner(client, prepared, options, policy, parent_run_id, path, storage)
+            tuner = _tuner(client, prepared, options, policy, parent_run_id, loc, storage)
             with phases.time("tuner_fit"):
                 grid = tuner.fit()
     except BaseException:
         _close_runs(client, parent_run_id, prepared, "FAILED")
         raise
-    if unsent := pending_writes(spool_file(path)):  # the store stayed away: nothing to close or publish there
-        raise TrackingError(_unreachable(prepared, f"({unsent} trial writes kept in {spool_file(path)})"))
+    if unsent := pending_writes(spool_file(loc.driver)):  # the store stayed away: nothing to close or publish there
+        raise TrackingError(_unreachable(prepared, f"({unsent} trial writes kept in {spool_file(loc.driver)})"))
     if not _complete(grid, prepared.space.budget["num_samples"]):
         _close_runs(client, parent_run_id, prepared, "KILLED")
         code = INTERRUPTED
     else:
         try:
             with phases.time("finish"):
-                code = _finish(client, prepared, options, parent_run_id, grid)
+                code = _finish(client, prepared, options, parent_run_id, grid, loc)
         except BaseException as err:  # testing, retraining or logging the winner failed: never leave RUNNING
             if transient(err):  # ... unless the store went away: then nothing can be closed there
                 raise TrackingError(_unreachable(prepared, "while the winner was published")) from None
             _close_runs(client, parent_run_id, prepared, "FAILED")
             raise
-    _clean_up(path, options, code)
+    _clean_up(loc, options, code)
     print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
     if storage:
-        print(f"[launch] optuna study {path.name}: {dashboard_command(storage)}", file=sys.stderr)
+        print(f"[launch] optuna study {loc.name}: {dashboard_command(storage)}", file=sys.stderr)
     return code
 
 
 def _study(
-    client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, path: Path
+    client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, loc: Location
 ) -> str | None:
-    """The Optuna storage keeping the launch's study (named ``path.name``), recorded on the parent run;
+    """The Optuna storage keeping the launch's study (named ``loc.name``), recorded on the parent run;
     None for a grid (no searcher) and for a resumed launch that recorded none (its study is in memory)."""
     if options.resume:  # the restored searcher reattaches to the study its launch recorded
         return client.get_run(parent_run_id).data.tags.get(STUDY_TAGS[0])
     if prepared.space.search == "grid":
         return None
-    storage = study_storage(prepared.tracking_uri, path.parent)
-    for tag, value in zip(STUDY_TAGS, (storage, path.name)):
+    storage = study_storage(prepared.tracking_uri, loc.driver.parent)
+    for tag, value in zip(STUDY_TAGS, (storage, loc.name)):
         client.set_tag(parent_run_id, tag, value)
     return storage
 
@@ -259,13 +245,13 @@ def _unreachable(prepared: Prepared, what: str) -> str:
     )
 
 
-def _clean_up(path: Path, options: LaunchOptions, code: int) -> None:
+def _clean_up(loc: Location, options: LaunchOptions, code: int) -> None:
     """A finished launch deletes its trials' checkpoints (the winner is in MLflow) unless asked to keep
     them; an interrupted one keeps them for --resume. The trials' scratch copies go in both cases."""
     if code == 0 and not options.keep_checkpoints:
-        print(cleanup.summary(*cleanup.drop_checkpoints(path), path), file=sys.stderr)
+        print(cleanup.summary(*cleanup.drop_checkpoints(loc), loc.ray), file=sys.stderr)
     else:
-        shutil.rmtree(cleanup.scratch_folder(path), ignore_errors=True)
+        shutil.rmtree(cleanup.scratch_folder(loc.name), ignore_errors=True)
 
 
 def _complete(grid: ResultGrid, num_samples: int) -> bool:
@@ -279,14 +265,14 @@ def _tuner(
     options: LaunchOptions,
     policy: SearchPolicy,
     parent_run_id: str,
-    path: Path,
+    loc: Location,
     storage: str | None,
 ) -> Tuner:
     """The new or restored Tuner, with the MLflow trial logger attached (and the study's ``storage``)."""
     space = prepared.space
-    context, resources = _context(prepared, options, path), _resources(options)
+    context, resources = _context(prepared, options, loc), _resources(options)
     if options.resume:
-        return restore_tuner(path, context=context, resources=resources, policy=policy)
+        return restore_tuner(loc.ray, context=context, resources=resources, policy=policy)
     seg = prepared.segmenter
     tags = (
         {"segmenter_version": f"{seg.name}/{seg.version}", "segmenter_foreign": str(seg.foreign).lower()} if seg else {}
@@ -301,7 +287,7 @@ def _tuner(
         tags=tags,
         metric=space.metric,
         mode=space.mode,
-        spool=spool_file(path),
+        spool=spool_file(loc.driver),
     )
     console = Console(
         metric=space.metric,
@@ -315,8 +301,8 @@ def _tuner(
         space,
         context=context,
         resources=resources,
-        storage_path=path.parent,
-        name=path.name,
+        storage_path=loc.root,
+        name=loc.name,
         seed=options.seed,
         callbacks=[logger] if verbose else [logger, console],
         policy=policy,
@@ -334,8 +320,11 @@ def _close_runs(client: MlflowClient, parent_run_id: str, prepared: Prepared, st
     client.set_terminated(parent_run_id, status)
 
 
-def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid) -> BestTrial | None:
-    """The trial with the best checkpoint score over all its epochs (failed trials excluded)."""
+def _best_trial(
+    client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid, loc: Location
+) -> BestTrial | None:
+    """The trial with the best checkpoint score over all its epochs (failed trials excluded); a checkpoint
+    in a bucket is downloaded into the launch's scratch folder, which the launch removes."""
     space = prepared.space
     sign = 1.0 if space.mode == "max" else -1.0
     best = None  # (signed score, result, checkpoint, score, reported metrics)
@@ -352,19 +341,26 @@ def _best_trial(client: MlflowClient, prepared: Prepared, parent_run_id: str, gr
     run_id = next(
         r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id
     )
-    # Read in place: to_directory() would copy it into a checkpoint_tmp_* folder of /tmp that nobody
-    # deletes (128 MiB per resnet18 fold); the launch deletes the original once the winner is logged.
-    in_place = isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
-    folder = Path(checkpoint.path) if in_place else Path(checkpoint.to_directory())
+    # Read in place: to_directory() without a folder would copy it into a checkpoint_tmp_* folder of /tmp
+    # that nobody deletes (128 MiB per resnet18 fold); the launch deletes the original once the winner is logged.
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        folder = Path(checkpoint.path)
+    else:
+        folder = Path(checkpoint.to_directory(str(cleanup.scratch_folder(loc.name) / "winner")))
     local = folder if prepared.folds else folder / CHECKPOINT_FILE  # cross-validated: the folder of fold files
     return BestTrial(run_id, flat_config(result.config), local, score, dict(metrics))
 
 
 def _finish(
-    client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, grid: ResultGrid
+    client: MlflowClient,
+    prepared: Prepared,
+    options: LaunchOptions,
+    parent_run_id: str,
+    grid: ResultGrid,
+    loc: Location,
 ) -> int:
     space = prepared.space
-    best = _best_trial(client, prepared, parent_run_id, grid)
+    best = _best_trial(client, prepared, parent_run_id, grid, loc)
     exp_id = experiment_id(client, prepared.experiment, create=False)
     rows = leaderboard(client, exp_id, parent_run_id, space.metric, space.mode)
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))

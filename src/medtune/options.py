@@ -33,7 +33,7 @@ class LaunchOptions:
     max_concurrent: int = 0  # 0: as many as the resources allow
     max_failures: int = 0  # retries per failing trial
     address: str | None = None  # an existing Ray cluster
-    storage_path: Path = Path("runs")  # Ray results
+    storage_path: str = "runs"  # Ray results: a folder, file:///folder or a bucket URI (trainables.storage)
     experiment: str | None = None  # MLflow experiment [the space's name]
     tracking_uri: str | None = None  # MLflow store [tracking.default_tracking_uri()]
     segmenter: str | None = None  # models:/<name>/<version> for masked tasks [the champion]

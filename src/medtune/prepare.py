@@ -151,8 +151,9 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
     return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, experiment, folds, sources)
 
 
-def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: Path) -> str:
-    """Create the experiment (driver only) and the launch's parent run with its provenance.
+def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: str, name: str) -> str:
+    """Create the experiment (driver only) and the launch's parent run ``launch-<name>`` with its provenance;
+    ``ray_path`` is Ray's experiment folder (a local folder or a bucket URI), what ``--resume`` restores.
 
     Besides medtune's own tags, the run carries MLflow's (user, source, git commit), the space file's
     header comment as its description (and the experiment's, unless it has one) and the dataset
@@ -170,7 +171,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         "dataset": str(dataset.root),
         "dataset_fingerprint": dataset.fingerprint,
         "code_version": code_version(),
-        "ray_path": str(ray_path),
+        "ray_path": ray_path,
         "smoke": str(options.smoke).lower(),
         "python": platform.python_version(),
     }
@@ -183,7 +184,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         )
     if prepared.folds:
         tags["cv_folds_digest"] = prepared.folds.digest
-    run = client.create_run(exp_id, run_name=f"launch-{ray_path.name}", tags=tags)
+    run = client.create_run(exp_id, run_name=f"launch-{name}", tags=tags)
     client.log_inputs(run.info.run_id, datasets=dataset_inputs(dataset, prepared.folds))
     params = {
         "metric": space.metric,

@@ -1,0 +1,113 @@
+"""Where a launch keeps its search: Ray's experiment folder, and the driver's own folder beside it.
+
+``--storage-path`` is a local (or mounted) folder, a ``file://`` URI, or a bucket URI that pyarrow
+opens (``s3://bucket/prefix``, ``gs://bucket/prefix``; a query such as
+``?endpoint_override=http://host:9000`` reaches pyarrow as is, credentials come from the environment
+as for any AWS or GCP client). Ray writes its experiment state and the trials' checkpoints there from
+every node. What only the driver reads (its unsent trial writes and, without a sqlite MLflow store,
+its Optuna study) stays on the driver's disk: in the experiment folder when that is local, under
+``--cache-dir``/launches/<experiment> when it is a bucket.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs
+
+from medtune.tracking import TrackingError
+
+SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+BUCKETS = ("s3", "gs", "gcs")  # what pyarrow's FileSystem.from_uri opens besides local paths (and hdfs)
+DRIVER_FOLDER = "launches"  # under --cache-dir: the driver's folder of a launch whose results are in a bucket
+
+
+def storage_root(text: str | Path) -> str:
+    """``--storage-path`` as Ray's storage path: an absolute local folder, or the bucket URI as typed.
+
+    Raises:
+        TrackingError: an unknown scheme, or a bucket URI without a bucket (one line, naming the flag).
+    """
+    text = str(text)
+    scheme = SCHEME.match(text)
+    if scheme is None:
+        return str(Path(text).resolve())
+    name = scheme[1].lower()
+    if name == "file":
+        return str(Path("/" + text[scheme.end() :].lstrip("/")).resolve())
+    if name not in BUCKETS:
+        raise TrackingError(
+            f"--storage-path {text}: expected a folder, file:///folder or a bucket URI ({', '.join(BUCKETS)}://...)"
+        )
+    if not urllib.parse.urlsplit(text).netloc:
+        raise TrackingError(f"--storage-path {text}: expected {name}://<bucket>/<prefix>")
+    return text
+
+
+def is_remote(root: str) -> bool:
+    return SCHEME.match(root) is not None
+
+
+def join(root: str, name: str) -> str:
+    """``root``/``name``, a URI's query kept at its end (``s3://b/p?q`` -> ``s3://b/p/name?q``)."""
+    if not is_remote(root):
+        return str(Path(root) / name)
+    parts = urllib.parse.urlsplit(root)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
+
+
+@dataclass(frozen=True)
+class Location:
+    """One launch's search.
+
+    Attributes:
+        ray: Ray's experiment folder: an absolute local folder, or a bucket URI (with its query).
+        driver: the driver's folder for what only it reads; ``ray`` itself when that is local.
+    """
+
+    ray: str
+    driver: Path
+
+    @property
+    def name(self) -> str:
+        return self.driver.name
+
+    @property
+    def root(self) -> str:
+        """Ray's storage path: the folder (or URI) of the experiment folders."""
+        if not is_remote(self.ray):
+            return str(Path(self.ray).parent)
+        parts = urllib.parse.urlsplit(self.ray)
+        return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/").rsplit("/", 1)[0]))
+
+    def filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """The filesystem holding ``ray`` and the experiment folder's path in it."""
+        if not is_remote(self.ray):
+            return pyarrow.fs.LocalFileSystem(), self.ray
+        return pyarrow.fs.FileSystem.from_uri(self.ray)
+
+
+def location(ray: str, cache_dir: Path) -> Location:
+    """The launch whose Ray experiment folder is ``ray`` (a new one, or the one a parent run records)."""
+    if not is_remote(ray):
+        return Location(ray, Path(ray))
+    name = urllib.parse.urlsplit(ray).path.rstrip("/").rsplit("/", 1)[-1]
+    return Location(ray, cache_dir.resolve() / DRIVER_FOLDER / name)
+
+
+def check_writable(root: str) -> None:
+    """Create the storage folder (or the bucket prefix) now, so a wrong bucket, endpoint or credential is
+    one line before the search starts, not an error in every trial.
+
+    Raises:
+        TrackingError: pyarrow could not open or write ``root``.
+    """
+    try:
+        fs, path = (pyarrow.fs.LocalFileSystem(), root) if not is_remote(root) else pyarrow.fs.FileSystem.from_uri(root)
+        fs.create_dir(path, recursive=True)
+    except (OSError, ValueError) as err:  # pyarrow's errors are OSError (and ArrowInvalid, a ValueError)
+        reason = " ".join(str(err).split())
+        raise TrackingError(f"--storage-path {root}: cannot write there ({reason})") from None
