@@ -23,8 +23,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 
-from medtune.tracking import champion
+from medtune.tracking import TrackingError, champion
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
+from trainables.storage import check_reachable
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -254,3 +255,20 @@ def test_trials_on_both_nodes_never_read_the_drivers_cache_and_write_to_a_bucket
     # and not in a folder called "s3:" in the project.
     assert [p.name for p in (cache / "launches").iterdir()] == [Path(kept[0]).parts[2]]
     assert not (PROJECT_DIR / "s3:").exists()
+
+
+def test_a_bucket_that_is_not_there_is_one_line(
+    bucket: tuple[str, pyarrow.fs.S3FileSystem], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    storage, _ = bucket
+    check_reachable(storage)  # the bucket exists: nothing to say, nothing written
+    missing = storage.replace(BUCKET, "no-such-bucket")
+    with pytest.raises(
+        TrackingError, match=r"^--storage-path s3://no-such-bucket/runs\?.*: no bucket 'no-such-bucket'"
+    ):
+        check_reachable(missing)
+    unreachable = storage.split("?")[0] + f"?endpoint_override=http://127.0.0.1:{free_port()}&region=us-east-1"
+    with pytest.raises(TrackingError, match=r"^--storage-path s3://.*: cannot reach it \("):
+        check_reachable(unreachable)

@@ -19,7 +19,7 @@ from medtune.data.cache import load_cache
 from medtune.data.datasets import CachedDataset, build_transform
 from medtune.data.shared import Ragged, from_arrays, to_arrays
 from medtune.tracking import TrackingError
-from trainables.storage import DRIVER_FOLDER, check_writable, join, location, storage_root
+from trainables.storage import DRIVER_FOLDER, check_reachable, join, location, storage_root
 from trainables.trial import made
 
 
@@ -105,8 +105,11 @@ def test_storage_path_takes_folders_file_uris_and_buckets(tmp_path: Path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_an_unwritable_storage_path_is_one_line(tmp_path: Path) -> None:
+def test_a_storage_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(TrackingError, match=f"^--storage-path {blocker}/runs: cannot write there"):
-        check_writable(str(blocker / "runs"))
+    with pytest.raises(TrackingError, match=f"^--storage-path {blocker}/runs: cannot write there .* is a file"):
+        check_reachable(str(blocker / "runs"))
+    # A folder still to be made is fine, and is not made here (Ray makes it when the search starts).
+    check_reachable(str(tmp_path / "new" / "runs"))
+    assert not (tmp_path / "new").exists()

@@ -50,7 +50,7 @@ from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
 from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
-from trainables.storage import Location, check_writable, join, location, storage_root
+from trainables.storage import Location, check_reachable, join, location, storage_root
 from trainables.trial import CHECKPOINT_FILE, TrialContext, hand_over
 
 
@@ -184,7 +184,7 @@ def run(
     phases = phases if phases is not None else Phases()
     options = dataclasses.replace(options, storage_path=storage_root(options.storage_path))
     if not options.resume:  # a wrong folder, bucket or credential: one line before anything is prepared
-        check_writable(options.storage_path)
+        check_reachable(options.storage_path)
     if not options.verbose:
         quiet_driver()
     with phases.time("prepare"):

@@ -11,6 +11,7 @@ its Optuna study) stays on the driver's disk: in the experiment folder when that
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -98,16 +99,28 @@ def location(ray: str, cache_dir: Path) -> Location:
     return Location(ray, cache_dir.resolve() / DRIVER_FOLDER / name)
 
 
-def check_writable(root: str) -> None:
-    """Create the storage folder (or the bucket prefix) now, so a wrong bucket, endpoint or credential is
-    one line before the search starts, not an error in every trial.
+def check_reachable(root: str) -> None:
+    """Fail now, in one line, on a storage path the search could not write: a local path under a file or
+    in a folder without write permission; a bucket that does not exist or cannot be reached (endpoint,
+    credentials). Nothing is created: Ray makes the folders when the search starts.
 
     Raises:
-        TrackingError: pyarrow could not open or write ``root``.
+        TrackingError: naming ``--storage-path`` and what is wrong.
     """
+    if not is_remote(root):
+        existing = Path(root)
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise TrackingError(f"--storage-path {root}: cannot write there ({existing} is a file, not a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise TrackingError(f"--storage-path {root}: cannot write there (no write permission on {existing})")
+        return
     try:
-        fs, path = (pyarrow.fs.LocalFileSystem(), root) if not is_remote(root) else pyarrow.fs.FileSystem.from_uri(root)
-        fs.create_dir(path, recursive=True)
+        fs, path = pyarrow.fs.FileSystem.from_uri(root)
+        bucket = fs.get_file_info(path.split("/", 1)[0])
     except (OSError, ValueError) as err:  # pyarrow's errors are OSError (and ArrowInvalid, a ValueError)
         reason = " ".join(str(err).split())
-        raise TrackingError(f"--storage-path {root}: cannot write there ({reason})") from None
+        raise TrackingError(f"--storage-path {root}: cannot reach it ({reason})") from None
+    if bucket.type != pyarrow.fs.FileType.Directory:
+        raise TrackingError(f"--storage-path {root}: no bucket '{bucket.path}' there (create it first)")
