@@ -25,7 +25,8 @@ from moto.server import ThreadedMotoServer
 
 from medtune.tracking import TrackingError, champion
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
-from trainables.storage import check_reachable
+from trainables.cleanup import drop_checkpoints
+from trainables.storage import check_reachable, join, location
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -272,3 +273,26 @@ def test_a_bucket_that_is_not_there_is_one_line(
     unreachable = storage.split("?")[0] + f"?endpoint_override=http://127.0.0.1:{free_port()}&region=us-east-1"
     with pytest.raises(TrackingError, match=r"^--storage-path s3://.*: cannot reach it \("):
         check_reachable(unreachable)
+
+
+def test_checkpoints_in_a_bucket_are_dropped_and_a_bucket_gone_is_one_line(
+    bucket: tuple[str, pyarrow.fs.S3FileSystem], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    storage, fs = bucket
+    experiment = f"{BUCKET}/runs/exp-1"
+    for name in ("trial_a/checkpoint_000001/checkpoint", "trial_a/result.json", "tuner.pkl"):
+        with fs.open_output_stream(f"{experiment}/{name}") as out:
+            out.write(b"x" * 1000)
+    loc = location(join(storage, "exp-1"), tmp_path / "cache")
+    # The checkpoint folder goes (1000 bytes); the trial's result and the tuner stay.
+    assert drop_checkpoints(loc) == (1, 1000)
+    assert sorted(files(fs, experiment)) == [f"{experiment}/trial_a/result.json", f"{experiment}/tuner.pkl"]
+    # A bucket that stopped answering after the winner was logged: one line, the launch goes on.
+    gone = location(
+        join(storage.split("?")[0] + f"?endpoint_override=http://127.0.0.1:{free_port()}", "exp-1"), tmp_path
+    )
+    assert drop_checkpoints(gone) == (0, 0)
+    err = capsys.readouterr().err
+    assert err.startswith("[launch] could not list the checkpoints under s3://") and len(err.splitlines()) == 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,10 +54,14 @@ def drop_checkpoints(loc: Location) -> tuple[int, int]:
     ``result.json`` stay: the launch's record besides MLflow.
     """
     fs, experiment = loc.filesystem()
-    folders = [c for t in _folders(fs, experiment, TRIAL_PREFIX) for c in _folders(fs, t, CHECKPOINT_PREFIX)]
+    try:
+        folders = [c for t in _folders(fs, experiment, TRIAL_PREFIX) for c in _folders(fs, t, CHECKPOINT_PREFIX)]
+    except OSError as err:  # a bucket that stopped answering: the winner is logged, the checkpoints stay
+        print(f"[launch] could not list the checkpoints under {loc.ray}: {' '.join(str(err).split())}", file=sys.stderr)
+        folders = []
     freed = 0
     for folder in folders:
-        files = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True))
+        files = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True, allow_not_found=True))
         freed += sum(f.size or 0 for f in files if f.type == pyarrow.fs.FileType.File)
         _delete(fs, folder)
     scratch = scratch_folder(loc.name)
@@ -72,9 +77,11 @@ def _delete(fs: pyarrow.fs.FileSystem, folder: str) -> None:
         fs.delete_dir(folder)
     except FileNotFoundError:
         pass
-    except OSError:  # a local folder that changed while it was deleted: what is left, best effort
-        if isinstance(fs, pyarrow.fs.LocalFileSystem):
+    except OSError as err:
+        if isinstance(fs, pyarrow.fs.LocalFileSystem):  # a folder that changed while it was deleted: what is left
             shutil.rmtree(folder, ignore_errors=True)
+        else:  # a bucket that stopped answering: the launch goes on, the folder stays, and the user is told
+            print(f"[launch] could not delete {folder}: {' '.join(str(err).split())}", file=sys.stderr)
 
 
 def summary(folders: int, freed: int, experiment: str) -> str:
