@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite (CPU, 2 processes; measured 9 min 52 s on 2 cores on 2026-12-06,
+# Set up .venv and run the whole test suite (CPU, 2 processes; measured 9 min 52 s to 10 min 53 s on 2 cores on 2026-12-06,
 # a quiet machine, plus about 4 min for a first setup).
 set -euo pipefail
 cd "$(dirname "$0")"
