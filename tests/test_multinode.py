@@ -59,7 +59,10 @@ def bucket() -> Iterator[tuple[str, pyarrow.fs.S3FileSystem]]:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        keys = {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": "medtune-test"}
+        keys = {
+            "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(Bucket=BUCKET)
         fs = pyarrow.fs.S3FileSystem(
             access_key=keys["aws_access_key_id"],
@@ -258,11 +261,14 @@ def test_trials_on_both_nodes_never_read_the_drivers_cache_and_write_to_a_bucket
     assert not (PROJECT_DIR / "s3:").exists()
 
 
-def test_a_bucket_that_is_not_there_is_one_line(
-    bucket: tuple[str, pyarrow.fs.S3FileSystem], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment holds the bucket's credentials, as each node's does."""
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
+
+
+def test_a_bucket_that_is_not_there_is_one_line(bucket: tuple[str, pyarrow.fs.S3FileSystem], credentials: None) -> None:
     storage, _ = bucket
     check_reachable(storage)  # the bucket exists: nothing to say, nothing written
     missing = storage.replace(BUCKET, "no-such-bucket")
@@ -276,10 +282,8 @@ def test_a_bucket_that_is_not_there_is_one_line(
 
 
 def test_checkpoints_in_a_bucket_are_dropped_and_a_bucket_gone_is_one_line(
-    bucket: tuple[str, pyarrow.fs.S3FileSystem], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+    bucket: tuple[str, pyarrow.fs.S3FileSystem], credentials: None, tmp_path: Path, capsys
 ) -> None:
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
     storage, fs = bucket
     experiment = f"{BUCKET}/runs/exp-1"
     for name in ("trial_a/checkpoint_000001/checkpoint", "trial_a/result.json", "tuner.pkl"):

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.fs
 from ray import tune
 
-from trainables.storage import Location
+from trainables.storage import Location, why
 
 TRIAL_PREFIX, CHECKPOINT_PREFIX = "trial_", "checkpoint_"  # Ray's layout: <experiment>/trial_*/checkpoint_<index>
 
@@ -57,7 +57,7 @@ def drop_checkpoints(loc: Location) -> tuple[int, int]:
     try:
         folders = [c for t in _folders(fs, experiment, TRIAL_PREFIX) for c in _folders(fs, t, CHECKPOINT_PREFIX)]
     except OSError as err:  # a bucket that stopped answering: the winner is logged, the checkpoints stay
-        print(f"[launch] could not list the checkpoints under {loc.ray}: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"[launch] could not list the checkpoints under {loc.ray}: {why(err)}", file=sys.stderr)
         folders = []
     freed = 0
     for folder in folders:
@@ -81,7 +81,7 @@ def _delete(fs: pyarrow.fs.FileSystem, folder: str) -> None:
         if isinstance(fs, pyarrow.fs.LocalFileSystem):  # a folder that changed while it was deleted: what is left
             shutil.rmtree(folder, ignore_errors=True)
         else:  # a bucket that stopped answering: the launch goes on, the folder stays, and the user is told
-            print(f"[launch] could not delete {folder}: {' '.join(str(err).split())}", file=sys.stderr)
+            print(f"[launch] could not delete {folder}: {why(err)}", file=sys.stderr)
 
 
 def summary(folders: int, freed: int, experiment: str) -> str:

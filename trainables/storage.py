@@ -52,6 +52,20 @@ def is_remote(root: str) -> bool:
     return SCHEME.match(root) is not None
 
 
+def why(err: Exception) -> str:
+    """A filesystem error as one line (pyarrow's S3 and GCS messages span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def split(ray: str) -> tuple[str, str]:
+    """``ray`` as (its parent, its name): the inverse of ``join``."""
+    if not is_remote(ray):
+        return str(Path(ray).parent), Path(ray).name
+    parts = urllib.parse.urlsplit(ray)
+    parent, name = parts.path.rstrip("/").rsplit("/", 1)
+    return urllib.parse.urlunsplit(parts._replace(path=parent)), name
+
+
 def join(root: str, name: str) -> str:
     """``root``/``name``, a URI's query kept at its end (``s3://b/p?q`` -> ``s3://b/p/name?q``)."""
     if not is_remote(root):
@@ -79,10 +93,7 @@ class Location:
     @property
     def root(self) -> str:
         """Ray's storage path: the folder (or URI) of the experiment folders."""
-        if not is_remote(self.ray):
-            return str(Path(self.ray).parent)
-        parts = urllib.parse.urlsplit(self.ray)
-        return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/").rsplit("/", 1)[0]))
+        return split(self.ray)[0]
 
     def filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
         """The filesystem holding ``ray`` and the experiment folder's path in it."""
@@ -95,8 +106,7 @@ def location(ray: str, cache_dir: Path) -> Location:
     """The launch whose Ray experiment folder is ``ray`` (a new one, or the one a parent run records)."""
     if not is_remote(ray):
         return Location(ray, Path(ray))
-    name = urllib.parse.urlsplit(ray).path.rstrip("/").rsplit("/", 1)[-1]
-    return Location(ray, cache_dir.resolve() / DRIVER_FOLDER / name)
+    return Location(ray, cache_dir.resolve() / DRIVER_FOLDER / split(ray)[1])
 
 
 def check_reachable(root: str) -> None:
@@ -120,7 +130,6 @@ def check_reachable(root: str) -> None:
         fs, path = pyarrow.fs.FileSystem.from_uri(root)
         bucket = fs.get_file_info(path.split("/", 1)[0])
     except (OSError, ValueError) as err:  # pyarrow's errors are OSError (and ArrowInvalid, a ValueError)
-        reason = " ".join(str(err).split())
-        raise TrackingError(f"--storage-path {root}: cannot reach it ({reason})") from None
+        raise TrackingError(f"--storage-path {root}: cannot reach it ({why(err)})") from None
     if bucket.type != pyarrow.fs.FileType.Directory:
         raise TrackingError(f"--storage-path {root}: no bucket '{bucket.path}' there (create it first)")
