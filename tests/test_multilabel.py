@@ -180,6 +180,11 @@ def test_crop_mode_zooms_on_the_predicted_lesion(tmp_path: Path) -> None:
     # Image 0 is cropped to the 6 x 6 square around the lesion and resized back to 16 px: the lesion
     # now covers (4/6)^2 of the image (the ground-truth mask follows the crop).
     assert dataset[0]["mask"].mean().item() == pytest.approx((4 / 6) ** 2, abs=0.03)
-    # Image 1 (empty prediction) keeps the whole image, not a black one.
+    # The crop is of the hard-masked image: the margin around the 4 x 4 lesion is black (normalised 0).
+    black = CachedDataset(str(cache), build_transform(0.0, train=False))
+    black.images = torch.zeros_like(black.images)
+    assert torch.equal(dataset[0]["image"][:, 0, 0], black[0]["image"][:, 0, 0])
+    assert not torch.equal(dataset[0]["image"][:, 8, 8], black[0]["image"][:, 8, 8])  # the lesion's centre
+    # Image 1 (empty prediction) is all black, not the whole image; its mask stays whole (uncropped).
     assert dataset[1]["mask"].mean().item() == pytest.approx(1 / 16)
-    assert torch.equal(dataset[1]["image"], dataset[0]["image"])  # uniform grey either way
+    assert torch.equal(dataset[1]["image"], black[1]["image"])

@@ -185,3 +185,78 @@ def test_masked_space_needs_a_real_mask_mode(tmp_path: Path, extra: str, expecte
 def test_masked_space_with_mask_modes_loads(tmp_path: Path) -> None:
     text = MASKED.replace("params:\n", "params:\n  data.mask_mode: {choice: [soft, hard, crop]}\n")
     assert load_space(write(tmp_path, text)).possible_values("data.mask_mode") == ("soft", "hard", "crop")
+
+
+def test_shipped_masked_space_fixes_the_hard_arm() -> None:
+    space = load_space("masked_cls")
+    # The mode is the experiment's arm, not searched on a val split that still carries the shortcut.
+    assert space.fixed["data.mask_mode"] == "hard" and "data.mask_mode" not in [p.name for p in space.params]
+    assert "--set data.mask_mode=soft" in space.description
+
+
+@pytest.mark.parametrize(
+    ("items", "fixed"),
+    [
+        (["data.mask_mode=soft"], {"data.mask_mode": "soft"}),
+        (["data.mask_mode=crop", "data.crop_margin=0.2"], {"data.mask_mode": "crop", "data.crop_margin": 0.2}),
+        (["data.crop_margin=0"], {"data.mask_mode": "hard", "data.crop_margin": 0}),
+    ],
+)
+def test_other_mask_arms_are_their_own_launches(items: list[str], fixed: dict) -> None:
+    from medtune.overrides import apply_overrides
+
+    space = apply_overrides(load_space("masked_cls"), items)
+    # Each --set value is fixed (a conditional crop_margin too) and no longer searched.
+    assert {key: space.fixed[key] for key in fixed} == fixed
+    assert not {p.name for p in space.params} & set(fixed)
+
+
+def test_a_mask_arm_that_shows_the_whole_image_is_refused() -> None:
+    from medtune.overrides import apply_overrides
+
+    with pytest.raises(SpaceError, match="^--set data.mask_mode: 'none' is not valid for task masked_classification"):
+        apply_overrides(load_space("masked_cls"), ["data.mask_mode=none"])
+
+
+def test_masked_config_file_needs_its_mask_mode(tmp_path: Path) -> None:
+    from medtune.spaces import load_config
+
+    path = tmp_path / "best.yaml"
+    path.write_text("space: masked_cls\nconfig: {model.name: resnet18, loss.name: ce, data.image_size: 32}\n")
+    # Without it the "masked" classifier would train on whole images (the data module's default).
+    with pytest.raises(SpaceError, match="key 'data.mask_mode' is required for task masked_classification"):
+        load_config(path)
+    path.write_text(path.read_text().replace("data.image_size: 32", "data.image_size: 32, data.mask_mode: soft"))
+    assert load_config(path).fixed["data.mask_mode"] == "soft"
+
+
+VAL_METRIC = "expected a validation metric val/<name> (e.g. val/iou)"
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode", "expected"),
+    [
+        ("test/iou", "max", f"key 'metric': {VAL_METRIC}, got 'test/iou'"),
+        ("train/loss", "min", f"key 'metric': {VAL_METRIC}, got 'train/loss'"),
+        ("iou", "max", f"key 'metric': {VAL_METRIC}, got 'iou'"),
+        ("val/", "max", f"key 'metric': {VAL_METRIC}, got 'val/'"),
+        ("val/loss", "max", "key 'mode': val/loss is better when lower, so mode must be min, got max"),
+        ("val/fail_rate", "max", "key 'mode': val/fail_rate is better when lower, so mode must be min, got max"),
+        ("val/iou", "min", "key 'mode': val/iou is better when higher, so mode must be max, got min"),
+        ("val/iou", "maximise", "key 'mode': expected max or min, got 'maximise'"),
+    ],
+)
+def test_objective_must_be_a_validation_metric_in_its_direction(
+    tmp_path: Path, metric: str, mode: str, expected: str
+) -> None:
+    text = GOOD.replace("metric: val/iou\nmode: max", f"metric: {metric}\nmode: {mode}")
+    with pytest.raises(SpaceError) as err:
+        load_space(write(tmp_path, text))
+    # One line naming the file and the key.
+    assert str(err.value) == f"{tmp_path / 'space.yaml'}: {expected}"
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("val/loss", "min"), ("val/fail_rate", "min"), ("val/image_iou", "max")])
+def test_objective_in_its_direction_loads(tmp_path: Path, metric: str, mode: str) -> None:
+    text = GOOD.replace("metric: val/iou\nmode: max", f"metric: {metric}\nmode: {mode}")
+    assert load_space(write(tmp_path, text)).mode == mode

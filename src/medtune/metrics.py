@@ -15,6 +15,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
+# Logged metrics where lower is better, by the last part of their name (``val/loss``, ``cv/fold0/val/fail_rate``);
+# every other metric counts as higher-better. Spaces check their ``mode`` against it, reports compare with it.
+LOWER_IS_BETTER = frozenset({"loss", "fail_rate"})
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a smaller value of the metric ``name`` is better (see ``LOWER_IS_BETTER``)."""
+    return name.split("/")[-1] in LOWER_IS_BETTER
+
 
 def per_image_iou(pred: Tensor, target: Tensor) -> Tensor:
     """IoU per image of boolean masks ``[B, ...]``: 1.0 when both are empty (see the module docstring).

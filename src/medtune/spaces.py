@@ -4,8 +4,8 @@ Schema (every key checked; errors name the file and the key)::
 
     # Which segmenter delineates lesions best?   <- leading comment lines: the MLflow experiment's description
     task: segmentation            # a name in medtune.tasks.TASKS
-    metric: val/iou               # the objective, reported by every trial each epoch
-    mode: max                     # max or min
+    metric: val/iou               # the objective: a validation metric (val/*), reported by every trial each epoch
+    mode: max                     # its direction: min for lower-is-better metrics (medtune.metrics), else max
     fixed:                        # constants, flat dotted keys (see medtune.build for the groups)
       data.image_size: 64
     params:                       # searched parameters, in sampling order
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from medtune import build
+from medtune.metrics import lower_is_better
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"  # beside src/ in the checkout
 KINDS = ("choice", "uniform", "loguniform", "int")
@@ -165,6 +166,7 @@ def load_config(path: Path) -> SearchSpace:
         description=base.description,  # the space's question; the config file's header says which trial
     )
     _check_keys(space)
+    _check_required_data(space)  # a masked config without its mask mode would train on whole images
     return space
 
 
@@ -190,10 +192,7 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
     task = raw.get("task")
     if not isinstance(task, str) or task not in build.TASKS:
         raise SpaceError(f"{path}: key 'task': expected one of {', '.join(build.TASKS)}, got {task!r}")
-    if raw.get("mode") not in ("max", "min"):
-        raise SpaceError(f"{path}: key 'mode': expected max or min, got {raw.get('mode')!r}")
-    if not isinstance(raw.get("metric"), str) or "/" not in raw["metric"]:
-        raise SpaceError(f"{path}: key 'metric': expected a metric name like val/iou, got {raw.get('metric')!r}")
+    _check_objective(path, raw.get("metric"), raw.get("mode"))
     search = raw.get("search", "tpe")
     if search not in SEARCHES:
         raise SpaceError(f"{path}: key 'search': expected one of {', '.join(SEARCHES)}, got {search!r}")
@@ -222,6 +221,24 @@ def _validate(path: Path, raw: dict) -> SearchSpace:
     if search == "grid":  # a grid's size is its sample count: every combination once
         space = replace(space, budget={**space.budget, "num_samples": len(grid_points(space))})
     return space
+
+
+def _check_objective(path: Path, metric: Any, mode: Any) -> None:
+    """The objective is a validation metric (the search selects on val, never on train or test) and
+    ``mode`` follows its direction (``medtune.metrics.lower_is_better``): ``val/loss`` with ``max``
+    would pick the worst trial."""
+    if not isinstance(metric, str) or not metric.startswith("val/") or metric == "val/":
+        raise SpaceError(
+            f"{path}: key 'metric': expected a validation metric val/<name> (e.g. val/iou), got {metric!r}"
+        )
+    if mode not in ("max", "min"):
+        raise SpaceError(f"{path}: key 'mode': expected max or min, got {mode!r}")
+    expected = "min" if lower_is_better(metric) else "max"
+    if mode != expected:
+        better = "lower" if expected == "min" else "higher"
+        raise SpaceError(
+            f"{path}: key 'mode': {metric} is better when {better}, so mode must be {expected}, got {mode}"
+        )
 
 
 def revalidate(space: SearchSpace) -> SearchSpace:

@@ -4,12 +4,16 @@ Every item is a dict: ``image`` float [3,S,S] (ImageNet-normalised), ``mask`` fl
 (ground-truth lesion), ``label`` (class index; -1 when the image has no label or several) and, when
 ``num_classes`` is known, ``targets`` float [K] (multi-hot label set, for multi-label tasks).
 
-For masked classification the segmenter's cached prediction is applied before augmentation:
-``soft`` multiplies the image by the probability, ``hard`` by ``probability >= threshold`` (an empty
-predicted mask gives an all-black image: the classifier sees "no lesion found"); ``crop`` crops the
-image and its ground-truth mask to the bounding box of ``probability >= threshold`` widened by
-``crop_margin`` (see ``crop_box``) and resizes them back to S; an empty predicted mask keeps the
-whole image (there is nothing to crop to, and the classifier should still see the skin).
+For masked classification the segmenter's cached prediction is applied before augmentation, and
+no pixel where the predicted probability is below ``mask_threshold`` reaches the network (it is 0,
+black): a shortcut drawn in the background (a ruler, a marker, the site's frame) must stay hidden.
+``hard`` (the mode the shipped masked space uses) multiplies the image by
+``probability >= threshold``; ``soft`` multiplies it by the probability floored at the threshold
+(below it: 0), so the background is black and the lesion keeps the segmenter's soft edge; ``crop``
+takes the ``hard`` image, crops it and its ground-truth mask to the bounding box of
+``probability >= threshold`` widened by ``crop_margin`` (see ``crop_box``) and resizes them back to
+S: the margin shows black, not skin. An empty predicted mask gives an all-black image in every mode
+(the classifier sees "no lesion found").
 """
 
 from __future__ import annotations
@@ -82,8 +86,10 @@ class CachedDataset(Dataset):
         num_classes: classes of the dataset; when given, items carry the multi-hot ``targets``.
         pred_masks: optional cached segmenter probabilities, uint8 [N,1,S,S] scaled 0..255 (a file or open).
         mask_mode: ``none``, ``soft``, ``hard`` or ``crop`` (how ``pred_masks`` is applied to the image).
-        mask_threshold: threshold on the probability for ``hard`` and ``crop``.
-        crop_margin: for ``crop``, margin around the box as a share of its longer side.
+        mask_threshold: probability below which a pixel is background (0, black) in every mode; for
+            ``hard`` and ``crop`` the pixels at or above it are kept whole, for ``soft`` weighted by it.
+        crop_margin: for ``crop``, margin around the box as a share of its longer side (black where
+            outside the predicted lesion).
         rows: only these rows of the cache, in this order (a cross-validation fold of the pooled
             train+val cache, ``medtune.data.folds``); None: every row.
     """
@@ -125,17 +131,19 @@ class CachedDataset(Dataset):
         if self.pred is None:
             return image, mask
         prob = self.pred[self.rows[index]].float() / 255.0
-        if self.mask_mode == "crop":
-            box = crop_box(prob >= self.mask_threshold, self.crop_margin)
-            if box is None:  # nothing predicted: keep the whole image
-                return image, mask
-            top, left, side = box
-            size = image.shape[-1]
-            crop = (slice(None), slice(top, top + side), slice(left, left + side))
-            return _resize(image[crop], size, "bilinear"), _resize(mask[crop], size, "nearest")
-        if self.mask_mode == "hard":
-            prob = (prob >= self.mask_threshold).float()
-        return (image.float() * prob).round().to(torch.uint8), mask
+        lesion = prob >= self.mask_threshold
+        # soft: the probability where it reaches the threshold, 0 elsewhere; hard and crop: 1 or 0
+        weight = prob * lesion if self.mask_mode == "soft" else lesion.float()
+        image = (image.float() * weight).round().to(torch.uint8)
+        if self.mask_mode != "crop":
+            return image, mask
+        box = crop_box(lesion, self.crop_margin)
+        if box is None:  # nothing predicted: the masked image is all black, left whole
+            return image, mask
+        top, left, side = box
+        size = image.shape[-1]
+        crop = (slice(None), slice(top, top + side), slice(left, left + side))
+        return _resize(image[crop], size, "bilinear"), _resize(mask[crop], size, "nearest")
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self._view(index)
@@ -160,8 +168,8 @@ class CachedDataModule(pl.LightningDataModule):
         batch_size: images per batch.
         augment: augmentation strength in [0, 1] (training split only).
         pred_masks: split name -> cached segmenter probabilities, for masked classification.
-        mask_mode: ``none``, ``soft``, ``hard`` or ``crop``.
-        mask_threshold: probability threshold for ``hard`` and ``crop``.
+        mask_mode: ``none`` (whole images), ``hard``, ``soft`` or ``crop`` (see the module docstring).
+        mask_threshold: probability below which a pixel is background (0, black) in every mask mode.
         crop_margin: for ``crop``, margin around the predicted lesion's box, as a share of its side.
         sampler: how the training split is drawn, a name in ``medtune.data.samplers.SAMPLERS``; ``none``
             shuffles. Validation and test are never resampled.
