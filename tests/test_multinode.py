@@ -8,6 +8,7 @@ HTTP as a real bucket would be): Ray's experiment state and every checkpoint go 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,11 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
+import moto.settings
 import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 
+import launch
 from medtune.tracking import TrackingError, champion
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
 from trainables.cleanup import drop_checkpoints
@@ -300,3 +303,49 @@ def test_checkpoints_in_a_bucket_are_dropped_and_a_bucket_gone_is_one_line(
     assert drop_checkpoints(gone) == (0, 0)
     err = capsys.readouterr().err
     assert err.startswith("[launch] could not list the checkpoints under s3://") and len(err.splitlines()) == 1
+
+
+# A user who may look at the bucket and read it, and nothing else (no PutObject, no multipart upload).
+READ_ONLY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+        {"Effect": "Deny", "NotAction": ["s3:Get*", "s3:List*", "s3:Head*"], "Resource": "*"},
+    ],
+}
+
+
+@pytest.fixture
+def read_only(bucket: tuple[str, pyarrow.fs.S3FileSystem], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The bucket's ``--storage-path``, with this process's credentials those of a read-only user and the
+    local S3 server checking every request against its IAM policies from now on (until the test ends)."""
+    storage, _ = bucket
+    endpoint = storage.split("endpoint_override=")[1].split("&")[0]
+    keys = {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": "medtune-test"}
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", **keys)
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(READ_ONLY))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto's switch: enforce IAM now
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return storage
+
+
+def test_a_read_only_bucket_is_one_line_before_anything_also_on_resume(
+    read_only: str, synth_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # The bucket is there and can be listed, but a write is refused: one line, naming the flag.
+    with pytest.raises(TrackingError, match=r"^--storage-path s3://medtune-results/runs\?.*: cannot write there \(.*"):
+        check_reachable(read_only)
+    # The same through the launch, continuing an earlier one: refused before anything is prepared.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--space", "whole_cls", "--smoke", "--data", str(synth_dir), "--tracking-uri", uri, "--resume"]
+    code = launch.main([*args, "--storage-path", read_only, "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --storage-path s3://") and len(err.strip().splitlines()) == 1, err
+    assert "cannot write there" in err and "Traceback" not in err
+    # No cache, no MLflow store, no run; and the probe left nothing in the bucket.
+    assert list(tmp_path.iterdir()) == []
+    assert files(pyarrow.fs.FileSystem.from_uri(read_only)[0], BUCKET) == []  # listed as the reader

@@ -183,8 +183,9 @@ def run(
     """
     phases = phases if phases is not None else Phases()
     options = dataclasses.replace(options, storage_path=storage_root(options.storage_path))
-    if not options.resume:  # a wrong folder, bucket or credential: one line before anything is prepared
-        check_reachable(options.storage_path)
+    # A wrong, unreachable or read-only folder or bucket: one line before anything is prepared (on
+    # --resume too: the resume hint repeats the launch's --storage-path, and the search writes there again).
+    check_reachable(options.storage_path)
     if not options.verbose:
         quiet_driver()
     with phases.time("prepare"):

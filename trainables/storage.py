@@ -3,7 +3,8 @@
 ``--storage-path`` is a local (or mounted) folder, a ``file://`` URI, or a bucket URI that pyarrow
 opens (``s3://bucket/prefix``, ``gs://bucket/prefix``; a query such as
 ``?endpoint_override=http://host:9000`` reaches pyarrow as is, credentials come from the environment
-as for any AWS or GCP client). Ray writes its experiment state and the trials' checkpoints there from
+or the client's config files as for any AWS or GCP client, never from the URI, which is stored with the
+launch). Ray writes its experiment state and the trials' checkpoints there from
 every node. What only the driver reads (its unsent trial writes and, without a sqlite MLflow store,
 its Optuna study) stays on the driver's disk: in the experiment folder when that is local, under
 ``--cache-dir``/launches/<experiment> when it is a bucket.
@@ -11,9 +12,10 @@ its Optuna study) stays on the driver's disk: in the experiment folder when that
 
 from __future__ import annotations
 
-import os
 import re
+import tempfile
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from medtune.tracking import TrackingError
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 BUCKETS = ("s3", "gs", "gcs")  # what pyarrow's FileSystem.from_uri opens besides local paths (and hdfs)
 DRIVER_FOLDER = "launches"  # under --cache-dir: the driver's folder of a launch whose results are in a bucket
+PROBE = ".medtune-write-probe"  # the object (or file) the storage check writes and deletes
 
 
 def storage_root(text: str | Path) -> str:
@@ -43,8 +46,15 @@ def storage_root(text: str | Path) -> str:
         raise TrackingError(
             f"--storage-path {text}: expected a folder, file:///folder or a bucket URI ({', '.join(BUCKETS)}://...)"
         )
-    if not urllib.parse.urlsplit(text).netloc:
+    parts = urllib.parse.urlsplit(text)
+    if not parts.netloc:
         raise TrackingError(f"--storage-path {text}: expected {name}://<bucket>/<prefix>")
+    if "@" in parts.netloc:  # user-info: pyarrow would take it as the key and secret, and the launch records the path
+        bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+        raise TrackingError(
+            f"--storage-path {bare}: credentials in the URI are refused (the path is recorded with the launch); "
+            "give them in the environment (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the client's config files"
+        )
     return text
 
 
@@ -111,20 +121,18 @@ def location(ray: str, cache_dir: Path) -> Location:
 
 def check_reachable(root: str) -> None:
     """Fail now, in one line, on a storage path the search could not write: a local path under a file or
-    in a folder without write permission; a bucket that does not exist or cannot be reached (endpoint,
-    credentials). Nothing is created: Ray makes the folders when the search starts.
+    in a folder that refuses writes (permissions, a read-only mount); a bucket that does not exist, cannot
+    be reached (endpoint, credentials) or cannot be written (read-only credentials, a bucket policy).
+
+    A probe (``PROBE`` and a random suffix) is written and deleted: in the deepest existing folder of a
+    local path (the folders still to be made are left to Ray), under the prefix of a bucket. Nothing
+    else is created.
 
     Raises:
         TrackingError: naming ``--storage-path`` and what is wrong.
     """
     if not is_remote(root):
-        existing = Path(root)
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir():
-            raise TrackingError(f"--storage-path {root}: cannot write there ({existing} is a file, not a folder)")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise TrackingError(f"--storage-path {root}: cannot write there (no write permission on {existing})")
+        _probe_folder(root)
         return
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(root)
@@ -133,3 +141,27 @@ def check_reachable(root: str) -> None:
         raise TrackingError(f"--storage-path {root}: cannot reach it ({why(err)})") from None
     if bucket.type != pyarrow.fs.FileType.Directory:
         raise TrackingError(f"--storage-path {root}: no bucket '{bucket.path}' there (create it first)")
+    probe = f"{path.rstrip('/')}/{PROBE}-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(probe) as out:
+            out.write(b"medtune")
+    except OSError as err:
+        raise TrackingError(f"--storage-path {root}: cannot write there ({why(err)})") from None
+    try:
+        fs.delete_file(probe)
+    except OSError as err:  # Ray replaces its state files and the launch deletes checkpoints: both need deletes
+        raise TrackingError(f"--storage-path {root}: can write but not delete there ({why(err)})") from None
+
+
+def _probe_folder(root: str) -> None:
+    """Write and delete a probe file in the deepest existing folder of local path ``root``."""
+    existing = Path(root)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrackingError(f"--storage-path {root}: cannot write there ({existing} is a file, not a folder)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=PROBE):  # deleted on close
+            pass
+    except OSError as err:
+        raise TrackingError(f"--storage-path {root}: cannot write there ({err.strerror} in {existing})") from None
