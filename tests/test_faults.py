@@ -3,12 +3,19 @@ carries a secret, a tracking server answering 500, a worker that crashes at exit
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 import launch
-from medtune.tracking import TrackingError
+from medtune.tracking import PARENT_TAG, TRIAL_TAG, TrackingError
+from trainables.mlflow_trials import SERVER_TRIES, PendingWrites, pending_writes
 from trainables.storage import PROBE, check_reachable, storage_root
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
@@ -43,3 +50,67 @@ def test_credentials_in_the_storage_path_are_refused_without_echoing_them(
     assert code == 2 and err.startswith("error: --storage-path s3://bucket/runs") and len(err.splitlines()) == 1
     assert SECRET not in out + err and "AKIAEXAMPLE" not in out + err
     assert list(tmp_path.iterdir()) == []
+
+
+class Answers500(http.server.BaseHTTPRequestHandler):
+    """A tracking server whose every answer is MLflow's INTERNAL_ERROR with HTTP 500 (a bug, or its
+    database gone); it counts the requests it got."""
+
+    requests = 0
+
+    def _answer(self) -> None:
+        type(self).requests += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"error_code": "INTERNAL_ERROR", "message": "database is gone"}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:  # no access log on the test's terminal
+        pass
+
+
+@pytest.fixture
+def server_500() -> Iterator[str]:
+    """The URI of a local HTTP server answering 500 to every request."""
+    Answers500.requests = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers500)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_a_server_answering_500_is_tried_a_few_times_then_its_writes_are_kept(
+    server_500: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = MlflowClient(uri)
+    exp = store.create_experiment("answers-500")
+    ids = {"experiment_id": exp, "parent_run_id": store.create_run(exp).info.run_id}
+    spool = tmp_path / "pending.json"
+    writes = PendingWrites(tracking_uri=server_500, **ids, metric="val/acc", mode="max", spool=spool)
+    writes.start("t1", name="t1", tags={PARENT_TAG: ids["parent_run_id"], TRIAL_TAG: "t1"}, params={"train.lr": "0.1"})
+    writes.log("t1", step=1, metrics=[["val/acc", 0.5, 1000, 1], ["epoch", 1, 1000, 1]], tags={})
+    writes.end("t1", tags={"status": "completed"}, status="FINISHED")
+    started = time.monotonic()
+    # Nothing raised (a raise here would end Tune's search): a few tries with a backoff, then the writes wait
+    # in the spool, without waiting out the deadline.
+    assert not writes.drain(time.monotonic() + 60)
+    assert Answers500.requests == SERVER_TRIES and time.monotonic() - started < 10
+    assert writes.kept and pending_writes(spool) == 3
+    assert not writes.flush() and Answers500.requests == SERVER_TRIES  # no more tries in this process
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[launch]")]
+    assert len(err) == 2 and "refused a trial write" in err[0] and f"keeping 3 trial writes in {spool}" in err[1]
+    # The launch's next process (--resume) sends them to a store that answers.
+    assert PendingWrites(tracking_uri=uri, **ids, metric="val/acc", mode="max", spool=spool).drain(
+        time.monotonic() + 30
+    )
+    (run,) = store.search_runs([exp], f"tags.{TRIAL_TAG} = 't1'")
+    assert run.info.status == "FINISHED" and run.data.metrics["val/acc"] == 0.5 and not spool.exists()

@@ -10,7 +10,10 @@ from (the value the leaderboard ranks by), so the UI can sort trials by them.
 Writes go through a queue, sent in order on every callback: a store that is away (a tracking server
 restarting, a locked sqlite file) costs the search nothing while it is away, and its writes arrive
 when it answers again. The end of the search waits up to ``outage_s`` for it; what it could not send
-stays in ``spool`` (a JSON file in the Ray experiment folder), which ``--resume`` sends first. On
+stays in ``spool`` (a JSON file in the Ray experiment folder), which ``--resume`` sends first. A server
+that answers with an error of its own (a 500: a bug, or a database behind it that failed) is tried
+``SERVER_TRIES`` times with the same backoff, then its writes stay in the spool the same way: no store
+error ever reaches Tune, where it would end the search. On
 resume the callback re-attaches runs by their ``ray_trial_id`` tag, so no trial gets a second run.
 
 A trial resumed from a checkpoint older than its last report (``--resume`` after a kill, or a retry
@@ -26,10 +29,13 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -42,6 +48,7 @@ ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); k
 SPOOL_NAME = "mlflow_pending.json"
 OUTAGE_S = 300.0  # how long a finished search waits for a store that stopped answering ("a few minutes")
 BACKOFF_S = (0.5, 15.0)  # first and longest pause between tries of a store that does not answer
+SERVER_TRIES = 4  # tries of a write a server answers with a 5xx (backoff 0.5 + 1 + 2 s), then it is kept
 NODE_TAGS = ("node_id", "node_ip", "hostname")
 
 
@@ -77,6 +84,7 @@ class PendingWrites:
         self._queue: deque[dict] = deque(json.loads(spool.read_text()) if spool and spool.is_file() else [])
         self._synced = False  # ``runs`` and the bests were read from the store since the last failed write
         self._failures, self._retry_at, self._down_since = 0, 0.0, 0.0
+        self._server_errors = 0  # tries in a row the server answered with an error of its own (``server_error``)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -107,7 +115,7 @@ class PendingWrites:
         """Try to send everything until ``deadline`` (``time.monotonic``); whether nothing is left."""
         while not self.flush():
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline or self.kept:
                 return False
             time.sleep(max(0.05, min(self._retry_at, deadline) - now))
         return True
@@ -124,7 +132,7 @@ class PendingWrites:
         timestamp and value) once.
         """
         queue = self._queue
-        if queue and time.monotonic() >= self._retry_at:
+        if queue and not self.kept and time.monotonic() >= self._retry_at:
             try:
                 with fail_fast():
                     if not self._synced:
@@ -135,13 +143,41 @@ class PendingWrites:
                 if self._failures:
                     away = time.monotonic() - self._down_since
                     print(f"[launch] the tracking store answers again after {away:.0f} s: queue sent", file=sys.stderr)
-                self._failures = 0
+                self._failures = self._server_errors = 0
             except Exception as err:
-                if not transient(err):
+                if transient(err):
+                    self._waiting()
+                elif server_error(err):
+                    self._refused(err)
+                else:
                     raise
-                self._waiting()
         self._save()
         return not queue
+
+    @property
+    def kept(self) -> bool:
+        """Whether the server answered ``SERVER_TRIES`` tries in a row with an error: the queue then stays in
+        the spool for ``--resume`` (this process tries no more)."""
+        return self._server_errors >= SERVER_TRIES
+
+    def _refused(self, err: Exception) -> None:
+        """After a try the server answered with an error of its own: a line, a backoff, at the last one the
+        line that the writes are kept."""
+        self._server_errors += 1
+        self._synced = False
+        answer = " ".join(str(err).split())[:200]
+        if self._server_errors == 1:
+            print(
+                f"[launch] the tracking store {self.tracking_uri} refused a trial write ({answer}): retrying",
+                file=sys.stderr,
+            )
+        if self.kept:
+            where = f"in {self.spool} for --resume" if self.spool else "in memory"
+            print(
+                f"[launch] the tracking store refused {SERVER_TRIES} tries in a row: keeping {len(self)} trial writes {where}",
+                file=sys.stderr,
+            )
+        self._retry_at = time.monotonic() + min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (self._server_errors - 1))
 
     def _waiting(self) -> None:
         """After a refused try: the next one after a backoff, a line when the store stopped answering."""
@@ -320,7 +356,7 @@ class MLflowTrials(tune.Callback):
         finished = all(t.status in ("TERMINATED", "ERROR") for t in trials)  # not an interrupted search
         deadline = time.monotonic() + (self.outage_s if finished else 0.0)
         writes = self.writes
-        if not writes.flush() and finished:
+        if not writes.flush() and finished and not writes.kept:
             wait = f"waiting up to {self.outage_s:.0f} s for the tracking store ({len(writes)} writes queued)"
             print(f"[launch] every trial ended; {wait}", file=sys.stderr)
         if writes.drain(deadline):
@@ -347,6 +383,30 @@ class MLflowTrials(tune.Callback):
         self._start(trial)
         self.writes.end(trial.trial_id, tags=tags, status=status)
         self.writes.flush()
+
+
+def server_error(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) is a remote store's 5xx answer that
+    ``medtune.tracking.transient`` does not retry: a 500 (MLflow's client gives up at once on it inside
+    ``fail_fast``: urllib3's ``RetryError``), or an error answer whose MLflow code means a 5xx."""
+    for current in _chain(err):
+        if isinstance(current, requests.exceptions.RetryError):  # urllib3 gave up on a retried error status
+            return True
+        if isinstance(current, RestException) and current.get_http_status_code() >= 500:
+            return True
+        if isinstance(current, MlflowException) and " failed with error code 5" in current.message:  # non-JSON body
+            return True
+    return False
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from, once each."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _error_text(trial: Any) -> str:
