@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cross-validate every trial on K folds of train+val (K >= 2; 0 turns a space's cv block off); "
         "costs K times the compute per trial; overrides the space's cv.folds",
     )
+    p.add_argument(
+        "--accept-unbalanced-folds",
+        action="store_true",
+        help="run a cross-validation whose folds groups keep unbalanced (a fold over 1.5x its share of images, "
+        "or a class below 2/3 of its share in a fold); refused by default; recorded as cv_folds_unbalanced=true",
+    )
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
     p.add_argument(
         "--set",

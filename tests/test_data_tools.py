@@ -258,6 +258,25 @@ def test_split_keeps_groups_together(tmp_path: Path) -> None:
     assert all(len(splits) == 1 for splits in where.values())
 
 
+def test_split_says_when_a_group_unbalances_a_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # 20 atypical and 80 common images; one patient holds 18 atypical and 10 common images.
+    labels = [["atypical"]] * 20 + [["common"]] * 80
+    patients = ["big"] * 18 + ["p1", "p2"] + ["big"] * 10 + [f"q{i}" for i in range(70)]
+    source = write(tmp_path / "all.json", tiny_coco(labels, extra=[{"patient_id": p} for p in patients]))
+    args = ["split", "--coco", str(source), "--out", str(tmp_path / "s"), "--ignore-duplicates"]
+    assert main([*args, "--group-by", "patient_id"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "images per split" in line]
+    # One line: the split sizes, their fair shares, the class left short and the group to blame.
+    assert lines == [
+        "warning: images per split: 76/12/12 (fair 70/15/15): class 'atypical' has 1 of 20 in val (fair 3) because a "
+        "'patient_id' group of 28 images is kept whole in train; class 'atypical' has 1 of 20 in test (fair 3) "
+        "because a 'patient_id' group of 28 images is kept whole in train"
+    ]
+    # Without the patient grouping every class reaches its share, and nothing is said.
+    assert main(args) == 0
+    assert "images per split" not in capsys.readouterr().err
+
+
 def test_split_is_deterministic_per_seed(tmp_path: Path) -> None:
     source = split_fixture(tmp_path)
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):

@@ -25,6 +25,7 @@ class LaunchOptions:
     max_epochs: int | None = None  # overrides the space's budget
     repeats: int | None = None  # seeds the winner is trained with; overrides the space's budget
     folds: int | None = None  # cross-validation folds (>= 2; 0 turns a space's cv off); overrides ``cv.folds``
+    accept_unbalanced_folds: bool = False  # run folds that kept-whole groups unbalance (refused by default)
     smoke: bool = False  # merge the space's smoke block
     overrides: tuple[str, ...] = ()  # "key=value" (launch.py --set), applied after smoke (medtune.overrides)
     seed: int = 0  # sampler, splits and every trial

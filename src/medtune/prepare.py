@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from medtune import build
+from medtune.data import duplicates
 from medtune.data.cache import build_cache
 from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
 from medtune.data.folds import FoldPlan, plan_folds, pool_cache
@@ -130,6 +132,7 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
     if spec.model_kind == "classification" and spec.single_label:  # one class per image, or say which not
         for split in SPLITS:
             single_labels(load_records(dataset, split), dataset.coco_files[split])
+    folds = plan_checked_folds(dataset, space.folds, options) if space.folds else None  # may refuse: before caches
     tracking_uri = options.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # also used by mlflow.pytorch.load_model / log_model
     mlflow.set_registry_uri(tracking_uri)
@@ -139,16 +142,38 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
     sizes = image_sizes(space)
     caches = {size: {s: str(build_cache(dataset, s, size, options.cache_dir)) for s in SPLITS} for size in sizes}
     pred_masks, sources = mask_caches(segmenter, dataset, sizes, options.cache_dir) if segmenter else (None, None)
-    folds = None
-    if space.folds:
-        folds = plan_folds(dataset, space.folds, seed=options.seed, cache_root=options.cache_dir)
-        print(f"[launch] {folds.describe()}")
+    if folds:
         for size in sizes:
             caches[size]["pool"] = str(pool_cache(dataset, size, options.cache_dir))
             if pred_masks:
                 pred_masks[size]["pool"] = str(concat_masks(pred_masks[size]))
     experiment = options.experiment or space.name
     return Prepared(space, dataset, caches, pred_masks, segmenter, tracking_uri, experiment, folds, sources)
+
+
+def plan_checked_folds(dataset: Dataset, folds: int, options: LaunchOptions) -> FoldPlan:
+    """The launch's fold plan, printed; raises ``DataError`` (one line) when kept-whole groups make the
+    folds something other than K-fold cross-validation, unless ``options.accept_unbalanced_folds``."""
+    plan = plan_folds(dataset, folds, seed=options.seed, cache_root=options.cache_dir, near=duplicates.Setting())
+    print(f"[launch] {plan.describe()}")
+    check_balance(plan, accept=options.accept_unbalanced_folds)
+    return plan
+
+
+def check_balance(plan: FoldPlan, *, accept: bool) -> None:
+    """Refuse (``DataError``, one line) an unbalanced plan unless ``accept``; an accepted one is a warning.
+
+    A fold holding out far more than its share trains its model on far less, and the fold mean that
+    the search optimises (and the paired tests compare) rests on folds that are not alike.
+    """
+    if not plan.unbalanced:
+        return
+    if not accept:
+        raise DataError(
+            f"{plan.unbalanced}; this is not {plan.folds}-fold cross-validation: regroup the data "
+            "(python -m medtune.data check lists the groups) or pass --accept-unbalanced-folds"
+        )
+    print(f"[launch] warning: {plan.unbalanced} (accepted: --accept-unbalanced-folds)", file=sys.stderr)
 
 
 def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: str, name: str) -> str:
@@ -184,6 +209,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         )
     if prepared.folds:
         tags["cv_folds_digest"] = prepared.folds.digest
+        tags["cv_folds_unbalanced"] = str(bool(prepared.folds.unbalanced)).lower()  # true: accepted by the user
     run = client.create_run(exp_id, run_name=f"launch-{name}", tags=tags)
     client.log_inputs(run.info.run_id, datasets=dataset_inputs(dataset, prepared.folds))
     params = {
@@ -192,6 +218,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         "seed": options.seed,
         **{f"budget.{k}": v for k, v in space.budget.items()},
         **({"cv_folds": prepared.folds.folds} if prepared.folds else {}),
+        **({"cv_fold_sizes": "/".join(map(str, prepared.folds.sizes()))} if prepared.folds else {}),
         **({"overrides": describe(options.overrides)} if options.overrides else {}),
     }
     for key, value in params.items():

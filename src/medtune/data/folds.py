@@ -4,7 +4,11 @@ The train and val images are pooled and cut into K folds with the rules ``split`
 train/val/test split (``medtune.data.split``): stratified by each image's class key, and never
 separating a unit, where a unit is an image, the images sharing the ``group_by`` field the split was
 made with (``info.split.group_by``), and every near-duplicate group (``medtune.data.duplicates``,
-default setting) merged with the units of its images. Same dataset, K and seed: same folds.
+the launch's setting) merged with the units of its images. Same dataset, K, seed and setting: same folds.
+
+A large unit can make the folds something other than K-fold cross-validation (one fold holding out
+most of the pool, or most of a class): ``FoldPlan.unbalanced`` says so in one line
+(``medtune.data.balance``), and the launch refuses such a plan unless the user accepts it.
 
 The pool is also a cache file (``pool_cache``): the train split's images, then the val split's, so a
 fold is a list of row indices into it. ``FoldPlan.digest`` names the assignment: two launches with
@@ -23,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtune.data import cocoio, duplicates, split
+from medtune.data import balance, cocoio, duplicates, split
 from medtune.data.cache import BATCH, build_cache, cache_ok, load_cache, save_tensors
 from medtune.data.coco import DataError, Dataset
 from medtune.data.streamed import Stream
 
 POOL = ("train", "val")
-PLAN_VERSION = "1"
+PLAN_VERSION = "2"  # 2: class counts and the imbalance line are part of the cached plan
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class FoldPlan:
         pool_ids: image ids in pool order (train split's images, then val's): the rows of ``pool_cache``.
         fold_of: the fold that holds each pool image out (same order as ``pool_ids``).
         duplicate_groups: near-duplicate groups of the pool, each kept inside one fold.
+        class_counts: per class name, the images of that class each fold holds out.
+        unbalanced: one line naming the folds that are not what they say and why; ``""`` when all are.
     """
 
     folds: int
@@ -49,6 +55,8 @@ class FoldPlan:
     pool_ids: tuple[int, ...]
     fold_of: tuple[int, ...]
     duplicate_groups: int = 0
+    class_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    unbalanced: str = ""
 
     @property
     def digest(self) -> str:
@@ -67,6 +75,10 @@ class FoldPlan:
     def val_image_ids(self, k: int) -> list[int]:
         return [self.pool_ids[row] for row in self.val_indices(k)]
 
+    def sizes(self) -> list[int]:
+        """Images each fold holds out, fold 0 first."""
+        return [self.fold_of.count(k) for k in range(self.folds)]
+
     def as_json(self) -> dict:
         """What the launch logs as ``folds.json`` (analyze.py reads it to pair and size the folds)."""
         return {
@@ -75,12 +87,15 @@ class FoldPlan:
             "digest": self.digest,
             "pool_size": len(self.pool_ids),
             "duplicate_groups": self.duplicate_groups,
+            "sizes": self.sizes(),
+            "class_counts": {name: list(counts) for name, counts in self.class_counts},
+            "unbalanced": self.unbalanced,
             "val_image_ids": [self.val_image_ids(k) for k in range(self.folds)],
         }
 
     def describe(self) -> str:
         """One line: folds, pooled images and the images each fold holds out."""
-        sizes = "/".join(str(len(self.val_indices(k))) for k in range(self.folds))
+        sizes = "/".join(map(str, self.sizes()))
         return (
             f"{self.folds}-fold cross-validation over {len(self.pool_ids)} train+val images "
             f"(held out per fold: {sizes}; {self.duplicate_groups} near-duplicate groups kept within a fold; "
@@ -88,22 +103,44 @@ class FoldPlan:
         )
 
 
-def plan_folds(dataset: Dataset, folds: int, *, seed: int, cache_root: Path) -> FoldPlan:
-    """The folds of ``dataset``'s train+val images (computed once, then read from ``cache_root/folds``)."""
-    key = hashlib.sha256(f"{PLAN_VERSION}|{dataset.fingerprint}|{folds}|{seed}".encode()).hexdigest()[:16]
-    path = Path(cache_root) / "folds" / f"{dataset.name}-{key}.json"
+def plan_folds(
+    dataset: Dataset, folds: int, *, seed: int, cache_root: Path, near: duplicates.Setting = duplicates.Setting()
+) -> FoldPlan:
+    """The folds of ``dataset``'s train+val images (computed once, then read from ``cache_root/folds``).
+
+    The cache key holds everything the plan depends on: the dataset's content (its COCO files, so
+    the split's ``group_by``, and its images), K, the seed and the whole duplicate setting ``near``.
+    """
+    what = f"{PLAN_VERSION}|{dataset.fingerprint}|{folds}|{seed}|{near!r}"
+    path = Path(cache_root) / "folds" / f"{dataset.name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.json"
     if path.is_file():
         raw = json.loads(path.read_text())
-        return FoldPlan(folds, seed, tuple(raw["pool_ids"]), tuple(raw["fold_of"]), raw["duplicate_groups"])
-    plan = _plan(dataset, folds, seed)
+        counts = tuple((name, tuple(c)) for name, c in raw["class_counts"])
+        return FoldPlan(
+            folds,
+            seed,
+            tuple(raw["pool_ids"]),
+            tuple(raw["fold_of"]),
+            raw["duplicate_groups"],
+            counts,
+            raw["unbalanced"],
+        )
+    plan = _plan(dataset, folds, seed, near)
     path.parent.mkdir(parents=True, exist_ok=True)
     cocoio.write_json_atomic(
-        path, {"pool_ids": plan.pool_ids, "fold_of": plan.fold_of, "duplicate_groups": plan.duplicate_groups}
+        path,
+        {
+            "pool_ids": plan.pool_ids,
+            "fold_of": plan.fold_of,
+            "duplicate_groups": plan.duplicate_groups,
+            "class_counts": plan.class_counts,
+            "unbalanced": plan.unbalanced,
+        },
     )
     return plan
 
 
-def _plan(dataset: Dataset, folds: int, seed: int) -> FoldPlan:
+def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting) -> FoldPlan:
     cocos = {s: cocoio.load_coco(dataset.coco_files[s]) for s in POOL}
     pooled = {
         "images": cocos["train"]["images"] + cocos["val"]["images"],
@@ -122,7 +159,7 @@ def _plan(dataset: Dataset, folds: int, seed: int) -> FoldPlan:
     group_by = recorded.get("group_by") if isinstance(recorded, dict) else None
     units = split.units_of(where, pooled, group_by)
     files = {s: dataset.coco_files[s] for s in POOL}
-    groups = duplicates.split_groups(files, {s: dataset.images_dirs[s] for s in POOL}, duplicates.Setting())
+    groups = duplicates.split_groups(files, {s: dataset.images_dirs[s] for s in POOL}, near)
     groups = [[{**img, "id": int(str(img["id"]).split(":", 1)[1])} for img in group] for group in groups]
     units = split.merge_units(units, groups)
     if len(units) < folds:
@@ -130,9 +167,23 @@ def _plan(dataset: Dataset, folds: int, seed: int) -> FoldPlan:
             f"{where}: {folds} folds need at least {folds} independent units (images, groups); the pool has {len(units)}"
         )
     shares = {k: 1.0 / folds for k in range(folds)}
-    assigned = split.allocate(split.strata_of(units, split.image_keys(where, pooled)), shares, random.Random(seed))
+    keys = split.image_keys(where, pooled)
+    assigned = split.allocate(split.strata_of(units, keys), shares, random.Random(seed))
     fold_of_id = {i: assigned[unit] for unit, ids in units.items() for i in ids}
-    return FoldPlan(folds, seed, tuple(pool_ids), tuple(fold_of_id[i] for i in pool_ids), len(groups))
+    named = {unit: f"fold {k}" for unit, k in assigned.items()}
+    counts = balance.class_counts([f"fold {k}" for k in range(folds)], named, units, keys)
+    kinds = balance.unit_kinds(units, {img["id"] for g in groups for img in g}, group_by)
+    return FoldPlan(
+        folds,
+        seed,
+        tuple(pool_ids),
+        tuple(fold_of_id[i] for i in pool_ids),
+        len(groups),
+        tuple((name, tuple(per_fold.values())) for name, per_fold in counts.items()),
+        balance.imbalance(
+            "held out per fold", {f"fold {k}": 1.0 / folds for k in range(folds)}, named, units, keys, kinds
+        ),
+    )
 
 
 def concat_caches(files: list[str | Path], out: Path) -> Path:

@@ -16,6 +16,10 @@ Duplicates: by default each near-duplicate group (``medtune.data.duplicates`` wi
 ``near``; exact copies included) is merged into one unit with the units of its images, so a copy of
 a test image never lands in train. ``--ignore-duplicates`` (``near=None``)
 turns this off; image files that cannot be read are left out of the grouping with a warning.
+
+Balance: when kept-whole units make a split more than 1.5x its share of the images, or leave a class
+with less than two thirds of its share in a split, ``SplitResult.unbalanced`` (printed as a warning)
+says so in one line with the sizes and the unit to blame (``medtune.data.balance``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import cocoio, duplicates
+from medtune.data import balance, cocoio, duplicates
 
 SPLITS = ("train", "val", "test")
 
@@ -41,6 +45,7 @@ class SplitResult:
     images_dir: Path
     warnings: list[str] = field(default_factory=list)
     duplicate_groups: list[list[dict]] = field(default_factory=list)  # each kept inside one split
+    unbalanced: str = ""  # one line naming the splits that are not near their shares (``medtune.data.balance``)
 
 
 def split_coco(
@@ -89,6 +94,8 @@ def split_coco(
         cocoio.write_json_atomic(Path(out_dir) / f"{split}.json", out)
     result = _summarise(coco, keys, image_ids, shares, images_dir)
     result.duplicate_groups = groups
+    kinds = balance.unit_kinds(units, {img["id"] for g in groups for img in g}, group_by)
+    result.unbalanced = balance.imbalance("images per split", shares, where, units, keys, kinds)
     if unreadable:
         result.warnings.append(
             f"{len(unreadable)} image files could not be read (first: {unreadable[0]}) and are left out of duplicate grouping; run `python -m medtune.data check`"
@@ -149,7 +156,9 @@ def merge_units(units: dict[object, list[int]], groups: list[list[dict]]) -> dic
     return merged
 
 
-def strata_of(units: dict[object, list[int]], keys: dict[int, tuple[str, ...]]) -> dict[tuple, list[tuple[object, int]]]:
+def strata_of(
+    units: dict[object, list[int]], keys: dict[int, tuple[str, ...]]
+) -> dict[tuple, list[tuple[object, int]]]:
     """Units by stratum (the most common class key of their images) as ``(unit, images)`` pairs."""
     strata: dict[tuple, list[tuple[object, int]]] = defaultdict(list)
     for unit, ids in units.items():
@@ -243,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except cocoio.DataError as err:
         return cocoio.fail(err)
-    for warning in result.warnings:
+    for warning in [*result.warnings, *([result.unbalanced] if result.unbalanced else [])]:
         print(f"warning: {warning}", file=sys.stderr)
     print(format_table(result))
     if args.ignore_duplicates:
