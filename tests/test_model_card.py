@@ -76,6 +76,7 @@ def _masked_card(**changes: object) -> CardInput:
         winner_config={"train.lr": 0.001},
         winner_val=0.5,
         winner_epochs=2,
+        winner_epoch=1,
     )
     lineage = LineageFacts(
         run_id="parent",
@@ -132,6 +133,39 @@ def test_card_of_a_cross_validated_masked_classifier_says_what_each_number_rests
     # Lineage: the segmenter version and how its masks were drawn.
     assert "segmenter `seg-synth-01234567/1` (out-of-fold)" in text
     assert "masked by the segmenter: mode `soft`" in text
+    # The winner's value is dated by the epoch it came from, not by the epochs the trial ran.
+    assert "val/balanced_acc 0.5000 at epoch 1 of the 2 it ran;" in text
+
+
+def test_card_says_where_the_winning_value_came_from_only_when_logged() -> None:
+    card = _masked_card()
+    unlogged = render(_masked_card(search=SearchFacts(**{**card.search.__dict__, "winner_epoch": 0})))
+    # No best/epoch on the winner's run: the card says so instead of naming an epoch.
+    assert "0.5000 (the epoch it came from was not logged; the trial ran 2 epoch(s));" in unlogged
+    assert "at epoch" not in unlogged and "after 2 epoch" not in unlogged
+
+
+@pytest.mark.parametrize(
+    ("config", "random", "line"),
+    [
+        ({}, True, None),
+        ({"model.weights": "none", "model.weights_backbone": "None"}, True, None),
+        ({"model.weights": "DEFAULT"}, False, "`model.weights=DEFAULT`"),
+        # A segmenter with an ImageNet backbone and a random head is not randomly initialised.
+        (
+            {"model.weights": "none", "model.weights_backbone": "IMAGENET1K_V1"},
+            False,
+            "`model.weights_backbone=IMAGENET1K_V1`",
+        ),
+    ],
+)
+def test_random_initialisation_only_when_no_weights_are_loaded(config: dict, random: bool, line: str | None) -> None:
+    card = _masked_card(config=config)
+    said = any(text.startswith("Random initialisation") for text in limitations(card))
+    assert said == random
+    lineage = render(card).split("## Lineage")[1].split("## Limitations")[0]
+    # The weights that were loaded are named in the lineage, with the key that loaded them.
+    assert ("initialised from pretrained weights: " + line in lineage) if line else "pretrained" not in lineage
 
 
 def test_limitations_come_from_the_facts() -> None:
@@ -229,6 +263,9 @@ def test_single_split_classifier_card_and_registry(
     row = f"| balanced_acc | {m['test/balanced_acc']:.3f} | [{low:.3f}, {high:.3f}] | 1 model x 9 test images"
     assert row in card
     assert "One training run" in card and "`data.batch_size=8`" in card
+    # The winner's value is dated by the epoch its run logged as best/epoch.
+    trial = MlflowClient(shared_workspace.tracking_uri).get_run(parent.data.tags["best_run_id"]).data.metrics
+    assert f"at epoch {int(trial['best/epoch'])} of the " in card
 
 
 @pytest.mark.slow

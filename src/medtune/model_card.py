@@ -68,7 +68,8 @@ class SearchFacts:
     winner_name: str
     winner_config: dict[str, object]  # the searched keys' winning values
     winner_val: float
-    winner_epochs: int
+    winner_epochs: int  # epochs the winning trial ran
+    winner_epoch: int = 0  # the epoch ``winner_val`` came from (its run's ``best/epoch``); 0: not logged
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,28 @@ def _search(card: CardInput) -> list[str]:
         "Fixed: " + (", ".join(f"`{k}={v}`" for k, v in sorted(s.fixed.items())) or "nothing"),
         "",
         f"Trials: {sum(s.trials.values())} ({trials}).",
-        f"Winner: trial `{s.winner_name}` (run `{s.winner_run}`), {s.metric} {s.winner_val:.4f} after "
-        f"{s.winner_epochs} epoch(s); "
+        f"Winner: trial `{s.winner_name}` (run `{s.winner_run}`), {s.metric} {s.winner_val:.4f} {_epoch(s)}; "
         + (", ".join(f"`{k}={_short(v)}`" for k, v in s.winner_config.items()) or "no searched key")
         + f". Its whole configuration: params `best.*` of run `{card.lineage.run_id}`.",
     ]
     return lines
+
+
+def _epoch(s: SearchFacts) -> str:
+    """Where the winner's value came from: ``at epoch 3 of the 5 it ran`` (its run's ``best/epoch``)."""
+    if s.winner_epoch <= 0:
+        return f"(the epoch it came from was not logged; the trial ran {s.winner_epochs} epoch(s))"
+    return f"at epoch {s.winner_epoch} of the {s.winner_epochs} it ran"
+
+
+def pretrained(config: dict[str, object]) -> dict[str, str]:
+    """The configuration keys that load pretrained weights, with their values (empty: random initialisation).
+
+    ``model.weights`` (the whole network) and ``model.weights_backbone`` (a segmenter's backbone) load
+    weights unless ``none`` (any case), their default in every model factory (``medtune.models``).
+    """
+    keys = ("model.weights", "model.weights_backbone")
+    return {key: str(config[key]) for key in keys if str(config.get(key, "none")).lower() != "none"}
 
 
 def _short(value: object) -> str:
@@ -292,6 +309,8 @@ def _lineage(card: CardInput) -> list[str]:
     ]
     if lin.fold_models:
         lines.append(f"- trained as {lin.fold_models} fold models, one per cross-validation fold, averaged")
+    if weights := pretrained(card.config):
+        lines.append("- initialised from pretrained weights: " + ", ".join(f"`{k}={v}`" for k, v in weights.items()))
     if lin.segmenter:
         foreign = ", trained on another dataset's split (--allow-foreign-segmenter)" if lin.segmenter_foreign else ""
         lines.append(
@@ -317,8 +336,7 @@ def limitations(card: CardInput) -> list[str]:
         out.append(f"Not retrained with more seeds: the spread of the {lin.fold_models} fold models stands for it.")
     elif card.repeats <= 1:
         out.append("One training run: the interval covers which test images were drawn, not training variance.")
-    weights = str(card.config.get("model.weights", "none"))
-    if weights.lower() == "none":
+    if not pretrained(card.config):
         out.append("Random initialisation: no pretrained weights.")
     stopped = s.trials.get("stopped", 0)
     if stopped:

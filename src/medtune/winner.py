@@ -245,6 +245,8 @@ def search_facts(
         winner_config={key: best.config[key] for key in searched},
         winner_val=best.val_score,
         winner_epochs=row.epochs if row else 0,
+        # the epoch winner_val came from: the trial run's best/epoch (trainables.mlflow_trials), 0 if not logged
+        winner_epoch=int(retrying(lambda: client.get_run(best.run_id)).data.metrics.get("best/epoch", 0)),
     )
 
 
