@@ -132,3 +132,96 @@ def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
     # The previous content survives and no temporary file is left beside it.
     assert torch.equal(load_cache(target)["x"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt", "cache.pt.sha256"]
+
+
+def _masked_dataset(root: Path, segmentation: object, *, height: int = 16) -> Path:
+    """train/val/test of three 16x16 images; annotation 1 (image 1 of train) gets ``segmentation``."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (16, 16), color=60 * i).save(root / "images" / f"img{i}.png")
+    for split in ("train", "val", "test"):
+        images = [{"id": i + 1, "file_name": f"img{i}.png", "width": 16, "height": 16} for i in range(3)]
+        anns = [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "segmentation": [[2, 2, 9, 2, 9, 9]]} for i in range(3)
+        ]
+        if split == "train":
+            images[0]["height"], anns[0]["segmentation"] = height, segmentation
+        coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]}
+        (root / f"{split}.json").write_text(json.dumps(coco))  # NaN and Infinity, as Python's json writes them
+    return root
+
+
+BAD_MASKS = {
+    "nan polygon": ([[float("nan"), 2, 9, 2, 9, 9]], "NaN or infinite coordinate"),
+    "infinite polygon": ([[2, 2, float("inf"), 2, 9, 9]], "NaN or infinite coordinate"),
+    "integer counts": (
+        {"size": [16, 16], "counts": 31},
+        "'counts' must be a list of run lengths or a compressed string",
+    ),
+    "negative counts": ({"size": [16, 16], "counts": [-5, 261]}, "non-negative integers"),
+    "garbage string": ({"size": [16, 16], "counts": "zz~~\x7f"}, "not a compressed RLE string"),
+    "short counts": ({"size": [16, 16], "counts": [3, 2]}, "cover 5 pixels, expected 16*16 = 256"),
+    "short compressed": ({"size": [16, 16], "counts": "0P4"}, "cover 128 pixels, expected 16*16 = 256"),
+    "rle size": ({"size": [8, 32], "counts": [256]}, "'size' is [8, 32], expected [16, 16]"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_MASKS))
+def test_bad_masks_are_refused_in_one_line_before_decoding(tmp_path: Path, name: str, capsys) -> None:
+    from medtune.data.__main__ import main as data_main
+    from medtune.prepare import check_dataset
+
+    segmentation, expected = BAD_MASKS[name]
+    data = _masked_dataset(tmp_path / "data", segmentation)
+    train = data / "train.json"
+    # check: one problem line naming the image, annotation 1 and what was expected; exit 1 (problems found).
+    assert data_main(["check", "--coco", str(train)]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "annotation 1" in line]
+    assert len(lines) == 1 and expected in lines[0] and "malformed_entry" in lines[0], lines
+    # The launch's pre-training check refuses the dataset, with a line naming the file.
+    dataset = resolve_dataset(data, cache_root=tmp_path / "cache")
+    with pytest.raises(DataError) as err:
+        check_dataset(dataset)
+    assert any(line.startswith(str(train)) and expected in line for line in str(err.value).splitlines()), err.value
+    # The cache build (for callers that skip the check) refuses it too: one line, no file written.
+    with pytest.raises(DataError) as err:
+        build_cache(dataset, "train", 16, tmp_path / "cache")
+    assert (
+        "\n" not in str(err.value)
+        and str(err.value).startswith(f"{train}: annotation 1 ")
+        and expected in str(err.value)
+    )
+    assert not (tmp_path / "cache" / "data").exists() or not list((tmp_path / "cache" / "data").iterdir())
+
+
+def test_rle_sized_like_its_entry_but_not_its_file_is_one_line(tmp_path: Path) -> None:
+    # The COCO entry says 20 rows, the file has 16: the RLE agrees with the entry, so the fast check passes.
+    data = _masked_dataset(tmp_path / "data", {"size": [20, 16], "counts": [320]}, height=20)
+    dataset = resolve_dataset(data, cache_root=tmp_path / "cache")
+    with pytest.raises(DataError) as err:
+        build_cache(dataset, "train", 16, tmp_path / "cache")
+    message = str(err.value)
+    assert (
+        "\n" not in message
+        and message.startswith(f"{data / 'train.json'}: image 1 (img0.png")
+        and "annotation 1" in message
+    )
+    assert "'size' is [20, 16], expected [16, 16]" in message
+    assert not list((tmp_path / "cache" / "data").iterdir())  # nothing written, not even a temporary file
+
+
+def test_compressed_rle_decoder_agrees_with_pycocotools() -> None:
+    from pycocotools import mask as mask_utils
+
+    from medtune.data.cocoio import mask_problem
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        block = np.asfortranarray(rng.random((height, width)) < rng.random(), dtype=np.uint8)
+        counts = mask_utils.encode(block)["counts"].decode()
+        # Every mask pycocotools encodes passes the rule and decodes back to itself.
+        assert mask_problem({"size": [height, width], "counts": counts}, (height, width)) is None
+        assert (segmentation_mask({"size": [height, width], "counts": counts}, height, width) == block).all()

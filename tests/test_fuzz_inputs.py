@@ -13,9 +13,15 @@ import contextlib
 import copy
 import io
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
@@ -261,3 +267,170 @@ def test_mutated_space_gives_success_or_one_user_error(
             assert "\n" not in str(err), str(err)
             assert str(err).startswith((str(path), "--")), str(err)
     assert store_state() == store  # nothing written to MLflow
+
+
+# Masks: generated polygons and RLEs driven through the check, the cache build and the decoder, in a
+# subprocess whose address space is capped (resource.RLIMIT_AS) a few GB above what its imports mapped,
+# so an attempt to allocate tens of GB (pycocotools on a NaN coordinate) fails the test, not the machine.
+HEADROOM = 3 << 30  # bytes of address space the mask cases may add to the imports' (torch alone maps ~3 GB)
+MASK_CASES = 300
+BAD_NUMBERS = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e12, -1e12, 1e300, -1.0, 0, SIZE, SIZE + 0.5, 2**31, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**40), 2**40),
+)
+GOOD_POLYGON = [2, 2, 10, 2, 10, 10]
+MASK_POLYGONS = st.one_of(
+    st.lists(BAD_NUMBERS, max_size=10),
+    st.tuples(st.integers(0, 5), BAD_NUMBERS).map(lambda t: GOOD_POLYGON[: t[0]] + [t[1]] + GOOD_POLYGON[t[0] + 1 :]),
+    st.lists(WEIRD, max_size=6),
+    st.just(GOOD_POLYGON),
+)
+COUNTS_CHANGES = st.one_of(
+    st.none(),
+    st.tuples(st.just("item"), st.integers(0, 40), st.one_of(BAD_NUMBERS, WEIRD)),  # one run replaced
+    st.tuples(st.just("cut"), st.integers(1, 5)),  # runs or characters dropped from the end
+    st.tuples(st.just("append"), st.integers(-5, 300)),
+    st.tuples(st.just("char"), st.integers(0, 40), st.characters(min_codepoint=32, max_codepoint=200)),
+    st.tuples(st.just("whole"), st.one_of(WEIRD, st.text(max_size=12), st.lists(BAD_NUMBERS, max_size=4))),
+)
+RLE_SIZES = st.one_of(
+    st.none(),  # [height, width] of the file: right
+    WEIRD,
+    st.lists(st.integers(-2, 40), max_size=3),
+    st.sampled_from([[SIZE, SIZE + 1], [SIZE * 2, SIZE // 2], [2**31, 2], [float(SIZE), SIZE], ["16", SIZE]]),
+)
+
+
+def rle_counts(rect: tuple[int, int, int, int], *, compressed: bool) -> list[int] | str:
+    """Counts of a SIZE x SIZE mask holding the rectangle rows rect[0]:rect[1], columns rect[2]:rect[3]."""
+    from pycocotools import mask as mask_utils
+
+    block = np.zeros((SIZE, SIZE), dtype=np.uint8, order="F")
+    block[rect[0] : rect[1], rect[2] : rect[3]] = 1
+    if compressed:
+        return mask_utils.encode(block)["counts"].decode()
+    flat, runs, value = block.ravel(order="F"), [], 0
+    for start in range(len(flat) + 1):  # run lengths of 0s then 1s, alternating, column-major
+        if start == len(flat) or flat[start] != value:
+            runs.append(start - sum(runs))
+            value = 1 - value
+    return runs
+
+
+def change_counts(counts: list | str, change: tuple | None) -> object:
+    """``counts`` with one change (see ``COUNTS_CHANGES``); positions are taken modulo the length."""
+    if change is None:
+        return counts
+    kind, *args = change
+    if kind == "whole":
+        return args[0]
+    if kind == "cut":
+        return counts[: max(0, len(counts) - args[0])]
+    if kind == "append":
+        return counts + ([args[0]] if isinstance(counts, list) else str(args[0]))
+    k = args[0] % max(1, len(counts))
+    if kind == "item" and isinstance(counts, list) and counts:
+        return counts[:k] + [args[1]] + counts[k + 1 :]
+    if kind == "char" and isinstance(counts, str) and counts:
+        return counts[:k] + args[1] + counts[k + 1 :]
+    return counts
+
+
+@st.composite
+def mask_cases(draw: st.DrawFn) -> tuple[object, tuple[int, int] | None]:
+    """A segmentation for image 1 (a SIZE x SIZE file) and, maybe, other height/width for its COCO entry."""
+    json_size = draw(st.one_of(st.none(), st.tuples(st.integers(1, 40), st.integers(1, 40))))
+    kind = draw(st.sampled_from(["polygons", "rle", "rle", "weird"]))
+    if kind == "polygons":
+        return draw(st.lists(MASK_POLYGONS, min_size=1, max_size=3)), json_size
+    if kind == "weird":
+        return draw(WEIRD), json_size
+    a, b, c, d = draw(st.tuples(*[st.integers(0, SIZE)] * 4))
+    counts = rle_counts((min(a, b), max(a, b), min(c, d), max(c, d)), compressed=draw(st.booleans()))
+    size = draw(RLE_SIZES)
+    if size is None:  # right for the COCO entry; wrong for the file when json_size is set
+        size = list(json_size or (SIZE, SIZE))
+    return {"size": size, "counts": change_counts(counts, draw(COUNTS_CHANGES))}, json_size
+
+
+def one_line_naming(err: Exception, path: Path) -> None:
+    first, *details = str(err).splitlines()
+    assert str(path.parent) in first, str(err)  # the check's summary names the dataset, its lines the file
+    assert all(line.startswith(str(path)) for line in details), str(err)
+
+
+@given(case=mask_cases())
+@example(case=([[math.nan, 1, 4, 1, 4, 4]], None))  # pycocotools allocated ~25 GB (segfault under a limit)
+@example(case=([[1, 1, math.inf, 1, 4, 4]], None))
+@example(case=({"size": [SIZE, SIZE], "counts": 31}, None))  # TypeError
+@example(case=({"size": [SIZE, SIZE], "counts": "zz~~\x7f"}, None))  # ValueError
+@example(case=({"size": [SIZE, SIZE], "counts": [-5, SIZE * SIZE + 5]}, None))  # OverflowError
+@example(case=({"size": [SIZE, SIZE], "counts": [3, 2]}, None))  # silently a wrong mask
+@example(case=({"size": [20, SIZE], "counts": [20 * SIZE]}, (20, SIZE)))  # the file is 16 high: crashed the cache
+@settings(
+    max_examples=MASK_CASES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+def mask_cases_end_in_a_cache_or_one_line(folder: Path, case: tuple) -> None:
+    """Run in the capped subprocess: the check, the cache build (also past a failed check) and the decoder."""
+    from medtune.data.cache import build_cache, cache_ok
+    from medtune.data.cocoio import DataError, segmentation_mask
+
+    segmentation, json_size = case
+    coco = valid_coco()
+    coco["annotations"][0]["segmentation"] = segmentation
+    if json_size:
+        coco["images"][0]["height"], coco["images"][0]["width"] = json_size
+    train = folder / "train.json"
+    train.write_text(json.dumps(coco))
+    shutil.rmtree(folder / "cache", ignore_errors=True)
+    print(f"case {case!r:.300}", flush=True)  # the last line seen if the process dies
+    dataset = resolve_dataset(folder, cache_root=folder / "cache")
+    try:
+        check_dataset(dataset)
+        checked = True
+    except DataError as err:
+        one_line_naming(err, train)
+        checked = False
+    try:  # prepare builds caches after the check; a caller that skips the check gets one line too
+        assert cache_ok(build_cache(dataset, "train", SIZE, folder / "cache"))
+    except DataError as err:
+        assert "\n" not in str(err) and str(err).startswith(str(train)), str(err)
+        # Nothing written: no cache file, no temporary file.
+        assert not list((folder / "cache").rglob("*.pt*")) and not list((folder / "cache").rglob("*.tmp"))
+        # The check passes only what the cache builds, except an RLE sized like a COCO entry that disagrees with its file.
+        assert not checked or json_size not in (None, (SIZE, SIZE)), str(err)
+    try:  # the decoder itself, whatever came before it
+        assert segmentation_mask(segmentation, SIZE, SIZE).shape == (SIZE, SIZE)
+    except DataError as err:
+        assert "\n" not in str(err), str(err)
+
+
+MASK_RUNNER = """
+import importlib.util, resource, sys, torch
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("fuzz", sys.argv[1])
+fuzz = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fuzz)
+import medtune.data.cache, medtune.prepare  # everything imported before the cap
+torch.set_num_threads(1)
+mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (mapped + fuzz.HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))
+fuzz.mask_cases_end_in_a_cache_or_one_line(Path(sys.argv[2]))
+"""
+
+
+def test_mutated_masks_end_in_a_cache_or_one_line_under_a_memory_cap(dataset_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(dataset_dir / "images", folder / "images")
+    for name in ("val", "test"):
+        (folder / f"{name}.json").write_text(json.dumps(valid_coco()))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-c", MASK_RUNNER, __file__, str(folder)],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    cases = proc.stdout.count("\ncase ") + proc.stdout.startswith("case ")
+    # A crash (a signal: negative code) or any exception but a one-line DataError fails, with the last case run.
+    assert proc.returncode == 0, f"exit {proc.returncode}; {proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
+    assert cases >= MASK_CASES, cases

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from medtune.data.coco import Dataset, Records, load_records
-from medtune.data.cocoio import atomic_file, segmentation_mask
+from medtune.data.cocoio import DataError, atomic_file, segmentation_mask
 from medtune.data.imageio import read_image
 from medtune.data.streamed import Stream, save_streamed
 
@@ -46,11 +46,17 @@ def cache_path(dataset: Dataset, split: str, size: int, cache_root: Path) -> Pat
     return cache_root / "data" / f"{dataset.name}-{split}-{size}px-{key}.pt"
 
 
-def _mask(segmentations: list, height: int, width: int) -> np.ndarray:
-    """uint8 (height, width) union of an image's annotations (``cocoio.segmentation_mask`` each)."""
+def _mask(segmentations: list, height: int, width: int, ids: list | None = None) -> np.ndarray:
+    """uint8 (height, width) union of an image's annotations (``cocoio.segmentation_mask`` each).
+
+    A segmentation the decoder refuses raises :class:`DataError` naming its annotation id (``ids``).
+    """
     out = np.zeros((height, width), dtype=bool)
-    for seg in segmentations:
-        out |= segmentation_mask(seg, height, width)
+    for k, seg in enumerate(segmentations):
+        try:
+            out |= segmentation_mask(seg, height, width)
+        except DataError as err:
+            raise DataError(f"annotation {ids[k] if ids else k}: {err}") from None
     return out.astype(np.uint8)
 
 
@@ -121,21 +127,40 @@ def letterbox(img: Image.Image, size: int, resample: int) -> np.ndarray:
     return out
 
 
-def _encode(path: Path, segmentations: list, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image letterboxed as uint8 [3,S,S] and its lesion mask as uint8 [1,S,S] (lesion = 1)."""
+def _encode(path: Path, segmentations: list, size: int, ids: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One image letterboxed as uint8 [3,S,S] and its lesion mask as uint8 [1,S,S] (lesion = 1).
+
+    The masks are decoded at the image file's size: an RLE sized by a COCO entry that disagrees with
+    the file raises :class:`DataError` (``ids``: the annotation ids, for the message).
+    """
     img = read_image(path)
-    mask = Image.fromarray(_mask(segmentations, img.height, img.width) * 255)
+    mask = Image.fromarray(_mask(segmentations, img.height, img.width, ids) * 255)
     image = letterbox(img, size, Image.BILINEAR).transpose(2, 0, 1)
     lesion = letterbox(mask, size, Image.BILINEAR) >= 128
     return image, lesion[None].astype(np.uint8)
 
 
-def _batches(records: Records, size: int) -> Iterator[dict[str, np.ndarray]]:
-    """``images`` and ``masks`` of ``BATCH`` images at a time, in the split's order."""
+def _batches(records: Records, size: int, source: Path) -> Iterator[dict[str, np.ndarray]]:
+    """``images`` and ``masks`` of ``BATCH`` images at a time, in the split's order (``source``: the COCO file)."""
     for start in range(0, len(records.paths), BATCH):
         rows = range(start, min(start + BATCH, len(records.paths)))
-        encoded = [_encode(records.paths[i], records.segmentations[i], size) for i in rows]
+        encoded = [_encoded(records, i, size, source) for i in rows]
         yield {"images": np.stack([e[0] for e in encoded]), "masks": np.stack([e[1] for e in encoded])}
+
+
+def _encoded(records: Records, i: int, size: int, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_encode` of image ``i``; a refused mask's error names the COCO file, the image and its size there."""
+    ids = records.annotation_ids[i] if records.annotation_ids else None
+    try:
+        return _encode(records.paths[i], records.segmentations[i], size, ids)
+    except DataError as err:
+        if str(err).startswith(str(records.paths[i])):  # read_image's own line names the file
+            raise
+        height, width = records.sizes[i]
+        where = (
+            f"image {records.image_ids[i]} ({records.paths[i].name}; height {height}, width {width} in the COCO file)"
+        )
+        raise DataError(f"{source}: {where}: {err}") from None
 
 
 def build_cache(dataset: Dataset, split: str, size: int, cache_root: Path) -> Path:
@@ -154,7 +179,8 @@ def build_cache(dataset: Dataset, split: str, size: int, cache_root: Path) -> Pa
         "image_ids": torch.tensor(records.image_ids),
         "labels": [torch.tensor(labels, dtype=torch.long) for labels in records.labels],
     }
-    return save_tensors(tensors, path, stream=Stream(("images", "masks"), _batches(records, size)))
+    batches = _batches(records, size, dataset.coco_files[split])
+    return save_tensors(tensors, path, stream=Stream(("images", "masks"), batches))
 
 
 CacheSource = str | Path | Mapping  # a cache file, or a cache already open (``medtune.data.shared``)

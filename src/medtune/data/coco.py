@@ -16,12 +16,12 @@ changes the fingerprint and the cache files.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medtune.data.cocoio import DataError, escapes, images_dir_for, load_coco
+from medtune.data.cocoio import DataError, escapes, images_dir_for, load_coco, mask_problem
 
 SPLITS = ("train", "val", "test")
 
@@ -53,6 +53,7 @@ class Records:
     labels: list[list[int]]  # class indices (0..K-1) present in the image, sorted
     segmentations: list[list]  # per image: list of COCO segmentations (polygons or RLE)
     sizes: list[tuple[int, int]]  # (height, width) from the JSON
+    annotation_ids: list[list[int]] = field(default_factory=list)  # per image: the ids of its segmentations
 
 
 def _fingerprint(digests: dict[str, str]) -> str:
@@ -141,7 +142,11 @@ def _split_single_file(path: Path, *, cache_root: Path, seed: int) -> Path:
 
 
 def load_records(dataset: Dataset, split: str) -> Records:
-    """Read one split's images, label sets and segmentations, validating references."""
+    """Read one split's images, label sets and segmentations, validating references and segmentations.
+
+    A segmentation pycocotools must not see (``cocoio.mask_problem``, against the JSON's height and
+    width) raises :class:`DataError` naming the file and annotation, before any mask is decoded.
+    """
     path = dataset.coco_files[split]
     data = load_coco(path)
     index_of = {cid: i for i, cid in enumerate(dataset.category_ids)}
@@ -160,8 +165,15 @@ def load_records(dataset: Dataset, split: str) -> Records:
         records.paths.append(_image_path(path, images_dir, img))
         anns = by_image.get(img["id"], [])
         records.labels.append(sorted({index_of[a["category_id"]] for a in anns}))
-        records.segmentations.append([a["segmentation"] for a in anns if a.get("segmentation")])
-        records.sizes.append((int(img["height"]), int(img["width"])))
+        masked = [a for a in anns if a.get("segmentation")]
+        size = (int(img["height"]), int(img["width"]))
+        for ann in masked:
+            problem = mask_problem(ann["segmentation"], size)
+            if problem is not None:
+                raise DataError(f"{path}: annotation {ann.get('id')} (image {img['id']}): {problem}")
+        records.segmentations.append([a["segmentation"] for a in masked])
+        records.annotation_ids.append([a.get("id") for a in masked])
+        records.sizes.append(size)
     return records
 
 
