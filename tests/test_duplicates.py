@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance
 
 from medtune.data import duplicates, similarity
 from medtune.data.__main__ import main
@@ -117,6 +117,201 @@ def test_similarity_scores_copies_above_lookalikes() -> None:
     # planted copies correlate above the default; distinct images below; identical thumbnails score 1
     assert (score[: len(copies)] >= duplicates.DEFAULT_SIMILARITY).all(), score
     assert (score[len(copies) : -1] < duplicates.DEFAULT_SIMILARITY).all() and score[-1] == 1.0, score
+
+
+def framed(image: Image.Image, seed: int) -> Image.Image:
+    """``image`` (RGB) seen through a dark circular frame (radius 0.3 of the side) with burnt-in text."""
+    rng = np.random.default_rng(seed)
+    side = image.width
+    y, x = np.mgrid[:side, :side] + 0.5
+    centre = side / 2 + rng.uniform(-0.5, 0.5, 2)
+    inside = (((x - centre[0]) ** 2 + (y - centre[1]) ** 2) <= (0.3 * side) ** 2)[..., None]
+    rgb = np.where(inside, np.asarray(image.convert("RGB"), dtype=np.float32), 10.0 + rng.normal(0, 2, (side, side, 1)))
+    out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    ImageDraw.Draw(out).text((1, side - 11), "x20 SCOPE", fill=(255, 255, 255))
+    return out
+
+
+def framed_lesions(n: int, size: int = 96) -> list[Image.Image]:
+    """``n`` distinct synthetic lesions (centred on skin: look-alikes) inside one dermoscope frame."""
+    from medtune.data.synth_render import render
+
+    return [framed(render(np.random.default_rng(i), size, i % 3, i % 3)[0], i) for i in range(n)]
+
+
+def jpeg(image: Image.Image, quality: int = 60) -> Image.Image:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+COPY_KINDS = {  # one transform per kind, at the strength the benchmark plants at most
+    "rescale": lambda im: im.resize((im.width * 4 // 5, im.height * 4 // 5), Image.BILINEAR),
+    "crop": lambda im: im.crop((3, 2, im.width - 2, im.height - 3)),  # 5% per side: 9% lost a copy (0.933)
+    "jpeg": jpeg,
+    "brightness": lambda im: ImageEnhance.Brightness(im).enhance(0.85),
+    "rotation": lambda im: im.rotate(4, resample=Image.BILINEAR),
+}
+
+
+@pytest.fixture(scope="module")
+def lesions() -> list[Image.Image]:
+    return framed_lesions(40)
+
+
+def test_framed_distinct_lesions_form_no_group(lesions: list[Image.Image]) -> None:
+    prints = {i: duplicates.image_fingerprint(img) for i, img in enumerate(lesions)}
+    found = duplicates.near_grouping(prints, duplicates.Setting())
+    # the shared frame joins nothing: no group, trusted or suspicious
+    assert found.groups == [] and found.suspicious == [], found
+    # the frame is found from the data: its pixels (thumbnail corners) weigh 0, the centre 1
+    weights = similarity.content_weights(np.stack([p.thumb for p in prints.values()]))
+    assert weights[0, 0] == 0 and weights[-1, -1] == 0 and weights[16, 16] == 1
+
+
+KNOWN_GAP = pytest.mark.xfail(
+    strict=True,
+    reason="issue 23: a 5% crop of lesion 22 scores 0.937 weighted (0.971 unweighted): frame weights sit in the "
+    "original's coordinates, the crop's frame is displaced",
+)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=KNOWN_GAP) if k == "crop" else k for k in sorted(COPY_KINDS)])
+def test_framed_transformed_copies_are_found(lesions: list[Image.Image], kind: str) -> None:
+    originals = (0, 7, 22)
+    images = lesions + [COPY_KINDS[kind](lesions[k]) for k in originals]
+    found = duplicates.near_groups(
+        {i: duplicates.image_fingerprint(im) for i, im in enumerate(images)}, duplicates.Setting()
+    )
+    # each copy is grouped with its original, and nothing else is grouped
+    assert sorted(found) == [[k, len(lesions) + c] for c, k in enumerate(originals)], found
+
+
+def test_brightness_only_copy_scores_one(lesions: list[Image.Image]) -> None:
+    thumbs = [similarity.thumbnail(im) for im in lesions]
+    weights = similarity.content_weights(np.stack(thumbs))
+    darker = similarity.thumbnail(ImageEnhance.Brightness(lesions[3]).enhance(0.8))
+    score = similarity.pair_similarity(np.stack([thumbs[3], darker]), [(0, 1)], weights=weights)
+    # a brightness change scales the pixels: the normalised correlation is (almost exactly) 1
+    assert score[0] >= 0.999, score
+
+
+def textured(seed: int = 3) -> Image.Image:
+    """A 128 px picture with detail at the thumbnail's scale (16 x 16 random cells, bicubic)."""
+    cells = np.random.default_rng(seed).integers(0, 256, (16, 16), dtype=np.uint8)
+    return Image.fromarray(cells).resize((128, 128), Image.BICUBIC)
+
+
+def test_angle_refinement_matters() -> None:
+    image = textured()
+    thumbs = np.stack([similarity.thumbnail(image), similarity.thumbnail(image.rotate(1.5, resample=Image.BILINEAR))])
+    refined = similarity.pair_similarity(thumbs, [(0, 1)])[0]
+    grid_only = similarity.pair_similarity(thumbs, [(0, 1)], refine_from=2.0)[0]
+    # 1.5 degrees lies halfway between grid angles: only the local search finds it (grid: about 0.984)
+    assert refined >= 0.995 and grid_only < 0.99, (refined, grid_only)
+
+
+def test_scale_refinement_matters() -> None:
+    image = textured()
+    zoomed = image.resize((137, 137), Image.BILINEAR).crop((4, 4, 132, 132))  # crop factor 0.934: off the grid
+    thumbs = np.stack([similarity.thumbnail(image), similarity.thumbnail(zoomed)])
+    refined = similarity.pair_similarity(thumbs, [(0, 1)])[0]
+    grid_only = similarity.pair_similarity(thumbs, [(0, 1)], refine_from=2.0)[0]
+    # the grid's crop factors are 0.9, 0.95, 1: the local search's scale steps reach 0.934 (grid: about 0.978)
+    assert refined >= 0.985 and grid_only < 0.982, (refined, grid_only)
+
+
+def test_bilinear_sampler_matches_scipy() -> None:
+    from scipy.ndimage import map_coordinates
+
+    thumb = np.random.default_rng(0).uniform(0, 255, (similarity.THUMB, similarity.THUMB)).astype(np.float32)
+    params = np.array([[0.0, 1.0, 1.0, 0.3, -0.2], [np.deg2rad(2.5), 0.93, 0.97, 1.1, 0.7]])
+    x, y = similarity._coordinates(params)
+    inner = np.arange(similarity.MARGIN, similarity.THUMB - similarity.MARGIN)
+    cols, rows = (a.ravel() for a in np.meshgrid(inner, inner))
+    # no rotation or scale: a shift of (0.3, -0.2) pixels moves every sample by exactly that
+    assert np.allclose(x[0], cols + 0.3) and np.allclose(y[0], rows - 0.2)
+    index, weight = similarity._sampling(params)
+    sampled = (thumb.ravel()[index] * weight).sum(axis=0)
+    # the bilinear sampler equals scipy's order-1 interpolation at the same sub-pixel coordinates
+    assert np.allclose(sampled, map_coordinates(thumb, [y.ravel(), x.ravel()], order=1).reshape(x.shape), atol=1e-3)
+
+
+def test_a_chain_is_not_one_group() -> None:
+    a, c = (np.asarray(distinct_image(seed), dtype=np.float32) for seed in (40, 41))
+    b = (a + c) / 2  # like both (correlation about 0.7), while a and c are unlike
+    images = [Image.fromarray(x.astype(np.uint8)) for x in (a, b, c)]
+    prints = {i: duplicates.image_fingerprint(im) for i, im in enumerate(images)}
+    setting = duplicates.Setting(duplicates.HASH_BITS - 1, 0.6)
+    assert len(duplicates.confirmed_pairs(list(prints.values()), setting)) == 2  # a~b and b~c, not a~c
+    # b joins one of them; a and c never share a group
+    assert duplicates.near_groups(prints, setting) in ([[0, 1]], [[1, 2]])
+
+
+def test_coherent_groups_merge_only_mostly_confirmed_groups() -> None:
+    table = {(0, 1): 0.99, (1, 2): 0.98, (0, 2): 0.5, (2, 3): 0.97, (0, 3): 0.96, (1, 3): 0.95}
+
+    def scores(pairs: list[tuple[int, int]]) -> np.ndarray:
+        return np.array([table.get((min(p), max(p)), 0.0) for p in pairs])
+
+    edges = sorted(table, key=table.get, reverse=True)
+    # {0, 1} then 2 (1 of 2 cross pairs: refused), {2, 3}, then {0, 1} + {2, 3}: 3 of 4 cross pairs (< 80%)
+    assert duplicates.coherent_groups(edges, scores, 0.94) == [[0, 1], [2, 3]]
+    table[(0, 2)] = 0.95  # now every pair is confirmed: one group
+    assert duplicates.coherent_groups(edges, scores, 0.94) == [[0, 1, 2, 3]]
+
+
+def test_a_large_group_is_suspicious_unless_accepted(lesions: list[Image.Image]) -> None:
+    many = [ImageEnhance.Brightness(lesions[0]).enhance(1 - 0.01 * k) for k in range(12)]  # 12 > group_bound(52)
+    prints = {i: duplicates.image_fingerprint(im) for i, im in enumerate(lesions[1:] + many)}
+    assert duplicates.group_bound(len(prints)) == 10
+    found = duplicates.near_grouping(prints, duplicates.Setting())
+    # the 12 are one coherent group, over the bound: reported apart, not returned for splits
+    assert found.groups == [] and [len(g) for g in found.suspicious] == [12]
+    assert duplicates.near_groups(prints, duplicates.Setting()) == []
+    accepted = duplicates.near_grouping(prints, duplicates.Setting(accept_large=True))
+    assert [len(g) for g in accepted.groups] == [12] and accepted.suspicious == []
+
+
+def test_check_reports_a_suspicious_group(
+    tmp_path: Path, lesions: list[Image.Image], capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "images").mkdir()
+    images = lesions[:30] + [ImageEnhance.Brightness(lesions[0]).enhance(1 - 0.01 * k) for k in range(1, 12)]
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    for i, img in enumerate(images):
+        img.save(tmp_path / "images" / f"{i}.png")
+        coco["images"].append({"id": i + 1, "file_name": f"{i}.png", "width": img.width, "height": img.height})
+        box = [1.0, 1.0, 9.0, 1.0, 9.0, 9.0, 1.0, 9.0]
+        coco["annotations"].append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "segmentation": [box],
+                "area": 64.0,
+                "bbox": [1, 1, 8, 8],
+                "iscrowd": 0,
+            }
+        )
+    (tmp_path / "all.json").write_text(json.dumps(coco))
+    assert main(["check", "--coco", str(tmp_path / "all.json")]) == 0
+    out = capsys.readouterr().out
+    # one line with the group's size and a few file names; the group is not listed as a near-duplicate group
+    assert "suspicious near-duplicate group of 12 images" in out and "0.png, 30.png, 31.png, ..." in out, out
+    assert "near duplicates (" not in out
+    assert main(["check", "--coco", str(tmp_path / "all.json"), "--accept-groups"]) == 0
+    out = capsys.readouterr().out
+    assert "suspicious" not in out and "group of 12:" in out, out
+
+
+def test_exact_copy_mode_groups_exact_copies() -> None:
+    images, _ = planted_set()
+    prints = {i: duplicates.image_fingerprint(img) for i, img in enumerate(images)}
+    prints["copy of 4"] = duplicates.image_fingerprint(images[4].copy())
+    prints["copy of 9"] = duplicates.image_fingerprint(images[9].copy())
+    # threshold 0, similarity 1: only the identical pictures are grouped
+    assert duplicates.near_groups(prints, duplicates.Setting(0, 1.0)) == [[4, "copy of 4"], [9, "copy of 9"]]
 
 
 def test_union_groups_is_transitive() -> None:

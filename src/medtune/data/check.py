@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.data import cocoio, duplicates
@@ -31,7 +32,14 @@ from medtune.data.fix import fix_coco, removed_path
 from medtune.data.imageio import read_image
 from medtune.data.problems import KINDS, Problem, Report, print_report
 
-__all__ = ["KINDS", "Problem", "Report", "check_coco", "fix_coco", "print_report", "removed_path"]
+__all__ = ["KINDS", "CheckReport", "Problem", "Report", "check_coco", "fix_coco", "print_report", "removed_path"]
+
+
+@dataclass
+class CheckReport(Report):
+    """A :class:`Report` and the near-duplicate groups too large to trust (``duplicates.Grouping.suspicious``)."""
+
+    suspicious_groups: list[list[dict]] = field(default_factory=list)
 
 
 def check_coco(
@@ -43,11 +51,12 @@ def check_coco(
 ) -> Report:
     """Check ``coco_path``; raises ``cocoio.DataError`` only if the file itself cannot be read."""
     coco = cocoio.load_coco(coco_path)
-    report = Report(Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco, near=near)
+    report = CheckReport(Path(coco_path), cocoio.images_dir_for(coco_path, coco, images_dir), coco=coco, near=near)
     known_categories = _check_categories(report)
     images = _check_images(report, fast=fast)
     if not fast:  # missing and unreadable files are skipped here (reported above)
-        report.near_groups = duplicates.image_groups(list(images.values()), report.images_dir, near)[0]
+        found = duplicates.image_grouping(list(images.values()), report.images_dir, near)
+        report.near_groups, report.suspicious_groups = found.groups, found.suspicious
     annotated = _check_annotations(report, images, known_categories)
     for i, img in enumerate(coco["images"]):
         if isinstance(img, dict) and _is_id(img.get("id")) and img["id"] in images and img["id"] not in annotated:
@@ -248,8 +257,11 @@ def check_split_folder(folder: Path, images_dir: Path | None, *, near: duplicate
     reports = {s: check_coco(path, images_dir, near=near) for s, path in files.items()}
     for report in reports.values():
         print_report(report, max_report=max_report)
-    groups = duplicates.split_groups(files, {s: r.images_dir for s, r in reports.items()}, near)
-    across = duplicates.straddling(groups)
+    found = duplicates.split_grouping(files, {s: r.images_dir for s, r in reports.items()}, near)
+    groups, across = found.groups, duplicates.straddling(found.groups)
+    n_images = sum(len(r.coco["images"]) for r in reports.values())
+    for line in duplicates.suspicious_lines(found.suspicious, n_images, max_report=max_report):
+        print(line)
     print(f"across splits: {len(groups)} duplicate group(s), {len(across)} straddling two or more splits")
     for line in duplicates.group_lines(across, label="straddling_duplicates", max_report=max_report):
         print(line)
@@ -281,6 +293,9 @@ def run(args: argparse.Namespace) -> int:
             return check_split_folder(args.coco, args.images, near=near, max_report=args.max_report)
         report = check_coco(args.coco, args.images, near=near)
         print_report(report, max_report=args.max_report)
+        n_images = len(report.coco["images"])
+        for line in duplicates.suspicious_lines(report.suspicious_groups, n_images, max_report=args.max_report):
+            print(line)
         if args.fix is not None:
             removed = fix_coco(report, args.fix)
             sizes = ", ".join(f"{len(v)} {k}" for k, v in removed.items())

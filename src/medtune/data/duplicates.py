@@ -3,16 +3,29 @@
 Each image gets a fingerprint: a 128-bit hash (its 64-bit pHash, the signs of the low DCT
 frequencies of a 32 x 32 grey thumbnail, and its 64-bit dHash, the signs of horizontal gradients of
 a 9 x 8 thumbnail) and a 32 x 32 grey thumbnail. Pairs whose hashes differ in at most ``threshold``
-bits are *candidates*; a candidate is confirmed when the zero-mean normalised cross-correlation of
-the two thumbnails, under the best crop, shift and small rotation of either one
-(``medtune.data.similarity``), reaches ``min_similarity``. Groups are the connected components of
-the confirmed pairs (union-find), so a copy of a copy joins its original.
+bits, and whose 5 x 5 pooled thumbnails correlate at least ``COARSE_FLOOR`` (a cheap filter), are
+*candidates*; a candidate is confirmed when the normalised cross-correlation of the two thumbnails,
+under the best crop, shift and small rotation of either one (``medtune.data.similarity``), reaches
+``min_similarity``.
+
+Frames: every correlation weighs each pixel by how much it varies across the dataset
+(``similarity.content_weights``): a dermoscope's dark circle, an ultrasound fan's outline or
+burnt-in text sit at the same place in most images and weigh 0, so two images are alike only
+if their *content* is.
+
+No chaining: groups grow from the best confirmed pairs, and two groups merge only if at least
+``COHERENCE`` (80%) of the pairs across them are confirmed too (every pair is scored, proposed by
+the hash or not), so every group has >= 80% of its pairs confirmed and a chain A~B~C with A and C
+unlike stays apart. A group of more than :func:`group_bound` images (10, or 2% of the dataset if
+that is larger) is *suspicious*: a dataset rarely holds that many copies of one picture, a shared
+acquisition artefact more likely joined them. :func:`near_grouping` returns it apart
+(``Grouping.suspicious``): the tools report it in one line and do not let it constrain splits or
+folds unless the setting accepts it (``Setting.accept_large``, flag ``--accept-groups``).
 
 Why two stages: a 128-bit hash cannot tell a transformed copy from a look-alike image of the same
-layout (every dermoscopy image is a centred lesion on skin), and union-find chains the false pairs
-into one giant group; the correlation sees the details (hairs, speckle, markers) the hash drops.
-``benchmarks/near_duplicates.py`` measures both stages on BUSI and the synthetic set, and the
-defaults come from it (BENCHMARKS.md).
+layout (every dermoscopy image is a centred lesion on skin); the correlation sees the details
+(hairs, speckle, markers) the hash drops. ``benchmarks/near_duplicates.py`` measures the detector
+on BUSI, the synthetic set and a framed synthetic set, and the defaults come from it (BENCHMARKS.md).
 
 No torch here: the dataset tools must start fast.
 """
@@ -29,7 +42,7 @@ import numpy as np
 
 from medtune.data import cocoio
 from medtune.data.imageio import read_image
-from medtune.data.similarity import pair_similarity, thumbnail
+from medtune.data.similarity import coarse_rows, content_weights, pair_similarity, thumbnail
 
 HASH_BITS = 128  # 64 pHash bits + 64 dHash bits
 # Tuned on benchmarks/near_duplicates.py over BUSI and the synthetic set (BENCHMARKS.md): at 36 bits
@@ -38,6 +51,15 @@ HASH_BITS = 128  # 64 pHash bits + 64 dHash bits
 # synthetic set's). 0.92 let look-alike pairs chain (6.7% on 780 synthetic images); 0.96 loses BUSI copies.
 DEFAULT_THRESHOLD = 36
 DEFAULT_SIMILARITY = 0.94
+# Measured on the three benchmark sets: planted copies' pooled correlation is >= 0.74 (framed set),
+# while it drops 90% of the framed set's look-alike hash candidates.
+COARSE_FLOOR = 0.7
+# The local warp search adds <= 0.053 to a copy's grid score (framed set): pairs further below the
+# threshold than this are not refined (they cannot reach it), the bulk of the time on look-alikes.
+REFINE_GAIN = 0.08
+COHERENCE = 0.8  # share of the pairs across two groups that must be confirmed for them to merge
+MAX_GROUP = 10  # a group of more images than this (or than MAX_SHARE of the dataset) is suspicious
+MAX_SHARE = 0.02
 
 
 class Fingerprint(NamedTuple):
@@ -58,16 +80,31 @@ class Setting:
 
     threshold: int = DEFAULT_THRESHOLD
     min_similarity: float = DEFAULT_SIMILARITY
+    accept_large: bool = False  # True: suspicious (large) groups constrain splits and folds too
 
     @property
     def label(self) -> str:
-        """The setting in the tools' reports: ``<= 36 bits, similarity >= 0.92``."""
-        return f"<= {self.threshold} bits, similarity >= {self.min_similarity:g}"
+        """The setting in the tools' reports: ``<= 36 bits, similarity >= 0.94``."""
+        accepted = ", large groups accepted" if self.accept_large else ""
+        return f"<= {self.threshold} bits, similarity >= {self.min_similarity:g}{accepted}"
 
     @property
     def key(self) -> str:
-        """The setting in cache folder names: ``b36-s0.92``."""
-        return f"b{self.threshold}-s{self.min_similarity:g}"
+        """The setting in cache folder names: ``b36-s0.94-c0.8`` (``c``: the coherence rule; ``-a``: accepted)."""
+        return f"b{self.threshold}-s{self.min_similarity:g}-c{COHERENCE:g}" + ("-a" if self.accept_large else "")
+
+
+class Grouping(NamedTuple):
+    """Near-duplicate groups found in a dataset.
+
+    ``groups`` may constrain splits and folds (within :func:`group_bound`, or accepted by the
+    setting); ``suspicious`` are coherent groups over the bound that the setting does not accept:
+    reported, never used. ``unreadable``: file names that could not be fingerprinted.
+    """
+
+    groups: list[list]
+    suspicious: list[list]
+    unreadable: list[str]
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, off_flag: str | None = None, off_help: str = "") -> None:
@@ -84,6 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, off_flag: str | None = Non
         metavar="R",
         help=f"near duplicates: thumbnail correlation that confirms a proposed pair, 0-1 (default {DEFAULT_SIMILARITY})",
     )
+    parser.add_argument(
+        "--accept-groups",
+        action="store_true",
+        help=f"near duplicates: let groups of more than {MAX_GROUP} images (or {MAX_SHARE:.0%} of the dataset) "
+        "constrain splits and folds; by default they are reported as suspicious and not used",
+    )
     if off_flag:
         parser.add_argument(off_flag, action="store_true", help=off_help)
 
@@ -97,7 +140,7 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
         similarity = float("nan")
     if not 0 <= similarity <= 1:  # also rejects nan
         raise cocoio.DataError(f"--near-similarity {text}: expected a correlation from 0 to 1")
-    return Setting(check_threshold(args.near_threshold), similarity)
+    return Setting(check_threshold(args.near_threshold), similarity, bool(getattr(args, "accept_groups", False)))
 
 
 def check_threshold(value: object) -> int:
@@ -124,13 +167,27 @@ def file_fingerprint(path: Path) -> Fingerprint:
     return image_fingerprint(read_image(path))
 
 
-def near_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int]]:
-    """Index pairs ``(i, j)``, ``i < j``, of rows of ``hashes`` (n x 16 bytes) within ``threshold`` bits."""
+def group_bound(n_images: int) -> int:
+    """The largest group of ``n_images`` that is trusted: 10 images, or 2% of the dataset if more."""
+    return max(MAX_GROUP, int(MAX_SHARE * n_images))
+
+
+def near_pairs(
+    hashes: np.ndarray, threshold: int, coarse: np.ndarray | None = None, floor: float = 0.0
+) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, of rows of ``hashes`` (n x 16 bytes) within ``threshold`` bits.
+
+    With ``coarse`` (unit rows, :func:`similarity.coarse_rows`), only pairs whose rows' dot product
+    reaches ``floor`` or whose rows are equal (flat images) are kept.
+    """
     hashes = np.asarray(hashes, dtype=np.uint8)
     pairs = []
     for i in range(len(hashes) - 1):  # one row at a time: memory stays O(n) for large sets
-        distance = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]).sum(axis=1)
-        pairs += [(i, i + 1 + int(j)) for j in np.flatnonzero(distance <= threshold)]
+        near = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]).sum(axis=1) <= threshold
+        if coarse is not None:
+            others = coarse[i + 1 :]
+            near &= (others @ coarse[i] >= floor) | (others == coarse[i]).all(axis=1)
+        pairs += [(i, i + 1 + int(j)) for j in np.flatnonzero(near)]
     return pairs
 
 
@@ -154,19 +211,87 @@ def union_groups(keys: list[Hashable], pairs: Iterable[tuple[int, int]]) -> list
     return [group for group in members.values() if len(group) > 1]
 
 
+class _Scores:
+    """Similarity of any pair of a dataset's thumbnails under its content weights, each pair scored once."""
+
+    def __init__(self, thumbs: np.ndarray, setting: Setting) -> None:
+        self.thumbs = thumbs
+        self.weights = content_weights(thumbs)
+        self.refine_from = setting.min_similarity - REFINE_GAIN
+        self.known: dict[tuple[int, int], float] = {}
+
+    def __call__(self, pairs: list[tuple[int, int]]) -> np.ndarray:
+        """Scores of ``pairs`` (index pairs, either order)."""
+        pairs = [(min(p), max(p)) for p in pairs]
+        new = sorted({p for p in pairs if p not in self.known})
+        if new:
+            found = pair_similarity(self.thumbs, new, weights=self.weights, refine_from=self.refine_from)
+            self.known.update(zip(new, map(float, found)))
+        return np.array([self.known[p] for p in pairs])
+
+
+def _candidates(prints: list[Fingerprint], setting: Setting, scores: _Scores) -> list[tuple[int, int]]:
+    """Hash candidates that also pass the pooled-thumbnail filter (see the module docstring)."""
+    coarse = coarse_rows(scores.thumbs, scores.weights)
+    floor = min(COARSE_FLOOR, setting.min_similarity)
+    return near_pairs(np.stack([p.bits for p in prints]), setting.threshold, coarse, floor)
+
+
 def confirmed_pairs(prints: list[Fingerprint], setting: Setting) -> list[tuple[int, int]]:
     """Index pairs of ``prints`` that the hash proposes and the thumbnail correlation confirms."""
     if not prints:
         return []
-    candidates = near_pairs(np.stack([p.bits for p in prints]), setting.threshold)
-    similarity = pair_similarity(np.stack([p.thumb for p in prints]), candidates)
-    return [pair for pair, s in zip(candidates, similarity) if s >= setting.min_similarity]
+    scores = _Scores(np.stack([p.thumb for p in prints]), setting)
+    candidates = _candidates(prints, setting, scores)
+    return [pair for pair, s in zip(candidates, scores(candidates)) if s >= setting.min_similarity]
+
+
+def coherent_groups(edges: list[tuple[int, int]], scores: object, min_similarity: float) -> list[list[int]]:
+    """Groups (of two or more indices) grown from ``edges`` (best first), merging only coherent groups.
+
+    Two groups merge through an edge between them only if at least ``COHERENCE`` of all pairs
+    across them score ``min_similarity`` (``scores``: index pairs -> similarities).
+    """
+    owner: dict[int, int] = {}
+    members: dict[int, list[int]] = {}
+    failed: set[tuple] = set()  # (group, size, group, size) already refused: the same merge fails again
+    for i, j in edges:
+        a, b = (owner.setdefault(k, k) for k in (i, j))
+        if a == b:
+            continue
+        left, right = members.setdefault(a, [a]), members.setdefault(b, [b])
+        tried = (a, len(left), b, len(right))
+        if tried in failed:
+            continue
+        cross = scores([(x, y) for x in left for y in right])
+        if np.mean(cross >= min_similarity) < COHERENCE:
+            failed.add(tried)
+            continue
+        keep, drop = (a, b) if len(left) >= len(right) else (b, a)
+        for k in members[drop]:
+            owner[k] = keep
+        members[keep] += members.pop(drop)
+    return [sorted(group) for group in members.values() if len(group) > 1]
+
+
+def near_grouping(prints: dict[Hashable, Fingerprint], setting: Setting) -> Grouping:
+    """Coherent near-duplicate groups of keys of ``prints``: trusted and suspicious (see :class:`Grouping`)."""
+    keys = list(prints)
+    if not keys:
+        return Grouping([], [], [])
+    scores = _Scores(np.stack([prints[k].thumb for k in keys]), setting)
+    candidates = _candidates([prints[k] for k in keys], setting, scores)
+    found = scores(candidates)
+    edges = [candidates[r] for r in np.argsort(-found, kind="stable") if found[r] >= setting.min_similarity]
+    groups = [[keys[i] for i in g] for g in sorted(coherent_groups(edges, scores, setting.min_similarity))]
+    bound = group_bound(len(keys))
+    trusted = [g for g in groups if len(g) <= bound or setting.accept_large]
+    return Grouping(trusted, [g for g in groups if len(g) > bound and not setting.accept_large], [])
 
 
 def near_groups(prints: dict[Hashable, Fingerprint], setting: Setting) -> list[list[Hashable]]:
-    """Groups of keys of ``prints`` whose images are near duplicates (transitively)."""
-    keys = list(prints)
-    return union_groups(keys, confirmed_pairs([prints[k] for k in keys], setting))
+    """The trusted groups of :func:`near_grouping` (those that may constrain splits and folds)."""
+    return near_grouping(prints, setting).groups
 
 
 def fingerprint_images(images: list[dict], images_dir: Path) -> tuple[dict[object, Fingerprint], list[str]]:
@@ -182,11 +307,18 @@ def fingerprint_images(images: list[dict], images_dir: Path) -> tuple[dict[objec
     return prints, unreadable
 
 
-def image_groups(images: list[dict], images_dir: Path, setting: Setting) -> tuple[list[list[dict]], list[str]]:
-    """Near-duplicate groups of COCO image entries (their files under ``images_dir``), and unreadable files."""
+def image_grouping(images: list[dict], images_dir: Path, setting: Setting) -> Grouping:
+    """:func:`near_grouping` of COCO image entries (their files under ``images_dir``), as entries."""
     prints, unreadable = fingerprint_images(images, images_dir)
     entry = {img["id"]: img for img in images}
-    return [[entry[i] for i in group] for group in near_groups(prints, setting)], unreadable
+    found = near_grouping(prints, setting)
+    return Grouping(*([[entry[i] for i in g] for g in groups] for groups in found[:2]), unreadable)
+
+
+def image_groups(images: list[dict], images_dir: Path, setting: Setting) -> tuple[list[list[dict]], list[str]]:
+    """Trusted near-duplicate groups of COCO image entries, and unreadable files (:func:`image_grouping`)."""
+    found = image_grouping(images, images_dir, setting)
+    return found.groups, found.unreadable
 
 
 def describe(group: list[dict]) -> str:
@@ -206,24 +338,47 @@ def group_lines(groups: list[list[dict]], *, label: str, max_report: int = 20) -
     return lines
 
 
-def split_groups(files: dict[str, Path], images_dirs: dict[str, Path], setting: Setting) -> list[list[dict]]:
-    """Near-duplicate groups over the images of several split files, each entry tagged with ``split``.
+def split_grouping(files: dict[str, Path], images_dirs: dict[str, Path], setting: Setting) -> Grouping:
+    """:func:`near_grouping` over the images of several split files, each entry tagged with ``split``.
 
     ``files`` maps split name to COCO file; unreadable entries are skipped (``check`` reports them).
+    Entry ids become ``"<split>:<id>"``.
     """
-    prints, entries = {}, {}
+    prints, entries, unreadable = {}, {}, []
     for split, path in files.items():
         images = [
             img
             for img in cocoio.load_coco(path)["images"]
             if isinstance(img, dict) and isinstance(img.get("file_name"), str) and "id" in img
         ]
-        found, _ = fingerprint_images(images, images_dirs[split])
+        found, missed = fingerprint_images(images, images_dirs[split])
+        unreadable += missed
         for img in images:
             if img.get("id") in found:
                 prints[(split, img["id"])] = found[img["id"]]
                 entries[(split, img["id"])] = {**img, "id": f"{split}:{img['id']}", "split": split}
-    return [[entries[key] for key in group] for group in near_groups(prints, setting)]
+    grouped = near_grouping(prints, setting)
+    return Grouping(*([[entries[k] for k in g] for g in groups] for groups in grouped[:2]), unreadable)
+
+
+def split_groups(files: dict[str, Path], images_dirs: dict[str, Path], setting: Setting) -> list[list[dict]]:
+    """Trusted near-duplicate groups over several split files (:func:`split_grouping`)."""
+    return split_grouping(files, images_dirs, setting).groups
+
+
+def suspicious_lines(groups: list[list[dict]], n_images: int, *, max_report: int = 20) -> list[str]:
+    """One line per suspicious group (at most ``max_report``; 0: all): its size and a few file names."""
+    shown = groups if max_report <= 0 else groups[:max_report]
+    lines = [
+        f"suspicious near-duplicate group of {len(g)} images (over {group_bound(n_images)} of {n_images}; "
+        f"not used for splits or folds, --accept-groups uses it): "
+        + ", ".join(img["file_name"] for img in g[:3])
+        + (", ..." if len(g) > 3 else "")
+        for g in shown
+    ]
+    if len(groups) > len(shown):
+        lines.append(f"  ... and {len(groups) - len(shown)} more suspicious groups")
+    return lines
 
 
 def straddling(groups: list[list[dict]]) -> list[list[dict]]:
