@@ -147,3 +147,55 @@ def test_check_and_stats_accept_a_dicom_image(tmp_path: Path, capsys: pytest.Cap
     assert main(["stats", "--coco", str(tmp_path / "c.json"), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["sizes"]["most_common"] == [["8x6", 1]] and stats["duplicate_groups"]["unreadable"] == 0
+
+
+def test_declared_pixel_counts_are_checked_against_the_budget_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the budget follows Pillow's knob
+    Image.fromarray(np.zeros((100, 150), dtype=np.uint16)).save(tmp_path / "wide.png")  # 15,000: Pillow only warns
+    write_dicom(tmp_path / "wide.dcm", np.zeros((100, 150), dtype=np.uint16))
+    small = pydicom.dcmread(write_dicom(tmp_path / "small.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8)))
+    small.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    small.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    small.PixelData = bytes(2 << 20)  # 8x8 declared, 2 MB inside: inflates past 10,000 x 4 bytes + 1 MB
+    small.save_as(tmp_path / "bomb.dcm", enforce_file_format=True)
+    expected = {
+        "wide.png": "150 x 100 = 15,000 pixel values declared; the budget is 10,000",
+        "wide.dcm": "Rows 100 x Columns 150 x 1 frame(s) x 1 sample(s) = 15,000",
+        "bomb.dcm": "deflated dataset inflates past 1,088,576 bytes",
+    }
+    for name, detail in expected.items():
+        with pytest.raises(DataError) as err:
+            read_image(tmp_path / name)
+        # One line naming the file and the budget, raised before the pixels are decoded.
+        assert str(err.value).startswith(f"{tmp_path / name}: image too large (") and detail in str(err.value)
+        assert "\n" not in str(err.value)
+    # A deflated file within the budget decodes as before.
+    assert np.asarray(read_image(tmp_path / "deflated.dcm"))[..., 0].ravel().tolist() == [
+        round(v * 255 / 63) for v in range(64)
+    ]
+
+
+def test_min_max_scaling_works_in_one_float32_copy() -> None:
+    import tracemalloc
+
+    from medtune.data.imageio import to_uint8
+
+    ramp = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256).repeat(4, axis=0)  # 262,144 values
+    tracemalloc.start()
+    try:
+        out = to_uint8(ramp)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # float32 work array (4 bytes a value), the finite mask and the uint8 result: 6 bytes a value.
+    # Float64 took 8 bytes a value per copy, several copies (over 30 bytes a value).
+    assert peak < 7 * ramp.size, peak / ramp.size
+    reference = np.rint(ramp.astype(np.float64) * (255.0 / 65535)).astype(np.uint8)
+    assert out.dtype == np.uint8 and (out == reference).all()
+    odd = np.array([np.nan, -np.inf, 1.0, 3.0, np.inf], dtype=np.float64)
+    assert to_uint8(odd).tolist() == [0, 0, 0, 255, 0]  # non-finite values map to 0

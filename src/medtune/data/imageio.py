@@ -21,6 +21,11 @@ duplicate fingerprints, ``check``); :func:`image_size` reads the size the same w
   by pydicom) passes through when 8-bit, else it gets the min-max rule. Multi-frame files are refused.
 - **Grey to RGB**: a grey image becomes three equal channels (the channel replicated), so
   3-channel backbones take it unchanged and a grey copy and its RGB copy decode alike.
+- **Pixel budget**: the pixel count a header declares (width x height; DICOM: Rows x Columns x
+  frames x samples) is checked before decoding against Pillow's ``Image.MAX_IMAGE_PIXELS``
+  (89,478,485 by default; raise it there for larger images), and a deflated DICOM file must inflate
+  to at most 4 bytes per budget pixel: a small file cannot make the decoder allocate what its header
+  claims. The min-max rule works on one float32 copy (4 bytes per pixel value).
 
 Anything it cannot read raises ``DataError("<path>: unreadable image (<why>)")``; a missing file
 raises ``DataError("<path>: image file not found")``. No torch here: the dataset tools start fast.
@@ -28,6 +33,8 @@ raises ``DataError("<path>: image file not found")``. No torch here: the dataset
 
 from __future__ import annotations
 
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,9 @@ from medtune.data.cocoio import DataError
 DEEP_GREY_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # grey modes with more than 8 bits
 ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 EXIF_ORIENTATION = 0x0112
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the dataset after the file meta is zlib
+BYTES_PER_PIXEL = 4  # inflated DICOM bytes allowed per budget pixel (32-bit samples)
+HEADER_SLACK = 1 << 20  # inflated bytes allowed besides the pixels (the dataset's other elements)
 
 
 def is_dicom(path: Path) -> bool:
@@ -59,7 +69,11 @@ def read_image(path: Path) -> Image.Image:
     try:
         if is_dicom(path):
             return Image.fromarray(_read_dicom(path)).convert("RGB")
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow warns above the budget: refused below, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _within_budget(path, img.width * img.height, f"{img.width} x {img.height}")
             img = ImageOps.exif_transpose(img)
             if img.mode in DEEP_GREY_MODES:
                 return Image.fromarray(to_uint8(np.asarray(img))).convert("RGB")
@@ -91,17 +105,41 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: unreadable image ({_why(err)})") from None
 
 
+def pixel_budget() -> int:
+    """Most pixel values an image may declare: Pillow's ``Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
+    return Image.MAX_IMAGE_PIXELS or np.iinfo(np.int64).max
+
+
+def _within_budget(path: Path, count: int, what: str) -> None:
+    """Raise :class:`DataError` when a header declares more than :func:`pixel_budget` pixel values."""
+    if count > pixel_budget():
+        raise DataError(
+            f"{path}: image too large ({what} = {count:,} pixel values declared; the budget is {pixel_budget():,}, "
+            "PIL.Image.MAX_IMAGE_PIXELS)"
+        )
+
+
 def to_uint8(values: np.ndarray) -> np.ndarray:
-    """``values`` scaled to uint8 by the min-max rule over its finite values (constant -> 0)."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(values.shape, dtype=np.uint8)
-    low, high = values[finite].min(), values[finite].max()
+    """``values`` scaled to uint8 by the min-max rule over its finite values (constant -> 0).
+
+    One float32 working copy, scaled in place (float64 took several 8-byte copies per pixel); float32
+    holds 16-bit values exactly, and its 24-bit precision is finer than the 8-bit result.
+    """
+    work = np.array(values, dtype=np.float32)
+    finite = np.isfinite(work)
+    every = bool(finite.all())
+    if not every and not finite.any():
+        return np.zeros(work.shape, dtype=np.uint8)
+    low = float(work.min() if every else work.min(where=finite, initial=np.inf))
+    high = float(work.max() if every else work.max(where=finite, initial=-np.inf))
     if high == low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = np.where(finite, (values - low) * (255.0 / (high - low)), 0.0)
-    return np.rint(scaled).astype(np.uint8)
+        return np.zeros(work.shape, dtype=np.uint8)
+    if not every:
+        work[np.logical_not(finite, out=finite)] = low  # NaN and infinities map to 0
+    work -= np.float32(low)
+    work *= np.float32(255.0 / (high - low))
+    np.clip(np.rint(work, out=work), 0, 255, out=work)  # float32 rounding may step past 255
+    return work.astype(np.uint8)
 
 
 def _read_dicom(path: Path) -> np.ndarray:
@@ -109,8 +147,15 @@ def _read_dicom(path: Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
+    _check_inflated_size(path)
     ds = pydicom.dcmread(path, force=path.suffix.lower() == ".dcm")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, columns, samples = (int(ds.get(key, 1) or 1) for key in ("Rows", "Columns", "SamplesPerPixel"))
+    _within_budget(
+        path,
+        rows * columns * frames * samples,
+        f"Rows {rows} x Columns {columns} x {frames} frame(s) x {samples} sample(s)",
+    )
     if frames > 1:
         raise DataError(f"{path}: unreadable image (multi-frame DICOM with {frames} frames; export one frame)")
     pixels = ds.pixel_array
@@ -120,6 +165,41 @@ def _read_dicom(path: Path) -> np.ndarray:
     values = apply_modality_lut(pixels, ds)
     grey = _window(values, ds) if "WindowCenter" in ds and "WindowWidth" in ds else to_uint8(values)
     return 255 - grey if photometric == "MONOCHROME1" else grey
+
+
+def _check_inflated_size(path: Path) -> None:
+    """A deflated DICOM file must inflate within the budget; pydicom inflates it whole, so count first.
+
+    Streams the inflation (1 MB at a time, output discarded) and stops at the limit. Files that are
+    not deflated Part 10 files are left to pydicom.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+            return  # no Part 10 file meta: cannot be deflated
+        meta = handle.read(int.from_bytes(head[140:144], "little"))
+        if _transfer_syntax(meta) != DEFLATED.encode():
+            return
+        limit = pixel_budget() * BYTES_PER_PIXEL + HEADER_SLACK
+        inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := handle.read(1 << 20):
+            while chunk and total <= limit:
+                total += len(inflate.decompress(chunk, 1 << 20))
+                chunk = inflate.unconsumed_tail
+            if total > limit:
+                raise DataError(
+                    f"{path}: image too large (its deflated dataset inflates past {limit:,} bytes: the budget "
+                    f"of {pixel_budget():,} pixel values, PIL.Image.MAX_IMAGE_PIXELS, x {BYTES_PER_PIXEL} bytes)"
+                )
+
+
+def _transfer_syntax(meta: bytes) -> bytes:
+    """The Transfer Syntax UID (0002,0010) in a file meta group's bytes (explicit VR), or b""."""
+    at = meta.find(b"\x02\x00\x10\x00UI")
+    if at < 0:
+        return b""
+    length = int.from_bytes(meta[at + 6 : at + 8], "little")
+    return meta[at + 8 : at + 8 + length].rstrip(b"\0 ")
 
 
 def _window(values: np.ndarray, ds: object) -> np.ndarray:
