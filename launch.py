@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run a cross-validation whose folds groups keep unbalanced (a fold over 1.5x its share of images, "
         "or a class below 2/3 of its share in a fold); refused by default; recorded as cv_folds_unbalanced=true",
     )
+    p.add_argument(
+        "--accept-groups",
+        action="store_true",
+        help="with --folds: keep near-duplicate groups larger than the trusted bound (10 images or 2%% of the pool) "
+        "inside one fold too; by default they are reported as suspicious and not used",
+    )
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke block: a tiny, fast search")
     p.add_argument(
         "--set",

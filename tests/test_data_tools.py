@@ -277,6 +277,31 @@ def test_split_says_when_a_group_unbalances_a_class(tmp_path: Path, capsys: pyte
     assert "images per split" not in capsys.readouterr().err
 
 
+def test_split_reports_a_suspicious_group_and_uses_it_only_if_accepted(
+    synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copytree(synthetic / "images", tmp_path / "images")
+    coco = cocoio.load_coco(synthetic / "train.json")
+    first = coco["images"][0]
+    for n in range(11):  # eleven copies of one image: a group of 12, over the trusted bound of 10
+        shutil.copy(tmp_path / "images" / first["file_name"], tmp_path / "images" / f"copy{n}.png")
+        coco["images"].append({**first, "id": 1000 + n, "file_name": f"copy{n}.png"})
+    coco["info"] = {k: v for k, v in coco.get("info", {}).items() if k != "images_dir"}
+    source = write(tmp_path / "all.json", coco)
+    args = ["split", "--coco", str(source), "--out", str(tmp_path / "s")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    # Said in one warning line, and not used: the split keeps no group together.
+    assert "warning: suspicious near-duplicate group of 12 images" in captured.err
+    assert "kept 0 near-duplicate groups" in captured.out
+    assert main([*args, "--accept-groups"]) == 0
+    captured = capsys.readouterr()
+    # Accepted: the 12 images land in one split.
+    assert "suspicious" not in captured.err and "kept 1 near-duplicate groups (12 images)" in captured.out
+    where = {i: s for s, ids in split_ids(tmp_path / "s").items() for i in ids}
+    assert len({where[i] for i in [first["id"], *range(1000, 1011)]}) == 1
+
+
 def test_split_is_deterministic_per_seed(tmp_path: Path) -> None:
     source = split_fixture(tmp_path)
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):

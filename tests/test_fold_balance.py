@@ -11,7 +11,8 @@ import pytest
 from medtune.data import balance, cocoio, duplicates
 from medtune.data.coco import DataError, resolve_dataset
 from medtune.data.folds import FoldPlan, plan_folds
-from medtune.prepare import check_balance
+from medtune.options import LaunchOptions
+from medtune.prepare import check_balance, plan_checked_folds
 from tests.test_launch_bad_input import assert_clean_refusal, run_launch
 
 
@@ -176,3 +177,34 @@ def test_launch_refuses_unbalanced_folds_before_anything_is_written(
     assert_clean_refusal(tmp_path, code, err, "held out per fold: ")
     assert len(err.strip().splitlines()) == 1 and "--accept-unbalanced-folds" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_suspicious_group_does_not_bind_the_folds_unless_accepted(synth_dir: Path, tmp_path: Path) -> None:
+    # Eleven copies of one train image: a group of 12, over the trusted bound of 10 images.
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    train = cocoio.load_coco(data / "train.json")
+    images_dir = cocoio.images_dir_for(data / "train.json", train)
+    original = train["images"][0]
+    copies = list(range(1000, 1011))
+    for n, copy_id in enumerate(copies):
+        shutil.copy(images_dir / original["file_name"], images_dir / f"copy{n}.png")
+        train["images"].append({**original, "id": copy_id, "file_name": f"copy{n}.png"})
+        train["annotations"] += [
+            {**a, "id": 1000 + 10 * n + m, "image_id": copy_id}
+            for m, a in enumerate(a for a in train["annotations"] if a["image_id"] == original["id"])
+        ]
+    cocoio.write_json_atomic(data / "train.json", train)
+    dataset = resolve_dataset(data, cache_root=tmp_path)
+    group = [original["id"], *copies]
+
+    plan = plan_folds(dataset, 3, seed=0, cache_root=tmp_path)
+    fold = dict(zip(plan.pool_ids, plan.fold_of))
+    # Reported, not used: the copies spread over the folds like any images, and the launch line says so.
+    assert plan.suspicious == (12,) and len({fold[i] for i in group}) > 1
+    assert "1 suspicious groups (12 images) not used, --accept-groups uses them" in plan.describe()
+    # --accept-groups (the launch's options, as prepare builds the setting): the 12 are held out together.
+    options = LaunchOptions(space="whole_cls", folds=3, accept_groups=True, cache_dir=tmp_path)
+    accepted = plan_checked_folds(dataset, 3, options)
+    fold = dict(zip(accepted.pool_ids, accepted.fold_of))
+    assert accepted.suspicious == () and len({fold[i] for i in group}) == 1 and accepted.duplicate_groups >= 1

@@ -26,6 +26,7 @@ class LaunchOptions:
     repeats: int | None = None  # seeds the winner is trained with; overrides the space's budget
     folds: int | None = None  # cross-validation folds (>= 2; 0 turns a space's cv off); overrides ``cv.folds``
     accept_unbalanced_folds: bool = False  # run folds that kept-whole groups unbalance (refused by default)
+    accept_groups: bool = False  # near-duplicate groups over the bound constrain the folds too (Setting.accept_large)
     smoke: bool = False  # merge the space's smoke block
     overrides: tuple[str, ...] = ()  # "key=value" (launch.py --set), applied after smoke (medtune.overrides)
     seed: int = 0  # sampler, splits and every trial

@@ -154,7 +154,8 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
 def plan_checked_folds(dataset: Dataset, folds: int, options: LaunchOptions) -> FoldPlan:
     """The launch's fold plan, printed; raises ``DataError`` (one line) when kept-whole groups make the
     folds something other than K-fold cross-validation, unless ``options.accept_unbalanced_folds``."""
-    plan = plan_folds(dataset, folds, seed=options.seed, cache_root=options.cache_dir, near=duplicates.Setting())
+    near = duplicates.Setting(accept_large=options.accept_groups)  # split's default setting; --accept-groups
+    plan = plan_folds(dataset, folds, seed=options.seed, cache_root=options.cache_dir, near=near)
     print(f"[launch] {plan.describe()}")
     check_balance(plan, accept=options.accept_unbalanced_folds)
     return plan
@@ -219,6 +220,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         **{f"budget.{k}": v for k, v in space.budget.items()},
         **({"cv_folds": prepared.folds.folds} if prepared.folds else {}),
         **({"cv_fold_sizes": "/".join(map(str, prepared.folds.sizes()))} if prepared.folds else {}),
+        **({"cv_accept_groups": options.accept_groups} if prepared.folds else {}),
         **({"overrides": describe(options.overrides)} if options.overrides else {}),
     }
     for key, value in params.items():

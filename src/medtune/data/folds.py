@@ -33,7 +33,7 @@ from medtune.data.coco import DataError, Dataset
 from medtune.data.streamed import Stream
 
 POOL = ("train", "val")
-PLAN_VERSION = "2"  # 2: class counts and the imbalance line are part of the cached plan
+PLAN_VERSION = "3"  # 2: class counts and the imbalance line; 3: suspicious groups
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class FoldPlan:
         duplicate_groups: near-duplicate groups of the pool, each kept inside one fold.
         class_counts: per class name, the images of that class each fold holds out.
         unbalanced: one line naming the folds that are not what they say and why; ``""`` when all are.
+        suspicious: sizes of the near-duplicate groups over ``duplicates.group_bound`` that did not
+            constrain the folds (the setting did not accept them, ``--accept-groups``).
     """
 
     folds: int
@@ -57,6 +59,7 @@ class FoldPlan:
     duplicate_groups: int = 0
     class_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     unbalanced: str = ""
+    suspicious: tuple[int, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -90,15 +93,22 @@ class FoldPlan:
             "sizes": self.sizes(),
             "class_counts": {name: list(counts) for name, counts in self.class_counts},
             "unbalanced": self.unbalanced,
+            "suspicious_groups": list(self.suspicious),
             "val_image_ids": [self.val_image_ids(k) for k in range(self.folds)],
         }
 
     def describe(self) -> str:
         """One line: folds, pooled images and the images each fold holds out."""
         sizes = "/".join(map(str, self.sizes()))
+        ignored = ""
+        if self.suspicious:
+            ignored = (
+                f"; {len(self.suspicious)} suspicious groups ({sum(self.suspicious)} images) not used, "
+                "--accept-groups uses them"
+            )
         return (
             f"{self.folds}-fold cross-validation over {len(self.pool_ids)} train+val images "
-            f"(held out per fold: {sizes}; {self.duplicate_groups} near-duplicate groups kept within a fold; "
+            f"(held out per fold: {sizes}; {self.duplicate_groups} near-duplicate groups kept within a fold{ignored}; "
             f"digest {self.digest})"
         )
 
@@ -115,52 +125,31 @@ def plan_folds(
     path = Path(cache_root) / "folds" / f"{dataset.name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.json"
     if path.is_file():
         raw = json.loads(path.read_text())
-        counts = tuple((name, tuple(c)) for name, c in raw["class_counts"])
         return FoldPlan(
             folds,
             seed,
             tuple(raw["pool_ids"]),
             tuple(raw["fold_of"]),
             raw["duplicate_groups"],
-            counts,
+            tuple((name, tuple(counts)) for name, counts in raw["class_counts"]),
             raw["unbalanced"],
+            tuple(raw["suspicious"]),
         )
     plan = _plan(dataset, folds, seed, near)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cocoio.write_json_atomic(
-        path,
-        {
-            "pool_ids": plan.pool_ids,
-            "fold_of": plan.fold_of,
-            "duplicate_groups": plan.duplicate_groups,
-            "class_counts": plan.class_counts,
-            "unbalanced": plan.unbalanced,
-        },
-    )
+    cached = ("pool_ids", "fold_of", "duplicate_groups", "class_counts", "unbalanced", "suspicious")
+    cocoio.write_json_atomic(path, {name: getattr(plan, name) for name in cached})
     return plan
 
 
 def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting) -> FoldPlan:
-    cocos = {s: cocoio.load_coco(dataset.coco_files[s]) for s in POOL}
-    pooled = {
-        "images": cocos["train"]["images"] + cocos["val"]["images"],
-        "annotations": cocos["train"]["annotations"] + cocos["val"]["annotations"],
-        "categories": cocos["train"]["categories"],
-    }
-    pool_ids = [img["id"] for img in pooled["images"]]
-    both = set(img["id"] for img in cocos["train"]["images"]) & set(img["id"] for img in cocos["val"]["images"])
-    if both:
-        raise DataError(
-            f"{dataset.coco_files['val']}: image id {min(both)} is also in {dataset.coco_files['train']}; "
-            "cross-validation pools train and val and needs ids unique across them"
-        )
     where = dataset.coco_files["train"]
-    recorded = (cocos["train"].get("info") or {}).get("split")  # written by ``split``; a name elsewhere
-    group_by = recorded.get("group_by") if isinstance(recorded, dict) else None
+    pooled, group_by = _pool(dataset)
+    pool_ids = [img["id"] for img in pooled["images"]]
     units = split.units_of(where, pooled, group_by)
     files = {s: dataset.coco_files[s] for s in POOL}
-    groups = duplicates.split_groups(files, {s: dataset.images_dirs[s] for s in POOL}, near)
-    groups = [[{**img, "id": int(str(img["id"]).split(":", 1)[1])} for img in group] for group in groups]
+    found = duplicates.split_grouping(files, {s: dataset.images_dirs[s] for s in POOL}, near)
+    groups = [[{**img, "id": int(str(img["id"]).split(":", 1)[1])} for img in group] for group in found.groups]
     units = split.merge_units(units, groups)
     if len(units) < folds:
         raise DataError(
@@ -183,7 +172,27 @@ def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting) -> 
         balance.imbalance(
             "held out per fold", {f"fold {k}": 1.0 / folds for k in range(folds)}, named, units, keys, kinds
         ),
+        tuple(len(g) for g in found.suspicious),
     )
+
+
+def _pool(dataset: Dataset) -> tuple[dict, str | None]:
+    """The train and val splits as one COCO dict (train's images first), and the ``group_by`` field the
+    split recorded (``info.split.group_by``; None if none); raises ``DataError`` on an id in both."""
+    cocos = {s: cocoio.load_coco(dataset.coco_files[s]) for s in POOL}
+    pooled = {
+        "images": cocos["train"]["images"] + cocos["val"]["images"],
+        "annotations": cocos["train"]["annotations"] + cocos["val"]["annotations"],
+        "categories": cocos["train"]["categories"],
+    }
+    both = set(img["id"] for img in cocos["train"]["images"]) & set(img["id"] for img in cocos["val"]["images"])
+    if both:
+        raise DataError(
+            f"{dataset.coco_files['val']}: image id {min(both)} is also in {dataset.coco_files['train']}; "
+            "cross-validation pools train and val and needs ids unique across them"
+        )
+    recorded = (cocos["train"].get("info") or {}).get("split")  # written by ``split``; a name elsewhere
+    return pooled, recorded.get("group_by") if isinstance(recorded, dict) else None
 
 
 def concat_caches(files: list[str | Path], out: Path) -> Path:

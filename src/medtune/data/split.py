@@ -66,9 +66,9 @@ def split_coco(
     images_dir = cocoio.images_dir_for(coco_path, coco, images_dir)
     keys = image_keys(coco_path, coco)
     units = units_of(coco_path, coco, group_by)
-    groups, unreadable = [], []
+    groups, suspicious, unreadable = [], [], []
     if near is not None:
-        groups, unreadable = duplicates.image_groups(coco["images"], images_dir, near)
+        groups, suspicious, unreadable = duplicates.image_grouping(coco["images"], images_dir, near)
         units = merge_units(units, groups)
     shares = {"train": 1 - val - test, "val": val, "test": test}
     where = allocate(strata_of(units, keys), shares, random.Random(seed))
@@ -81,6 +81,7 @@ def split_coco(
         "group_by": group_by,
         "near_threshold": None if near is None else near.threshold,
         "near_similarity": None if near is None else near.min_similarity,
+        "near_accept_groups": None if near is None else near.accept_large,
     }
     for split in SPLITS:
         chosen = set(image_ids[split])
@@ -94,6 +95,7 @@ def split_coco(
         cocoio.write_json_atomic(Path(out_dir) / f"{split}.json", out)
     result = _summarise(coco, keys, image_ids, shares, images_dir)
     result.duplicate_groups = groups
+    result.warnings += duplicates.suspicious_lines(suspicious, len(coco["images"]))
     kinds = balance.unit_kinds(units, {img["id"] for g in groups for img in g}, group_by)
     result.unbalanced = balance.imbalance("images per split", shares, where, units, keys, kinds)
     if unreadable:
