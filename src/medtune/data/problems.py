@@ -13,7 +13,7 @@ from pathlib import Path
 from medtune.data import duplicates
 
 KINDS: dict[str, str] = {
-    "malformed_entry": "entry missing a key or with a wrong type",
+    "malformed_entry": "entry missing a key or with a wrong type, or a mask pycocotools cannot decode",
     "missing_file": "image file not found",
     "unreadable_file": "image file cannot be decoded",
     "size_mismatch": "image size differs from the JSON width/height",
