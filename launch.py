@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from medtune.options import LaunchOptions
+from medtune.redact import redact_text
 
-# Local runs: without this, Ray prints a token-authentication notice and writes ~/.ray/auth_token.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # Ray warns when experiment snapshots come often (TUNE_GLOBAL_CHECKPOINT_S=0, as tests set it).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -138,10 +137,15 @@ def options_from(args: argparse.Namespace) -> LaunchOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if argv is None:  # this process is the launch: its local Ray cluster on loopback, with a token (before Ray loads)
+        from trainables.ray_env import local_cluster_env
+
+        local_cluster_env(args.address)
     from medtune.prepare import USER_ERRORS
     from trainables.driver import INTERRUPTED, RayStartError, run
 
-    resume = f"continue with: python launch.py {shlex.join(sys.argv[1:] if argv is None else argv)} --resume"
+    command = redact_text(shlex.join(sys.argv[1:] if argv is None else argv))  # no URI's password on the terminal
+    resume = f"continue with: python launch.py {command} --resume"
     try:
         code = run(options_from(args), default_data=DEFAULT_DATA)
     except USER_ERRORS as err:

@@ -257,7 +257,15 @@ def experiment_id(client: MlflowClient, name: str, *, create: bool) -> str:
     if experiment is not None and experiment.lifecycle_stage == "active":
         return experiment.experiment_id
     if create:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+        except MlflowException as err:  # another launch created it between the look-up and here: use that one
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None or experiment.lifecycle_stage != "active":  # a deleted experiment holds the name
+                raise
+            return experiment.experiment_id
     names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY) if e.name != "Default")
     raise TrackingError(f"unknown experiment '{name}'; existing: {', '.join(names) or 'none (run launch.py first)'}")
 
