@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import launch
 from medtune.tracking import PARENT_TAG, TRIAL_TAG, TrackingError
+from tests.helpers import PROJECT_DIR
 from trainables.mlflow_trials import SERVER_TRIES, PendingWrites, pending_writes
 from trainables.storage import PROBE, check_reachable, storage_root
 
@@ -114,3 +118,58 @@ def test_a_server_answering_500_is_tried_a_few_times_then_its_writes_are_kept(
     )
     (run,) = store.search_runs([exp], f"tags.{TRIAL_TAG} = 't1'")
     assert run.info.status == "FINISHED" and run.data.metrics["val/acc"] == 0.5 and not spool.exists()
+
+
+TRAINING_AT_EXIT = """
+import sys, threading, time
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from medtune.trainer import make_trainer
+from trainables.trial import guard_training
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(512, 2)
+
+    def training_step(self, batch, index):
+        images, labels = batch
+        return torch.nn.functional.cross_entropy(self.net(images.to(torch.float32)), labels)  # .to(), as in the demo
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+started = threading.Event()
+
+def train():
+    callbacks = [guard_training()] if sys.argv[1] == "guarded" else []
+    trainer = make_trainer(max_epochs=10**6, callbacks=callbacks)
+    data = TensorDataset(torch.randn(4096, 512, dtype=torch.float64), torch.randint(0, 2, (4096,)))
+    started.set()
+    try:
+        trainer.fit(Tiny(), DataLoader(data, batch_size=64))
+    finally:
+        print("training thread ended", flush=True)
+
+threading.Thread(target=train, daemon=True).start()  # Tune's runner thread is a daemon too
+started.wait()
+time.sleep(3)
+"""
+
+
+def test_a_worker_exiting_mid_epoch_ends_its_training_thread_first(tmp_path: Path) -> None:
+    # A trial's worker process exits while its daemon training thread is inside an epoch, as after Tune
+    # stopped the trial; without the guard that thread is killed inside torch and the process aborts.
+    done = subprocess.run(
+        [sys.executable, "-c", TRAINING_AT_EXIT, "guarded"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},  # trainables/ is the checkout's, not installed
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The thread ended at its next batch, before Python finalized: a clean exit, no native trace.
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training thread ended" in done.stdout
+    assert "terminate called" not in done.stderr and "Fatal Python error" not in done.stderr

@@ -7,14 +7,24 @@ best, the last epoch, or minutes since the last one), and ``--resume`` continues
 Trials get their data from Ray, not from the driver's disk (a cluster need not share one): the driver
 puts each cache file once into the object store (``hand_over``) and each trial maps it from its own
 node's shared memory (``received``; ``medtune.data.shared`` says why numpy and how).
+
+A trial trains in a thread of its worker process (Tune's runner thread, a daemon). Tune stops a trial
+without waiting for that thread, and a worker process then exits: a daemon thread still inside torch
+when Python finalizes is ended by ``pthread_exit`` from inside the C++ call, which aborts the process
+with a native stack trace (``TerminateHandler``) on the driver's terminal. ``guard_training`` ends the
+thread at its next batch once Tune stopped its trial or the process is exiting, and the process waits
+for it (``EXIT_WAIT_S``) before finalizing.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +34,7 @@ import pytorch_lightning as pl
 import ray
 import torch
 from ray import tune
+from ray.train._internal.session import get_session
 
 from medtune.build import build_datamodule, build_system
 from medtune.crossval import FoldRecipe, rounds_done, train_folds
@@ -36,6 +47,42 @@ from trainables.sampling import flat_config
 
 CHECKPOINT_FILE = "checkpoint"
 POLICY_FILE = "checkpoint_policy.json"  # a cross-validated trial's policy state, beside its fold files
+EXIT_WAIT_S = 60.0  # how long an exiting worker waits for its training thread to reach its next batch
+_EXITING = threading.Event()  # set when this worker process starts to exit
+_TRAINING: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # threads that ran a trial in this process
+
+
+class StopAtBatch(pl.Callback):
+    """End training (``SystemExit(0)``, which Tune's runner thread takes as a clean end) at the start of the
+    next batch once ``stop`` or ``_EXITING`` is set: no thread of a stopped trial runs torch code on."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def _check(self, *args: Any) -> None:
+        if self.stop.is_set() or _EXITING.is_set():
+            raise SystemExit(0)
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = _check
+
+
+def guard_training() -> StopAtBatch:
+    """The callback that ends the calling thread's training when Tune stops its trial (the session's stop
+    event) or its process exits; the process then waits up to ``EXIT_WAIT_S`` for the thread (``atexit``)."""
+    _TRAINING.add(threading.current_thread())
+    stop = getattr(get_session(), "stop_event", None)  # None outside Tune: only the exit stops it
+    return StopAtBatch(stop if stop is not None else threading.Event())
+
+
+def _wait_for_training() -> None:
+    """At exit, before Python finalizes: ask the training threads to end and wait for them."""
+    _EXITING.set()
+    for thread in list(_TRAINING):
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(EXIT_WAIT_S)
+
+
+atexit.register(_wait_for_training)  # after Ray's own exit handlers are registered, so it runs before them
 
 
 class EpochReport(pl.Callback):
@@ -205,7 +252,7 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
         context.task, config, num_classes=context.num_classes, epochs=context.max_epochs, train_cache=caches["train"]
     )
     data = build_datamodule(config, caches=caches, pred_masks=pred_masks, num_classes=context.num_classes)
-    callbacks = [report or EpochReport(scratch=context.scratch, policy=context.checkpoint_policy())]
+    callbacks = [report or EpochReport(scratch=context.scratch, policy=context.checkpoint_policy()), guard_training()]
     trainer = make_trainer(
         max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks, seed=context.seed
     )
@@ -237,6 +284,7 @@ def run_folds(config: dict, context: TrialContext) -> None:
         precision=context.precision,
     )
     policy = context.checkpoint_policy()
+    guard = guard_training()
 
     with tempfile.TemporaryDirectory(dir=made(context.scratch)) as work:
         checkpoint = tune.get_checkpoint()
@@ -257,4 +305,4 @@ def run_folds(config: dict, context: TrialContext) -> None:
             (folder / POLICY_FILE).write_text(json.dumps(policy.state_dict()))
             tune.report({**metrics, **facts}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-        train_folds(recipe, Path(work), report)
+        train_folds(recipe, Path(work), report, callbacks=lambda: [guard])
