@@ -168,7 +168,8 @@ def polygon_area(polygon: list[float]) -> float:
     """Shoelace area of one flat COCO polygon ``[x0, y0, x1, y1, ...]``."""
     xy = np.asarray(polygon, dtype=float).reshape(-1, 2)
     x, y = xy[:, 0], xy[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+    with np.errstate(over="ignore", invalid="ignore"):  # coordinates near 1e300: an infinite area, not zero
+        return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
 
 RLE_DIGITS = 6  # 6-bit characters per compressed run: 30 bits, runs up to 2**29 (pycocotools' C shifts an int)
