@@ -26,6 +26,7 @@ from medtune.data.imageio import read_image
 from medtune.publish import registered_name
 from medtune.tracking import CHAMPION
 from tests.helpers import Workspace, runs_of
+from tests.test_model_trust import log_tiny_segmenter
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +148,7 @@ def test_pyfunc_predicts_on_raw_images_of_a_new_size_as_predict_py_does(
     assert 0 < inside.sum() < size * size and _iou(back & inside, square & inside) >= 0.9
     # predict.py writes the same mask.
     _predict(shared_workspace, seg_uri, tmp_path / "raw.png", tmp_path / "seg")
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "seg" / "masks" / "raw.png")) > 0, answer["mask"][0] > 0)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "seg" / "masks" / "raw.png.png")) > 0, answer["mask"][0] > 0)
     _, _, cls_uri = _launch(shared_workspace, "whole_cls")
     table = _pyfunc(shared_workspace, cls_uri).predict(raw[None])
     classes = list(table.columns[1:])
@@ -211,3 +212,67 @@ def test_bad_input_is_one_line_and_exit_2(
     assert predict.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store with a tiny segmenter ``models:/seg-tiny/1`` logged as launch.py logs one (no search)."""
+    return log_tiny_segmenter(tmp_path_factory.mktemp("tiny"))
+
+
+def _scan(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _tiny_predict(store: str, source: Path, out: Path, *flags: str) -> int:
+    argv = ["--model", "models:/seg-tiny/1", "--input", str(source), "--out", str(out), "--tracking-uri", store]
+    return predict.main([*argv, *flags])
+
+
+def test_masks_keep_the_source_extension(tiny_store: str, tmp_path: Path) -> None:
+    _scan(tmp_path / "in" / "scan.jpg", 0)
+    _scan(tmp_path / "in" / "scan.png", 1)
+    assert _tiny_predict(tiny_store, tmp_path / "in", tmp_path / "out") == 0
+    entries = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    # scan.jpg and scan.png: two images, two mask files, each named after its whole source name.
+    assert sorted(e["mask_file"] for e in entries) == ["masks/scan.jpg.png", "masks/scan.png.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["scan.jpg.png", "scan.png.png"]
+
+
+def test_unreadable_later_image_leaves_the_output_folder_as_it_was(
+    tiny_store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _scan(tmp_path / "in" / "a.png", 0)
+    (tmp_path / "in" / "b.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.json").write_text("an earlier run's\n")
+    # One image per batch: a.png's mask is computed and written before b.png is read.
+    assert _tiny_predict(tiny_store, tmp_path / "in", out, "--batch-size", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert "b.png" in err and "\n" not in err and "Traceback" not in err
+    # No partial masks/, the earlier predictions untouched, no temporary folder left beside it.
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.json"]
+    assert (out / "predictions.json").read_text() == "an earlier run's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    # Once the image is fixed, the run replaces the earlier results.
+    _scan(tmp_path / "in" / "b.png", 1)
+    assert _tiny_predict(tiny_store, tmp_path / "in", out) == 0
+    assert len(json.loads((out / "predictions.json").read_text())["images"]) == 2
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png.png", "b.png.png"]
+
+
+def test_coco_file_naming_one_image_twice_is_refused(
+    tiny_store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _scan(tmp_path / "images" / "scan.png", 0)
+    image = {"file_name": "scan.png", "width": 20, "height": 24}
+    coco = {"images": [{**image, "id": 1}, {**image, "id": 2}], "annotations": [], "categories": []}
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    # Two entries would write one mask file: refused in one line before anything is written.
+    assert _tiny_predict(tiny_store, tmp_path / "test.json", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert "'scan.png' appears twice" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

@@ -40,6 +40,7 @@ class LaunchOptions:
     tracking_uri: str | None = None  # MLflow store [tracking.default_tracking_uri()]
     segmenter: str | None = None  # models:/<name>/<version> for masked tasks [the champion]
     allow_foreign_segmenter: bool = False  # accept a segmenter trained on another dataset's split
+    trust_model_code: bool = False  # load a segmenter whose stored code is not this medtune's (model_trust)
     cache_dir: Path = Path(".cache")  # decoded images and segmenter masks
     precision: str = "16-mixed"  # Lightning precision on a GPU (the CPU runs 32-true)
     resume: bool = False  # continue the experiment's interrupted latest launch

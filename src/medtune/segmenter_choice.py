@@ -2,7 +2,9 @@
 
 The champion of the dataset (or ``--segmenter``), refused when trained on another dataset's split
 unless ``--allow-foreign-segmenter``; its masks cached per segmenter weights and size, out-of-fold
-for a cross-validated segmenter (``medtune.segmenter_masks``).
+for a cross-validated segmenter (``medtune.segmenter_masks``). A segmenter (or fold model) whose stored
+code is not the installed medtune's is refused when it is loaded, unless ``--trust-model-code``
+(``medtune.model_trust``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Segmenter:
     source: str  # where its artifacts are
     foreign: bool = False  # trained on another dataset's split (--allow-foreign-segmenter)
     cv_folds: int = 0  # a cross-validated segmenter: its fold models give out-of-fold masks
+    trust_code: bool = False  # load it even if its stored code is not this medtune's (--trust-model-code)
 
     @property
     def out_of_fold(self) -> bool:
@@ -74,7 +77,15 @@ def resolve_segmenter(client: MlflowClient, dataset: Dataset, options: LaunchOpt
         print(f"[launch] warning: {uri} was trained on another dataset's split (--allow-foreign-segmenter)")
     cv_folds = int(version.tags.get("cv_folds", "0") or 0)
     return Segmenter(
-        uri, version.name, str(version.version), int(size), version.run_id or "", version.source, foreign, cv_folds
+        uri,
+        version.name,
+        str(version.version),
+        int(size),
+        version.run_id or "",
+        version.source,
+        foreign,
+        cv_folds,
+        options.trust_model_code,
     )
 
 
@@ -97,7 +108,7 @@ def mask_caches(
             if not loaded:
                 how = f", out-of-fold for train/val from its {len(folds)} fold models" if folds else ""
                 print(f"[launch] computing masks of {seg.uri} (version {seg.version}) once for all trials{how}")
-            loaded[source] = load_segmenter(uri)
+            loaded[source] = load_segmenter(uri, trust_code=seg.trust_code)
         return loaded[source]
 
     out: dict[int, dict[str, str]] = {}

@@ -109,17 +109,32 @@ def resolve_segmenter(client, *, name: str, uri: str | None, command: str) -> tu
         ) from None
 
 
-def load_segmenter(model_uri: str) -> nn.Module:
+def load_segmenter(model_uri: str, *, trust_code: bool = False) -> nn.Module:
     """Load a logged segmenter's network as a callable CPU module (normalised input at its size).
 
-    ``launch.py`` logs ``medtune.serving.MedtuneModel`` pyfuncs whose network is a ``torch.export``
-    program; models logged before that are ``mlflow.pytorch`` "pt2" models. Either was exported in
-    eval mode (the exported graph does not support ``.eval()`` again).
+    Its files are downloaded and checked first (``medtune.model_trust``: a model that is not this
+    medtune's is refused unless ``trust_code``, i.e. ``--trust-model-code``). The stored code of a
+    ``medtune.serving.MedtuneModel`` never runs here: its ``torch.export`` network is read with weights
+    only. Segmenters logged before MedtuneModel are ``mlflow.pytorch`` "pt2" models, not medtune's:
+    MLflow loads them, when trusted. Either was exported in eval mode (the exported graph does not
+    support ``.eval()`` again). Raises ``TrackingError`` (one line) when it cannot.
     """
-    import mlflow.pyfunc
-    import mlflow.pytorch
-    from mlflow.models import get_model_info
+    import tempfile
 
-    if "pytorch" in get_model_info(model_uri).flavors:
-        return mlflow.pytorch.load_model(model_uri)
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().network
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from medtune.model_trust import checked, refusal
+    from medtune.serving import load_network
+    from medtune.tracking import TrackingError
+
+    with tempfile.TemporaryDirectory(prefix="medtune-segmenter-") as files:
+        folder = checked(model_uri, Path(files), trust=trust_code)
+        try:
+            flavors = Model.load(str(folder)).flavors
+            if "pytorch" in flavors and refusal(folder) is not None:  # not medtune's: trusted by the user
+                return mlflow.pytorch.load_model(str(folder))
+            return load_network(folder / flavors["python_function"]["artifacts"]["network"]["path"])
+        except Exception as err:  # noqa: BLE001 - a broken or crafted model: one line, never a traceback
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrackingError(f"{model_uri}: cannot load its network ({why[:300]})") from None

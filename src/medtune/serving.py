@@ -5,7 +5,8 @@ artifacts: ``network`` (the network, ``torch.export`` format: a graph and weight
 ``facts`` (``medtune_model.json``, :class:`ModelFacts`: task, input size, letterbox, normalisation,
 channels, threshold, class names and, for a masked classifier, its segmenter's registered name and
 version with the mask mode and threshold it was trained with). The facts are also the MLmodel's
-``metadata``. So ``mlflow.pyfunc.load_model(uri).predict(images)`` needs nothing but the store:
+``metadata``. So ``mlflow.pyfunc.load_model(uri).predict(images)`` needs nothing but the store (it
+runs the code stored with the model: ``medtune.model_trust.load_pyfunc(uri)`` checks that code first):
 
 * input: uint8 ``[N, H, W, 3]`` RGB (any H and W; one size per call, ``predict.py`` mixes sizes);
 * segmenter: ``{"mask": uint8 [N, H, W] (0/1), "probability": float32 [N, H, W]}`` at the input size;
@@ -21,7 +22,11 @@ letterbox and resized (bilinear) back to the image's size before thresholding.
 
 import dataclasses
 import json
+import os
+import pickle
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,9 +163,43 @@ def network_inputs(images: torch.Tensor, probs: torch.Tensor | None, facts: Mode
         return torch.stack([data[i]["image"] for i in range(n)])
 
 
+class NetworkError(ValueError):
+    """A network file that does not load with weights only, as one line."""
+
+
+@contextmanager
+def weights_only() -> Iterator[None]:
+    """Every ``torch.load`` inside runs with ``weights_only=True``.
+
+    ``torch.export.load`` unpickles pickled weights, constants and old-format archives with
+    ``weights_only=False`` (after a failed safe load, too): a crafted archive would run its code.
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` is torch's own switch that overrides those calls.
+    """
+    saved = {
+        key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+
+
 def load_network(file: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The exported network in ``file`` on ``device``."""
-    program = torch.export.load(str(file))
+    """The exported network in ``file`` on ``device``, loaded with weights only (:class:`NetworkError` if it cannot)."""
+    try:
+        with weights_only():
+            program = torch.export.load(str(file))
+    except pickle.UnpicklingError:  # torch's message is a paragraph on how to load it unsafely
+        raise NetworkError(f"{Path(file).name}: holds pickled objects: refused, it loads with weights only") from None
+    except Exception as err:  # noqa: BLE001 - format and graph errors: all "not a plain network"
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NetworkError(
+            f"{Path(file).name}: not a torch.export network that loads with weights only ({why[:200]})"
+        ) from None
     if torch.device(device).type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, torch.device(device))
     return program.module()
@@ -177,9 +216,11 @@ class MedtuneModel(mlflow.pyfunc.PythonModel):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.segmenter = None
         if self.facts.segmenter is not None:
+            from medtune.model_trust import trusted
             from medtune.segmenter_masks import load_segmenter
 
-            self.segmenter = load_segmenter(self.facts.segmenter.uri)
+            # Checked as this model was (medtune.model_trust), with the caller's --trust-model-code.
+            self.segmenter = load_segmenter(self.facts.segmenter.uri, trust_code=trusted())
 
     def _ready(self) -> torch.nn.Module:
         if self.device.type != "cpu" and not getattr(self, "_moved", False):
