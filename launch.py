@@ -100,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="accept a --segmenter trained on another dataset's split (its training images may be your test "
         "images); recorded on the runs as segmenter_foreign=true",
     )
+    p.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="load a segmenter whose stored code is not this medtune's (read its source first: loading runs it)",
+    )
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded images and segmenter masks")
     p.add_argument("--precision", default="16-mixed", help="Lightning precision on GPU (CPU always uses 32-true)")
     p.add_argument("--resume", action="store_true", help="continue the experiment's interrupted latest launch")

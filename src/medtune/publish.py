@@ -26,7 +26,7 @@ from mlflow.entities import Metric
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from medtune import serving
+from medtune import model_trust
 from medtune.build import build_datamodule, task_spec
 from medtune.data.cache import load_cache
 from medtune.evaluate import load_system, test_metrics, test_predictions
@@ -230,7 +230,8 @@ def log_model(
     """Log ``system``'s network on the run as the pyfunc ``name`` (registered as ``register_as`` when given).
 
     Args:
-        facts: what prediction needs (``model_facts``): written as the ``facts`` artifact and the metadata.
+        facts: what prediction needs (``model_facts``): written as the ``facts`` artifact and the metadata,
+            the metadata with the sha256 of the stored code (``model_trust`` checks it before loading).
         images: uint8 [N, 3, S, S] dataset images (the test cache): the first is the MLflow input example
             (MLflow predicts on it once while logging), the first and last trace the export.
     """
@@ -244,13 +245,13 @@ def log_model(
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name=name,
-                python_model=str(Path(serving.__file__).with_name("pyfunc_model.py")),  # code, not a pickle
+                python_model=str(model_trust.CODE_FILE),  # code, not a pickle: loading runs it (model_trust)
                 artifacts={"network": str(network), "facts": str(facts_file)},
                 signature=signature(facts),
                 input_example=images[:1].permute(0, 2, 3, 1).numpy(),
                 pip_requirements=PYFUNC_REQUIREMENTS,
                 registered_model_name=register_as,
-                metadata={"medtune": facts.to_json()},
+                metadata={"medtune": {**facts.to_json(), "code_sha256": model_trust.code_sha256()}},
             )
 
 
