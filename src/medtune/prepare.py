@@ -94,7 +94,7 @@ def check_dataset(dataset: Dataset) -> None:
     for split in SPLITS:
         report = check_coco(dataset.coco_files[split], dataset.images_dirs[split], fast=True)
         lines += [
-            _one_line(f"{dataset.coco_files[split]}: {p.kind}: image {p.image_id} {p.file_name!r} {p.detail}")
+            _one_line(f"{dataset.coco_files[split]}: {p.line()}")
             for p in report.problems
         ]
     if lines:
