@@ -173,3 +173,56 @@ def test_a_worker_exiting_mid_epoch_ends_its_training_thread_first(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training thread ended" in done.stdout
     assert "terminate called" not in done.stderr and "Fatal Python error" not in done.stderr
+
+
+MEMORY_PRESSURE = """
+import json, os, sys, time
+GB = 2**30
+info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/meminfo")}
+# The memory monitor's threshold 2.5 GB above what the machine uses now: crossed only by the growing trial.
+threshold = min(0.9, (info["MemTotal"] - info["MemAvailable"] + 2.5 * GB) / info["MemTotal"])
+os.environ.update(RAY_memory_usage_threshold=f"{threshold:.3f}", RAY_memory_monitor_refresh_ms="100")
+import ray
+from ray import tune
+from trainables.search import lost_workers_fail_their_trial
+
+def trainable(config):
+    held = []
+    for _ in range(24 if config["grow"] else 0):  # up to 6 GiB, 256 MiB at a time (each page written)
+        held.append(bytearray(256 * 2**20))
+        time.sleep(0.05)
+    time.sleep(20 if held else 0)  # held until the monitor (every 100 ms) has seen it
+    tune.report({"score": 1.0})
+
+if sys.argv[1] == "fixed":
+    lost_workers_fail_their_trial()  # what make_tuner and restore_tuner do
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+grid = tune.Tuner(
+    trainable,
+    param_space={"grow": tune.grid_search([True, False])},
+    tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
+    run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0),
+).fit()
+print(json.dumps([None if r.error is None else str(r.error) for r in grid]))
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_killed_by_the_memory_monitor_is_one_failed_trial(tmp_path: Path) -> None:
+    # A Tune search on a Ray node of its own whose memory monitor kills at 2.5 GB above today's use; one
+    # trial grows past it (the shared workstation of the audit), the other does not.
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PRESSURE, "fixed", str(tmp_path / "runs")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # The search ended normally (Ray 2.60 raised "Caught unexpected exception" out of Tuner.fit) ...
+    assert done.returncode == 0 and "Caught unexpected exception" not in done.stderr, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    # ... with the killed trial failed, its reason one line. (The other trial may be killed too when the
+    # machine's other processes grow meanwhile: each is then one failed trial as well.)
+    lost = [e for e in errors if e is not None]
+    assert lost and all(e.startswith("worker lost (OutOfMemoryError): ") and "\n" not in e for e in lost), errors

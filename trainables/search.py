@@ -13,6 +13,8 @@ from pathlib import Path
 
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from ray import tune
+from ray.air.execution._internal.actor_manager import RayActorManager
+from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -77,6 +79,38 @@ class SearchPolicy:
         for value, registry, what in ((self.sampler, SAMPLERS, "sampler"), (self.scheduler, SCHEDULERS, "scheduler")):
             if value not in registry:
                 raise ValueError(f"unknown {what} '{value}'; valid: {', '.join(registry)}")
+
+
+class WorkerLost(RayActorError):
+    """A trial's worker process lost to something other than its own code (Ray's memory monitor, the OS's
+    OOM killer, a crash): the trial fails with this one-line reason, and ``--max-failures`` retries it."""
+
+    def __init__(self, cause: BaseException) -> None:
+        text = " ".join(str(cause).split())
+        super().__init__(error_msg=f"worker lost ({type(cause).__name__}): {text[:400]}")
+
+
+def lost_workers_fail_their_trial() -> None:
+    """Make a trial's worker lost to memory pressure a failed trial, not the end of the search.
+
+    Ray 2.60's actor manager (``ray/air/execution/_internal/actor_manager.py``, ``_actor_task_failed``)
+    hands a trial's error to Tune only when it is a ``RayActorError`` or a ``RayTaskError``; any other
+    ``RayError`` of a trial's task (``OutOfMemoryError`` when the memory monitor killed the worker,
+    ``WorkerCrashedError``, ``NodeDiedError``) is raised as ``RuntimeError: Caught unexpected exception``
+    out of ``Tuner.fit``, and the whole search is lost with a traceback. Here those reach Tune as a
+    ``WorkerLost`` (a ``RayActorError``), the way a dead actor does. Idempotent; driver only.
+    """
+    original = RayActorManager._actor_task_failed
+    if getattr(original, "lost_workers_fail_their_trial", False):
+        return
+
+    def failed(self: RayActorManager, tracked_actor_task: object, exception: Exception) -> None:
+        if isinstance(exception, RayError) and not isinstance(exception, (RayActorError, RayTaskError)):
+            exception = WorkerLost(exception)
+        original(self, tracked_actor_task=tracked_actor_task, exception=exception)
+
+    failed.lost_workers_fail_their_trial = True  # type: ignore[attr-defined]
+    RayActorManager._actor_task_failed = failed
 
 
 @dataclass(frozen=True)
@@ -172,6 +206,7 @@ def make_tuner(
         failure_config=FailureConfig(max_failures=resources.max_failures),
     )
     trainable = _trainable(context, resources, policy)
+    lost_workers_fail_their_trial()
     return Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -184,6 +219,7 @@ def restore_tuner(
     searcher reattaches to its Optuna study by name (``optuna_search``).
     """
     trainable = _trainable(context, resources, policy)
+    lost_workers_fail_their_trial()
     return Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
 
 
