@@ -44,7 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="EXPERIMENT",
         help="compare the best trials of these experiments' latest launches",
     )
-    p.add_argument("--launch", help="parent run id of the launch to report on [the latest]")
+    p.add_argument(
+        "--launch", help="parent run id of the launch to report on [the latest full search: not --smoke, not --config]"
+    )
     p.add_argument("--out", type=Path, help=f"report folder [{DEFAULT_REPORTS}/<experiment>/<launch id[:8]>]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
     p.add_argument(
@@ -91,6 +93,8 @@ def print_summary(launch: Launch) -> None:
     print(
         f"== {launch.experiment}: launch {launch.run_id} (dataset {tags.get('dataset', '?')}, smoke {tags.get('smoke', '?')}) =="
     )
+    if launch.selection:  # newer --smoke or --config launches were skipped, or there was nothing else
+        print(f"note: {launch.selection}")
     print(f"objective {launch.metric} ({launch.mode}); {len(launch.rows)} trials: {_counts_line(launch.rows)}")
     print(format_table(launch.rows, launch.metric))
     failed = [r for r in launch.rows if r.status == "failed"]

@@ -18,9 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import analyze
-from medtune.report.compare import compare, fold_verdicts, format_text, open_entries
-from medtune.report.cv import FoldComparison, FoldScores, FoldSizes, corrected_t, pair
-from medtune.report.load import PREDICTIONS, Launch, open_launch
+from medtune.report.compare import Entry, compare, fold_verdicts, format_text, open_entries, verdicts
+from medtune.report.cv import OPTIMISM, FoldComparison, FoldScores, FoldSizes, corrected_t, pair
+from medtune.report.load import PREDICTIONS, SPACE_FILE, Launch, latest, open_launch
 from medtune.report.write import _cv_section, cv_lines
 from medtune.tracking import LAUNCH_TAG, artifact_location
 
@@ -151,7 +151,17 @@ def test_compare_prints_the_fold_table_next_to_the_bootstrap(store: tuple[str, P
     assert (
         "b vs a, fold-wise val/balanced_acc: +0.026 [-0.017, +0.069] t=1.68 df=4 p=0.168: no difference shown" in text
     )
-    assert "c vs a, fold-wise val/balanced_acc: +0.104 [" in text and "]: c is better" in text
+    assert "c vs a, fold-wise val/balanced_acc: +0.104 [+0.083, +0.125] t=13.60 df=4 p=0.000: c is better" in text
+    # Not nested: the fold scores chose each winner, and the output says they are optimistic.
+    assert OPTIMISM in text and "these fold scores chose the winner" in text
+    # The verdict is the objective's test counterpart; the other metrics follow as secondary.
+    verdict_lines = [line for line in text.splitlines() if line.startswith(("primary", "secondary"))]
+    assert (
+        verdict_lines[0]
+        == "primary metric: balanced_acc, the test counterpart of the search's objective val/balanced_acc"
+    )
+    assert verdict_lines[1].startswith("primary: b vs a, balanced_acc: ")
+    assert verdict_lines[3].startswith("secondary metrics (3): ") and "multiplicity" in verdict_lines[3]
     # Losses are each configuration's own: never compared.
     assert "fold-wise val/loss" not in text and "n_test/n_train 0.250" in text
     page = (root / "cmp" / "compare.html").read_text()
@@ -165,6 +175,10 @@ def test_compare_says_why_the_fold_table_is_missing(store: tuple[str, Path]) -> 
     assert "other_folds vs a, balanced_acc: " in text  # the bootstrap on the test split is still shown
     text = format_text(compare(open_entries(client, ["plain", "a"]), resamples=50))
     assert "fold-wise test not shown: plain not cross-validated (a is)" in text
+    # A 5-model fold ensemble against one model: the table is shown, no verdict is drawn, and why.
+    assert "primary: a vs plain, balanced_acc: " in text
+    assert "no verdict: a is the ensemble of 5 fold models and plain one model per seed" in text
+    assert " is better" not in text
     # Two launches without cross-validation: today's output, no word on folds.
     assert "fold" not in format_text(compare(open_entries(client, ["plain", "plain"]), resamples=50))
 
@@ -210,3 +224,73 @@ def test_segmentation_ensemble_gets_a_bootstrap_over_images() -> None:
     assert len(lines) == 3
     page = _cv_section(launch)
     assert "Cross-validation" in page and "test image_iou" in page and "0.8000 [0.79" in page
+
+
+def _launch(client: MlflowClient, exp: str, start: int, kind: str) -> str:
+    """A parent run started at ``start`` ms: a search (``kind`` ""), a ``smoke`` or a ``config`` launch.
+
+    A ``--config`` launch is recognised, as in older stores, by the file it logged as its space.
+    """
+    tags = {LAUNCH_TAG: "true", "smoke": str(kind == "smoke").lower()}
+    rid = client.create_run(exp, start_time=start, tags=tags).info.run_id
+    space = "space: whole_cls\nconfig: {train.lr: 0.001}\n" if kind == "config" else "task: classification\n"
+    client.log_text(rid, space, SPACE_FILE)
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def test_latest_skips_smoke_and_config_launches(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("e", artifact_location=artifact_location(client.tracking_uri, "e"))
+    search = _launch(client, exp, 1_000, "")
+    config = _launch(client, exp, 2_000, "config")
+    smoke = _launch(client, exp, 3_000, "smoke")
+    run, said = latest(client, exp, "e")
+    # The newest full search, and a line naming the newer launches it skipped.
+    assert run.info.run_id == search
+    assert f"newer launches skipped: {smoke[:8]} (--smoke), {config[:8]} (--config)" in said
+    assert (open_launch(client, "e").run_id, open_launch(client, "e").selection) == (search, said)
+    # Asked for by --launch, a smoke launch is read, with nothing to explain.
+    asked = open_launch(client, "e", smoke)
+    assert (asked.run_id, asked.selection) == (smoke, "")
+    only = client.create_experiment("s", artifact_location=artifact_location(client.tracking_uri, "s"))
+    newest = _launch(client, only, 5_000, "smoke")
+    _launch(client, only, 4_000, "smoke")
+    run, said = latest(client, only, "s")
+    assert run.info.run_id == newest and said.startswith("'s' has no full search, only --smoke/--config launches")
+
+
+def _entries(objective: str, ensemble: tuple[int, int] = (0, 0)) -> list[Entry]:
+    labels = np.array([0, 1] * 20)
+    rng = np.random.default_rng(1)
+    good, poor = np.eye(2)[labels] * 0.9 + 0.05, rng.dirichlet([1, 1], size=40)
+    return [
+        Entry(name, name, "synth", "fp", labels, p, p[None], np.arange(40), math.nan, None, None, objective, k)
+        for name, p, k in zip(["a", "b"], [poor, good], ensemble)
+    ]
+
+
+def test_the_verdict_goes_to_the_objective_and_the_rest_is_secondary() -> None:
+    lines = verdicts(compare(_entries("val/auroc"), resamples=100))
+    # The objective is AUROC: its line comes first and is the primary one; the 3 others follow.
+    assert lines[0] == "primary metric: auroc, the test counterpart of the search's objective val/auroc"
+    assert lines[1].startswith("primary: b vs a, auroc: ") and lines[1].endswith("b is better")
+    assert lines[2].startswith("secondary metrics (3): ")
+    assert [line.split(",")[1].split(":")[0].strip() for line in lines[3:]] == ["acc", "balanced_acc", "f1_macro"]
+    # An objective without a test counterpart (a loss): no primary metric, and it is said.
+    lines = verdicts(compare(_entries("val/loss"), resamples=100))
+    assert lines[0] == "no primary metric: the objective val/loss has no test counterpart here"
+    assert lines[1].startswith("secondary metrics (4): ")
+
+
+def test_ensembles_of_different_sizes_get_no_verdict() -> None:
+    result = compare(_entries("val/acc", ensemble=(5, 2)), resamples=100)
+    lines = verdicts(result)
+    assert lines[1].endswith(
+        "no verdict: b is the ensemble of 2 fold models and a the ensemble of 5 fold models; "
+        "the difference mixes the searches with the ensembling (compare launches cross-validated "
+        "with the same folds, or neither)"
+    )
+    assert all(line.endswith("see the primary metric's line)") for line in lines[3:])
+    # Same kind on both sides (two 5-model ensembles): the verdict is drawn.
+    assert verdicts(compare(_entries("val/acc", ensemble=(5, 5)), resamples=100))[1].endswith("b is better")

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import launch
-from medtune.repeats import BestWeights, Recipe
+from medtune.repeats import BestWeights, Recipe, full_budget, headline
 from medtune.report.bootstrap import METRICS, Interval, seed_bootstrap, seed_scores
 from medtune.report.compare import Entry, compare, format_text, verdict, write_page
 from medtune.report.load import load_predictions
@@ -156,6 +156,39 @@ def test_seed_predictions_retrain_with_the_next_seeds(task_caches: dict) -> None
     assert probs.shape == (3, 9, task_caches["num_classes"]) and list(arrays["seeds"]) == [5, 6, 7]
     assert np.array_equal(probs[0], first) and not np.allclose(probs[1], probs[2])
     assert np.allclose(probs.sum(-1), 1.0, atol=1e-4)
+    # A winner that ASHA stopped early is left out: seed 5 is retrained from scratch like seed 6, and
+    # training with seed 6 gives the same model as before (the seeds, not the order, decide it).
+    again = recipe.seed_predictions(None, seed=5, repeats=2)
+    assert list(again["seeds"]) == [5, 6] and not np.allclose(again["probs_seeds"][0], first)
+    assert np.allclose(again["probs_seeds"][1], probs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("tags", "full"),
+    [
+        ({"stopped_early": "false", "status": "completed"}, True),
+        ({"stopped_early": "false", "status": "early_stopped"}, True),  # the task's patience: a retrain stops too
+        ({"stopped_early": "true", "status": "stopped"}, False),  # ASHA: a truncated budget
+        ({}, False),  # unknown: retrained rather than mixed
+    ],
+)
+def test_full_budget_reads_the_trial_runs_tags(tags: dict[str, str], full: bool) -> None:
+    assert full_budget(tags) is full
+
+
+def test_headline_is_the_mean_over_seeds() -> None:
+    good, poor = _seeds_that_disagree()
+    scores = seed_scores(LABELS, np.stack([good, poor]))
+    test = {"test/acc": 0.917, "test/balanced_acc": 0.917, "test/loss": 0.3, "test/saliency_iou": 0.2}
+    shown = headline(test, scores)
+    # acc and balanced accuracy: the mean over the 2 seeds, the point the interval is about (inside it);
+    # the loss and saliency have no per-seed score and stay the winner's.
+    assert shown["test/acc"] == pytest.approx((METRICS["acc"](LABELS, good) + METRICS["acc"](LABELS, poor)) / 2)
+    assert shown["test/acc"] == scores["acc"].mean and scores["acc"].low <= shown["test/acc"] <= scores["acc"].high
+    assert shown["test/balanced_acc"] == scores["balanced_acc"].mean
+    assert (shown["test/loss"], shown["test/saliency_iou"]) == (0.3, 0.2) and set(shown) == set(test)
+    # One seed: the winner's own numbers are the headline.
+    assert headline(test, seed_scores(LABELS, good[None])) == test and headline(test, None) == test
 
 
 @pytest.mark.parametrize(
@@ -183,12 +216,19 @@ def test_launch_with_repeats_reports_over_seeds(shared_workspace: Workspace, rep
     client = MlflowClient(shared_workspace.tracking_uri)
     run = latest_launch(client, experiment_id(client, "repro", create=False))
     preds = load_predictions(client, run.info.run_id)
-    # The winner (seed 7) and one retrain (seed 8), each on the 9 test images.
+    # The winner (seed 7) and one retrain (seed 8), each on the 9 test images; the winner is seed 0
+    # only when it ran the full budget, else seed 7 was retrained at the full budget too.
     assert preds["probs_seeds"].shape[:2] == (2, 9) and list(preds["seeds"]) == [7, 8]
-    assert np.allclose(preds["probs_seeds"][0], preds["probs"])
+    winner = client.get_run(run.data.tags["best_run_id"]).data.tags
+    kept = full_budget(winner)
+    assert run.data.tags["seed0"] == ("search winner" if kept else "retrained: ASHA stopped the winner early")
+    if kept:  # seed 0's predictions are the winner's own
+        assert np.allclose(preds["probs_seeds"][0], preds["probs"])
     assert run.data.params["repeats"] == "2"
     score = seed_scores(preds["labels"].astype(int), preds["probs_seeds"])["balanced_acc"]
     assert run.data.metrics["test_seeds/balanced_acc_mean"] == pytest.approx(score.mean)
+    # The headline test number is the mean over the seeds, the point the interval is about.
+    assert run.data.metrics["test/balanced_acc"] == pytest.approx(score.mean)
     assert {f"test_seeds/auroc_{k}" for k in ("mean", "sd", "low", "high")} <= set(run.data.metrics)
     assert f"test balanced_acc over 2 seeds x 9 images: mean {score.mean:.3f}" in repro_launch.stdout
     compared = shared_workspace.analyze("--compare", "repro", "repro", "--out", str(shared_workspace.root / "cmp"))
@@ -214,4 +254,4 @@ def test_compare_bootstraps_per_image_saliency_when_saved() -> None:
     # Same accuracy, far better saliency: the saliency difference has an interval and a verdict.
     assert result.diffs["saliency_iou"][1].value == pytest.approx(0.7)
     assert result.diffs["saliency_iou"][1].low > 0
-    assert "saliency vs whole, saliency_iou: +0.700 [+0.700, +0.700]: saliency is better" in verdicts(result)
+    assert "secondary: saliency vs whole, saliency_iou: +0.700 [+0.700, +0.700]: saliency is better" in verdicts(result)

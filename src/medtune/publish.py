@@ -30,7 +30,7 @@ from medtune import model_trust
 from medtune.build import build_datamodule, task_spec
 from medtune.data.cache import load_cache
 from medtune.evaluate import load_system, test_metrics, test_predictions
-from medtune.repeats import Recipe
+from medtune.repeats import Recipe, full_budget, headline
 from medtune.report.bootstrap import SeedScore, seed_scores
 from medtune.serving import FACTS_FILE, ModelFacts, SegmenterRef, network_inputs, signature
 from medtune.tasks.base import BaseTask
@@ -136,7 +136,9 @@ def publish_best(
 
     A single-label classifier with ``repeats`` > 1 is first retrained ``repeats - 1`` more times
     (``medtune.repeats``, seeds ``seed + 1`` ...; ``seed`` is the one the trials used, ``precision``
-    theirs); every seed's test probabilities are saved and scored (``test_seeds/*``).
+    theirs), and seed ``seed`` too when ASHA stopped the winner early; every seed's test probabilities
+    are saved and scored (``test_seeds/*``), and the parent run's ``test/<metric>`` is their mean
+    (``repeats.headline``). The winner's own test scores are on its trial run.
     """
     system = load_system(
         task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs, train_cache=caches["train"]
@@ -145,11 +147,13 @@ def publish_best(
     arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
     test.update(saliency_ceiling(client, parent_run_id, arrays))
     recipe = Recipe(task, best.config, caches, pred_masks, num_classes, epochs, metric, mode, precision)
-    scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats)
+    full = full_budget(client.get_run(best.run_id).data.tags)
+    scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats, full=full)
     log_predictions(client, parent_run_id, arrays)
     if system.has_cam:
         log_cam_overlays(client, parent_run_id, arrays)
-    client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in test.items()])
+    shown = headline(test, scores)  # with R > 1 seeds: the mean over them, what the interval is about
+    client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in shown.items()])
     client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
     client.set_tag(parent_run_id, "best_run_id", best.run_id)
     client.set_tag(best.run_id, "best", "true")
@@ -159,7 +163,7 @@ def publish_best(
     facts = model_facts(task, best.config, system, lineage)
     info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"], register_as)
     if register_as is None:
-        return Published(test, info.model_uri, seeds=scores, facts=facts)
+        return Published(shown, info.model_uri, seeds=scores, facts=facts)
     tags = {
         "val_score": repr(best.val_score),
         "metric": metric,
@@ -169,7 +173,7 @@ def publish_best(
     }
     version = str(info.registered_model_version)
     promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
-    return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
+    return Published(shown, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
 
 
 def register(
@@ -185,12 +189,20 @@ def register(
 
 
 def _over_seeds(
-    client: MlflowClient, run_id: str, recipe: Recipe, arrays: dict[str, np.ndarray], *, seed: int, repeats: int
+    client: MlflowClient,
+    run_id: str,
+    recipe: Recipe,
+    arrays: dict[str, np.ndarray],
+    *,
+    seed: int,
+    repeats: int,
+    full: bool = True,
 ) -> dict[str, SeedScore] | None:
     """The winner's test scores over ``repeats`` seeds, for a single-label classifier (else None).
 
     With ``repeats`` > 1 adds ``probs_seeds`` [R, N, K] and ``seeds`` [R] to ``arrays`` (the retrains
-    of ``medtune.repeats``). Logs the param ``repeats`` (the seeds the test score rests on: 1 for other
+    of ``medtune.repeats``; seed 0 is the winner when it ran its ``full`` budget, else retrained too,
+    said by the tag ``seed0``). Logs the param ``repeats`` (the seeds the test score rests on: 1 for other
     tasks, which are not retrained) and, for a single-label classifier, ``test_seeds/*``
     (``log_seed_scores``); with one seed that is the bootstrap over test images alone.
     """
@@ -200,7 +212,8 @@ def _over_seeds(
     if not single:
         return None
     if retrain:
-        arrays.update(recipe.seed_predictions(arrays["probs"], seed=seed, repeats=repeats))
+        client.set_tag(run_id, "seed0", "search winner" if full else "retrained: ASHA stopped the winner early")
+        arrays.update(recipe.seed_predictions(arrays["probs"] if full else None, seed=seed, repeats=repeats))
     return log_seed_scores(client, run_id, arrays["labels"], arrays.get("probs_seeds", arrays["probs"][None]))
 
 

@@ -6,9 +6,13 @@ winning configuration with seeds ``seed + 1, seed + 2, ...`` on the same split, 
 ``max_epochs`` (no ASHA, which only the search needs; the task's own patience still applies, as in a
 trial), keeping the weights of its best validation epoch by the space's metric and mode: the
 selection the search's checkpoint made. Every seed's test probabilities then feed the two-level
-bootstrap of ``medtune.report.bootstrap``. The search's winner (seed index 0) may have been
-stopped by ASHA before ``max_epochs``; the retrains are not, and the spread over seeds includes
-that difference.
+bootstrap of ``medtune.report.bootstrap``.
+
+All R models are trained at the same budget. The search's winner counts as seed 0 only when it
+ran its full budget (:func:`full_budget`: not stopped by ASHA); when ASHA stopped it at an early
+rung it is left out and seed 0 is retrained from scratch too, so the interval is not about a mix
+of a truncated model and full ones. The headline test number of a launch with R > 1 seeds is the
+mean over them (:func:`headline`), the number the interval is about.
 
 Plain Lightning in the driver process, after the search: no Ray.
 """
@@ -24,6 +28,7 @@ import torch
 
 from medtune.build import build_datamodule, build_system
 from medtune.evaluate import test_predictions
+from medtune.report.bootstrap import SeedScore
 from medtune.tasks.base import BaseTask
 from medtune.trainer import make_trainer
 
@@ -103,19 +108,41 @@ class Recipe:
         best.restore(system)
         return system.eval()
 
-    def seed_predictions(self, first: np.ndarray, *, seed: int, repeats: int) -> dict[str, np.ndarray]:
-        """``probs_seeds`` [R, N, K] (index 0: ``first``, the winner's test probabilities) and ``seeds`` [R].
+    def seed_predictions(self, first: np.ndarray | None, *, seed: int, repeats: int) -> dict[str, np.ndarray]:
+        """``probs_seeds`` [R, N, K] and ``seeds`` [R]: seed 0 is ``first``, or retrained when ``first`` is None.
 
         Args:
-            first: the search's winner's test probabilities [N, K] (trained with ``seed``).
+            first: the search's winner's test probabilities [N, K] (trained with ``seed``) when it ran
+                the full budget; None when ASHA stopped it, so ``seed`` is retrained like the others.
             seed: the launch's seed; the retrains use ``seed + 1`` ... ``seed + repeats - 1``.
             repeats: R, the number of seeds including the winner's.
         """
         seeds = [seed + r for r in range(repeats)]
-        probs = [first]
-        for extra in seeds[1:]:
+        probs = [] if first is None else [first]
+        for extra in seeds[len(probs) :]:
             arrays = test_predictions(
                 self.train(extra), self.config, caches=self.caches, pred_masks=self.pred_masks, max_overlays=0
             )
             probs.append(arrays["probs"])
         return {"probs_seeds": np.stack(probs).astype(np.float32), "seeds": np.array(seeds)}
+
+
+def full_budget(tags: dict[str, str]) -> bool:
+    """Whether the winner's trial run (its MLflow tags) ran its full budget, as a retrain does.
+
+    A trial that the task's own patience ended ran its budget (a retrain would stop there too); one
+    that ASHA stopped (``stopped_early=true``) did not. Without the tag (a store that was away when
+    the search ended) the trial counts as stopped: retraining costs a run, mixing budgets a wrong interval.
+    """
+    return tags.get("stopped_early") == "false"
+
+
+def headline(test: dict[str, float], scores: dict[str, SeedScore] | None) -> dict[str, float]:
+    """The launch's ``test/*`` numbers: with R > 1 seeds, ``test/<name>`` is the mean over the seeds.
+
+    That mean is the point the two-level interval (``test_seeds/<name>_low``/``_high``) is about; a
+    single seed's score can sit outside it. Metrics without a per-seed score (the loss, the saliency
+    IoU) stay the search winner's, whose own ``test/*`` stay on its trial run.
+    """
+    means = {f"test/{name}": score.mean for name, score in (scores or {}).items() if score.seeds > 1}
+    return {key: means.get(key, value) for key, value in test.items()}

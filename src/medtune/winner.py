@@ -129,7 +129,9 @@ def _print_result(
         print(f"test split: the {k} fold models' ensemble; each fold model alone under test_fold<k>/*")
     else:
         print(f"best trial: {best.run_id} {space.metric}={best.val_score:.4f}")
-    print("test split: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(published.test.items())))
+    seeds = max((score.seeds for score in (published.seeds or {}).values()), default=1)
+    over = f" ({', '.join(published.seeds)}: mean over {seeds} seeds)" if seeds > 1 else ""
+    print(f"test split{over}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(published.test.items())))
     for metric, score in (published.seeds or {}).items():
         print(f"test {metric} {score}")
     if name:

@@ -15,6 +15,12 @@ crude (a resample sees at most three distinct training runs, so the interval's s
 itself uncertain); more seeds make it honest. When models are compared, every resample draws the
 same images for all of them (paired) and the seeds of each model independently, so a difference's
 interval reflects how the models disagree and how much each varies between training runs.
+
+The images are drawn per class (stratified): each resample holds as many images of each class as
+the test split does. A plain draw can miss a rare class (one positive in 20 images: about a third
+of the resamples), where AUROC is undefined and balanced accuracy or macro F1 silently average over
+fewer classes; dropping those resamples would bias the interval towards the resamples that happen
+to hold every class. Stratified, every resample scores the same classes as the point estimate.
 """
 
 from __future__ import annotations
@@ -75,22 +81,44 @@ METRICS: dict[str, Metric] = {
 
 @dataclass
 class Interval:
-    """A point estimate with a bootstrap percentile interval."""
+    """A point estimate with a bootstrap percentile interval.
+
+    ``undefined`` counts the resamples where the metric had no value (e.g. a saliency IoU drawn on
+    images without a lesion); the percentiles are over the others, and ``str`` says how many.
+    """
 
     value: float
     low: float
     high: float
+    undefined: int = 0
 
     def __str__(self) -> str:
-        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        said = f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        return said + (f" ({self.undefined} resamples undefined, left out)" if self.undefined else "")
 
 
 def _interval(value: float, samples: np.ndarray, level: float) -> Interval:
+    """The central ``level`` percentile interval of the finite ``samples`` (e.g. 2.5th to 97.5th for 0.95)."""
     finite = samples[np.isfinite(samples)]
+    undefined = int(samples.size - finite.size)
     if not finite.size:
-        return Interval(value, float("nan"), float("nan"))
+        return Interval(value, float("nan"), float("nan"), undefined)
     tail = 100 * (1 - level) / 2
-    return Interval(value, float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return Interval(value, float(low), float(high), undefined)
+
+
+def stratified_draws(labels: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Image indices [B, N]: each resample draws, with replacement, as many images of each class as there are.
+
+    Classes are drawn in sorted order, each with ``rng.integers``; with a single class this is the
+    plain bootstrap draw ``rng.integers(0, N, (B, N))``.
+    """
+    parts = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        parts.append(members[rng.integers(0, len(members), size=(resamples, len(members)))])
+    return np.concatenate(parts, axis=1)
 
 
 def seed_bootstrap(
@@ -107,9 +135,9 @@ def seed_bootstrap(
     Each resample draws the same test images (with replacement) for every model and, per model, as
     many of its seeds as it has (with replacement); a model's resample score is the mean over its
     drawn seeds of ``metric`` on the drawn images (see the module docstring). The image draws come
-    first from the generator, so models with one seed, or with identical seeds, get exactly the
-    intervals of the image-only bootstrap. Resamples where the metric is undefined (e.g. AUROC
-    without a positive) are dropped.
+    first from the generator (:func:`stratified_draws`), so models with one seed, or with identical
+    seeds, get exactly the intervals of the image-only bootstrap. A resample where the metric is
+    still undefined is left out of the percentiles and counted (``Interval.undefined``).
 
     Args:
         labels: true class per test image [N].
@@ -121,7 +149,7 @@ def seed_bootstrap(
         level: coverage of the intervals.
     """
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    draws = stratified_draws(labels, resamples, rng)
     samples = np.empty((resamples, len(probs_seeds)))  # [B, models]
     for m, probs in enumerate(probs_seeds):
         per_seed = np.array([[metric(labels[idx], p[idx]) for p in probs] for idx in draws])  # [B, R]
@@ -151,21 +179,27 @@ class SeedScore:
     """A test metric over R seeds and N images: mean and sd over seeds, two-level bootstrap interval."""
 
     mean: float
-    sd: float  # between seeds (0 with one seed)
+    sd: float | None  # sample sd between seeds (ddof=1); None with one seed, where it cannot be estimated
     low: float
     high: float
     seeds: int
     images: int
 
     def __str__(self) -> str:
+        spread = "one seed: no sd between seeds" if self.sd is None else f"sd {self.sd:.3f}"
         return (
-            f"over {self.seeds} seeds x {self.images} images: mean {self.mean:.3f} (sd {self.sd:.3f}), "
-            f"95% interval [{self.low:.2f}, {self.high:.2f}]"
+            f"over {self.seeds} seed{'s' if self.seeds > 1 else ''} x {self.images} images: mean {self.mean:.3f} "
+            f"({spread}), 95% interval [{self.low:.2f}, {self.high:.2f}]"
         )
 
     def metrics(self, name: str) -> dict[str, float]:
-        """``test_seeds/<name>_mean``, ``_sd``, ``_low`` and ``_high``, as logged on the launch's run."""
-        return {f"test_seeds/{name}_{key}": getattr(self, key) for key in ("mean", "sd", "low", "high")}
+        """``test_seeds/<name>_mean``, ``_sd``, ``_low`` and ``_high``, as logged on the launch's run.
+
+        With one seed ``_sd`` is not logged: there is no spread between seeds to measure (0 would say
+        the training runs agree, NaN would end up in the sentences that quote it).
+        """
+        keys = ("mean", "low", "high") if self.sd is None else ("mean", "sd", "low", "high")
+        return {f"test_seeds/{name}_{key}": getattr(self, key) for key in keys}
 
 
 def seed_scores(labels: np.ndarray, probs_seeds: np.ndarray) -> dict[str, SeedScore]:
@@ -173,7 +207,7 @@ def seed_scores(labels: np.ndarray, probs_seeds: np.ndarray) -> dict[str, SeedSc
     scores = {}
     for name, metric in METRICS.items():
         per_seed = [metric(labels, p) for p in probs_seeds]
-        sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+        sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
         (interval,), _ = seed_bootstrap(labels, [probs_seeds], metric)
         scores[name] = SeedScore(interval.value, sd, interval.low, interval.high, len(per_seed), len(labels))
     return scores

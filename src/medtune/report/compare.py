@@ -11,6 +11,12 @@ difference is then said in words: which experiment is better, or that none is sh
 When every launch is cross-validated on the same folds (same ``cv_folds_digest``), their winners'
 scores on each fold's held-out images are compared too, fold by fold, with the corrected resampled
 t-test (``medtune.report.cv``), next to the bootstrap on the test split.
+
+The verdict is the primary metric's: the test counterpart of the search's objective (``val/balanced_acc``
+-> ``balanced_acc``), the question the searches were run to answer. The other metrics are listed as
+secondary: with several of them, one can differ by chance. A cross-validated launch is tested as the
+ensemble of its K fold models; against a single model (or its seeds) a difference would mix the
+spaces with the ensembling, so the test-split verdict is refused and the reason said.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from mlflow.tracking import MlflowClient
 
 from medtune.report import cv, html
 from medtune.report.bootstrap import CONCLUSIVE_HALF_WIDTH, METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
-from medtune.report.load import PREDICTIONS, load_predictions
+from medtune.report.load import PREDICTIONS, latest, load_predictions
 from medtune.report.plots import save
-from medtune.tracking import TrackingError, experiment_id, latest_launch
+from medtune.tracking import TrackingError, experiment_id
 
 SALIENCY = "test/saliency_iou"  # logged by saliency-trained classifiers; shown when present
 
@@ -47,11 +53,14 @@ class Entry:
     fingerprint: str
     labels: np.ndarray
     probs: np.ndarray  # the search's winner [N, K]
-    probs_seeds: np.ndarray  # every seed's model [R, N, K]; index 0 is the winner
+    probs_seeds: np.ndarray  # every seed's model [R, N, K], all at the full budget (tag seed0: is 0 the winner)
     image_ids: np.ndarray | None
     saliency_iou: float  # NaN when the launch logged none
     saliency: np.ndarray | None = None  # per test image [N] (NaN without a lesion); None if not saved
     folds: cv.FoldScores | str | None = None  # cross-validated launches' fold scores, or why unreadable
+    objective: str = ""  # the search's metric, e.g. ``val/balanced_acc`` (param ``metric``)
+    fold_models: int = 0  # K when the test predictions are the ensemble of K fold models, else 0
+    selection: str = ""  # why this launch and not a newer one (``load.latest``)
 
 
 @dataclass
@@ -66,18 +75,18 @@ class Comparison:
 
 def open_entries(client: MlflowClient, experiments: list[str]) -> list[Entry]:
     """The latest launch of each experiment; refuses different datasets or missing predictions."""
-    parents = [(name, latest_launch(client, experiment_id(client, name, create=False))) for name in experiments]
-    fingerprints = {run.data.tags.get("dataset_fingerprint", "?") for _, run in parents}
+    parents = [(name, *latest(client, experiment_id(client, name, create=False), name)) for name in experiments]
+    fingerprints = {run.data.tags.get("dataset_fingerprint", "?") for _, run, _ in parents}
     if len(fingerprints) > 1:
         which = "; ".join(
             f"{n}: {r.data.tags.get('dataset_fingerprint', '?')} ({r.data.tags.get('dataset', '?')})"
-            for n, r in parents
+            for n, r, _ in parents
         )
         raise CompareError(f"cannot compare: the latest launches are on different datasets ({which})")
-    return [_entry(client, name, run) for name, run in parents]
+    return [_entry(client, name, run, selection) for name, run, selection in parents]
 
 
-def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
+def _entry(client: MlflowClient, name: str, run: Run, selection: str = "") -> Entry:
     preds = load_predictions(client, run.info.run_id)
     kind = "" if preds is None else str(preds.get("report_kind", ""))
     if kind not in ("classification", "multilabel"):
@@ -100,7 +109,17 @@ def _entry(client: MlflowClient, name: str, run: Run) -> Entry:
         saliency_iou=float(run.data.metrics.get(SALIENCY, math.nan)),
         saliency=_per_image_saliency(preds, len(probs)),
         folds=cv.read_fold_scores(client, name, run),
+        objective=run.data.params.get("metric", ""),
+        fold_models=_fold_models(run.data.params, preds),
+        selection=selection,
     )
+
+
+def _fold_models(params: dict[str, str], preds: dict[str, np.ndarray]) -> int:
+    """K when the launch's test predictions are its K fold models' ensemble (param ``cv_folds``), else 0."""
+    if params.get("cv_folds", "").isdigit():
+        return int(params["cv_folds"])
+    return len(preds["probs_folds"]) if "probs_folds" in preds else 0
 
 
 def _per_image_saliency(preds: dict[str, np.ndarray], n: int) -> np.ndarray | None:
@@ -178,7 +197,8 @@ def table_rows(result: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def format_text(result: Comparison) -> str:
     """The comparison as an aligned plain-text table, how the intervals were made, and what they say."""
-    lines = [_aligned_text(*table_rows(result)), _method(result), *verdicts(result)]
+    notes = [e.selection for e in result.entries if e.selection]
+    lines = [*notes, _aligned_text(*table_rows(result)), _method(result), *verdicts(result)]
     if isinstance(result.folds, str):
         return "\n".join(lines + ([result.folds] if result.folds else []))
     tables = [_aligned_text(*cv.fold_rows(result.folds, name)) for name in result.folds.tests]
@@ -193,8 +213,34 @@ def _aligned_text(header: list[str], rows: list[list[str]]) -> str:
 def _rests_on(entry: Entry) -> str:
     """What an experiment's numbers rest on, e.g. ``over 3 seeds and 60 test images``."""
     seeds = len(entry.probs_seeds)
-    ensemble = f" (the ensemble of {entry.folds.folds} fold models)" if isinstance(entry.folds, cv.FoldScores) else ""
+    ensemble = f" (the ensemble of {entry.fold_models} fold models)" if entry.fold_models else ""
     return f"over {seeds} seed{'s' if seeds > 1 else ''}{ensemble} and {len(entry.labels)} test images"
+
+
+def _estimator(entry: Entry) -> str:
+    """What produced an entry's test predictions: ``the ensemble of 5 fold models`` or ``one model per seed``."""
+    return f"the ensemble of {entry.fold_models} fold models" if entry.fold_models else "one model per seed"
+
+
+def not_alike(entry: Entry, first: Entry) -> str:
+    """Why the test-split difference of ``entry`` against ``first`` would mislead, or "" when both are alike.
+
+    A K-model fold ensemble against a single model (or an ensemble of another size) differs by the
+    ensembling as well as by the configuration: the difference cannot be put on the search.
+    """
+    if entry.fold_models == first.fold_models:
+        return ""
+    return (
+        f"no verdict: {entry.experiment} is {_estimator(entry)} and {first.experiment} {_estimator(first)}; "
+        "the difference mixes the searches with the ensembling (compare launches cross-validated with the "
+        "same folds, or neither)"
+    )
+
+
+def primary(result: Comparison) -> str:
+    """The metric the verdict is on: the test counterpart of the first experiment's objective ("" if none)."""
+    name = result.entries[0].objective.split("/")[-1]
+    return name if name in result.diffs else ""
 
 
 def _method(result: Comparison) -> str:
@@ -235,14 +281,47 @@ def verdict(better: str, worse: str, diff: Interval, *, remedy: str = "more seed
 
 
 def verdicts(result: Comparison) -> list[str]:
-    """One line per experiment after the first and per metric: the difference and what it says."""
-    first = result.entries[0].experiment
-    return [
-        f"{entry.experiment} vs {first}, {name}: {result.diffs[name][i]}: {verdict(entry.experiment, first, result.diffs[name][i])}"
-        for i, entry in enumerate(result.entries)
-        if i > 0
-        for name in result.diffs
-    ]
+    """The primary metric's line per experiment after the first, then the secondary metrics' lines.
+
+    Each line is the difference against the first experiment and what it says (:func:`verdict`), or,
+    when the two are not the same kind of estimator (:func:`not_alike`), why no verdict is drawn.
+    """
+    first, head = result.entries[0], primary(result)
+    objectives = sorted({e.objective for e in result.entries})
+    if head:
+        said = f"primary metric: {head}, the test counterpart of the search's objective {first.objective}"
+        if len(objectives) > 1:
+            said += f" (the experiments' objectives differ: {', '.join(o or '?' for o in objectives)}; the first's)"
+    else:
+        said = f"no primary metric: the objective {first.objective or '?'} has no test counterpart here"
+    lines = [said, *(_pair_lines(result, head, "primary") if head else [])]
+    secondary = [name for name in result.diffs if name != head]
+    if secondary:
+        lines.append(_MULTIPLICITY.format(count=len(secondary)))
+    for name in secondary:
+        lines += _pair_lines(result, name, "secondary")
+    return lines
+
+
+def _pair_lines(result: Comparison, name: str, rank: str) -> list[str]:
+    """``rank: b vs a, name: diff [95% CI]: what it says`` for each experiment after the first."""
+    first, lines, said_why = result.entries[0], [], rank == "primary" or not primary(result)
+    for i, entry in enumerate(result.entries[1:], start=1):
+        diff = result.diffs[name][i]
+        why = not_alike(entry, first)
+        if why and not said_why:  # the primary line said why in full
+            why = "no verdict (not the same kind of estimator: see the primary metric's line)"
+        words = why or verdict(entry.experiment, first.experiment, diff)
+        lines.append(f"{rank}: {entry.experiment} vs {first.experiment}, {name}: {diff}: {words}")
+    return lines
+
+
+# One sentence on multiplicity: several metrics tested at 95% each will, by chance, show a difference
+# more often than one in twenty times; only the primary metric was the question asked.
+_MULTIPLICITY = (
+    "secondary metrics ({count}): described, not the question asked; with several metrics at 95% each, one of "
+    "them can show a difference by chance (no correction for multiplicity), so the verdict is the primary metric's"
+)
 
 
 def fold_verdicts(result: cv.FoldComparison) -> list[str]:

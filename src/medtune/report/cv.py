@@ -270,12 +270,29 @@ def fold_rows(result: FoldComparison, name: str) -> tuple[list[str], list[list[s
     return header, rows
 
 
+# The fold scores of a launch without nesting are those of the trial and epoch that maximised their
+# mean: a maximum over trials x epochs, biased upwards, the more so the more the space searched.
+OPTIMISM = (
+    "optimistic: these fold scores chose the winner (they are the scores of the trial and epoch that maximised "
+    "the fold mean), so each is biased upwards, the more so for the space that searched more; the test assumes "
+    "a fixed learner: read it as a comparison of the searches' best fold scores, not of held-out performance"
+)
+
+
 def method(result: FoldComparison) -> str:
-    """What the fold-wise tests rest on."""
+    """What the fold-wise tests rest on, and why their scores are optimistic (:data:`OPTIMISM`)."""
     first = result.entries[0]
     return (
-        f"fold-wise: each experiment's winner scored on the same {first.folds} held-out folds of {first.sizes.pool} "
-        f"pooled train+val images (cv_folds_digest {first.digest}); diff: against {first.experiment}, fold by fold, "
-        f"corrected resampled t-test (Nadeau and Bengio 2003; n_test/n_train {first.sizes.ratio:.3f}, "
-        f"{first.sizes.n_test:.0f} held-out vs {first.sizes.n_train:.0f} training images per fold), 95% interval"
+        f"fold-wise: each experiment's winner scored on the same {first.folds} folds of {first.sizes.pool} "
+        f"pooled train+val images (cv_folds_digest {first.digest}; {_fold_sizes(first.sizes)}); diff: against "
+        f"{first.experiment}, fold by fold, corrected resampled t-test (Nadeau and Bengio 2003; n_test/n_train "
+        f"{first.sizes.ratio:.3f}), 95% interval. {OPTIMISM}"
     )
+
+
+def _fold_sizes(sizes: FoldSizes) -> str:
+    """The folds' sizes as they were: ``20 scored vs 80 training images per fold``, or each fold's when they differ."""
+    if len(set(sizes.held_out)) == 1:
+        held = sizes.held_out[0]
+        return f"{held} scored vs {sizes.pool - held} training images per fold"
+    return "scored images per fold " + ", ".join(str(h) for h in sizes.held_out) + f" (of {sizes.pool})"

@@ -2,6 +2,11 @@
 
 Nothing past this module touches MLflow objects, so plots and pages are plain functions of a
 :class:`Launch`. Only the tracking store is read (no Ray results, no checkpoints, no dataset).
+
+"The latest launch" of an experiment (:func:`latest`) is its latest full search: a ``--smoke`` launch
+(a check that the pipeline runs, at a toy budget) or a ``--config`` launch (one configuration
+trained once, no search) started after it does not replace it. Those are read when asked for by
+``--launch``, or when the experiment has nothing else (and then the report says so).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from medtune.leaderboard import Row, leaderboard
 from medtune.report.cv import FoldScores, read_fold_scores
 from medtune.spaces import merge
-from medtune.tracking import LAUNCH_TAG, TrackingError, experiment_id, latest_launch, trial_runs
+from medtune.tracking import LAUNCH_TAG, TrackingError, experiment_id, trial_runs
 
 PREDICTIONS = "test_predictions.npz"  # logged on the parent run by src/medtune/publish.py
 SPACE_FILE = "search_space.yaml"  # the space file as launched (its smoke block not yet merged)
@@ -43,6 +48,7 @@ class Launch:
         predictions: the best trial's per-image test predictions, or None if not logged.
         folds: a cross-validated launch's fold scores (``medtune.report.cv``), a line saying why
             they cannot be read, or None for a launch without cross-validation.
+        selection: a line on why this launch was read rather than a newer one (:func:`latest`).
     """
 
     experiment: str
@@ -56,6 +62,7 @@ class Launch:
     space: dict
     predictions: dict[str, np.ndarray] | None
     folds: FoldScores | str | None = None
+    selection: str = ""  # why this launch and not the newest one ("" when it is the newest, or asked for)
 
     @property
     def metric(self) -> str:
@@ -101,7 +108,7 @@ def open_launch(client: MlflowClient, experiment: str, launch: str | None = None
             or ``launch`` is not a launch of this experiment.
     """
     exp_id = experiment_id(client, experiment, create=False)
-    parent = _parent(client, exp_id, experiment, launch)
+    parent, selection = _parent(client, exp_id, experiment, launch)
     run_id, params = parent.info.run_id, dict(parent.data.params)
     metric, mode = params.get("metric", ""), params.get("mode", "max")
     rows = leaderboard(client, exp_id, run_id, metric, mode)
@@ -118,19 +125,70 @@ def open_launch(client: MlflowClient, experiment: str, launch: str | None = None
         space=_space(client, run_id, smoke=parent.data.tags.get("smoke") == "true"),
         predictions=load_predictions(client, run_id),
         folds=read_fold_scores(client, experiment, parent),
+        selection=selection,
     )
 
 
-def _parent(client: MlflowClient, exp_id: str, experiment: str, launch: str | None) -> Run:
+def _parent(client: MlflowClient, exp_id: str, experiment: str, launch: str | None) -> tuple[Run, str]:
     if launch is None:
-        return latest_launch(client, exp_id)
+        return latest(client, exp_id, experiment)
     try:
         run = client.get_run(launch)
     except MlflowException:
         raise TrackingError(f"--launch {launch}: no such run in the tracking store") from None
     if run.info.experiment_id != exp_id or run.data.tags.get(LAUNCH_TAG) != "true":
         raise TrackingError(f"--launch {launch}: not a launch (parent run) of experiment '{experiment}'")
-    return run
+    return run, ""
+
+
+def launch_kind(client: MlflowClient, run: Run) -> str:
+    """``smoke`` (``--smoke``), ``config`` (``--config``: one configuration, no search) or ``""`` for a search.
+
+    A ``--config`` launch logged its config file as the space file: a mapping with ``space`` and ``config``.
+    """
+    tags = run.data.tags
+    if tags.get("smoke") == "true":
+        return "smoke"
+    if tags.get("config") == "true":
+        return "config"
+    data = read_artifact(client, run.info.run_id, SPACE_FILE)
+    try:
+        raw = yaml.safe_load(data.decode()) if data is not None else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raw = None
+    return "config" if isinstance(raw, dict) and {"space", "config"} <= set(raw) else ""
+
+
+def latest(client: MlflowClient, exp_id: str, experiment: str) -> tuple[Run, str]:
+    """The latest launch that is a full search, and a line saying which newer launches it skipped.
+
+    ``--smoke`` and ``--config`` launches are skipped (module docstring); when the experiment has
+    only those, the latest of them is read and the line says so.
+
+    Raises:
+        TrackingError: the experiment has no launch.
+    """
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.`{LAUNCH_TAG}` = 'true'", order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        raise TrackingError(f"experiment {exp_id} has no launch yet (run launch.py first)")
+    kinds = []
+    for run in runs:
+        kind = launch_kind(client, run)
+        if not kind:
+            if not kinds:
+                return run, ""
+            skipped = ", ".join(f"{r.info.run_id[:8]} (--{k})" for r, k in zip(runs, kinds))
+            return run, (
+                f"'{experiment}': latest full search {run.info.run_id[:8]}; newer launches skipped: {skipped} "
+                "(read one with --experiment ... --launch RUN_ID)"
+            )
+        kinds.append(kind)
+    return runs[0], (
+        f"'{experiment}' has no full search, only --smoke/--config launches: reading the latest, "
+        f"{runs[0].info.run_id[:8]} (--{kinds[0]})"
+    )
 
 
 def _curve(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
