@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-export RAY_AUTH_MODE=disabled PYTHONWARNINGS=ignore
+export PYTHONWARNINGS=ignore  # each launch starts its Ray cluster on loopback, with a token of its own
 PY=.venv/bin/python
 [ -f data/synthetic/train.json ] || $PY -m medtune.data synth --out data/synthetic
 # A shorter budget than the shipped spaces' (8 epochs, ASHA keeping the best half): at most 6

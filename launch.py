@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from medtune.options import LaunchOptions
-from medtune.redact import redact_text
+from medtune.redact import redact_output, redact_text
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # Ray warns when experiment snapshots come often (TUNE_GLOBAL_CHECKPOINT_S=0, as tests set it).
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    redact_output()  # no URI's password on this terminal, whoever prints it
     started = time.time()
     code = main()
     print(f"[launch] finished in {time.time() - started:.0f} s (exit {code})", file=sys.stderr)

@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-export RAY_AUTH_MODE=disabled
 # Two processes (pytest-xdist): a launch mostly waits (Ray start-up, imports), so two at a time use the
 # 2 cores; tests reading the session's shared launches stay in one process (tests/conftest.py).
 exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,39 @@ def test_two_launches_creating_one_experiment_at_once_both_get_it(tmp_path: Path
     # ... and both got the same experiment each round.
     ids = [out.split() for out, _ in outs]
     assert ids[0] == ids[1] and len(set(ids[0])) == ROUNDS
+
+
+def test_two_launches_of_one_experiment_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
+    from trainables.driver import new_location
+
+    now = 1_780_000_000.0  # one instant for all three launches
+    locs = [new_location(str(tmp_path / "runs"), tmp_path / "cache", "exp", now=now) for _ in range(3)]
+    # Each launch got its own Ray folder (which here is also its driver folder), created by it alone.
+    assert len({loc.ray for loc in locs}) == 3 and all(Path(loc.ray).is_dir() for loc in locs)
+    assert [loc.name[-2:] for loc in locs[1:]] == ["-2", "-3"] and locs[0].name.startswith("exp-20")
+    # A bucket: the driver's folders (spool, study) under --cache-dir are exclusive in the same way.
+    buckets = [new_location("s3://b/runs", tmp_path / "cache", "exp", now=now) for _ in range(2)]
+    assert buckets[0].driver != buckets[1].driver and buckets[0].ray != buckets[1].ray
+
+
+def test_scratch_folders_are_unguessable_and_stale_cache_writes_are_swept(tmp_path: Path) -> None:
+    from trainables import cleanup
+
+    first, second = cleanup.new_scratch("exp-1"), cleanup.new_scratch("exp-1")
+    try:
+        # Two folders for one launch name, each with a random suffix, readable by their owner only.
+        assert first != second and first.name.startswith("medtune-scratch-exp-1-")
+        assert first.stat().st_mode & 0o777 == 0o700
+    finally:
+        for folder in (first, second):
+            folder.rmdir()
+    cache = tmp_path / "cache" / "ds"
+    cache.mkdir(parents=True)
+    old, young, kept = cache / ".train.pt.abc.tmp", cache / ".val.pt.def.tmp", cache / "train.pt"
+    for path in (old, young, kept):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(kept, (time.time() - 7200, time.time() - 7200))
+    # The hour-old partial write of a killed build goes; one being written now and the caches stay.
+    assert cleanup.sweep_stale(tmp_path / "cache") == 1
+    assert not old.exists() and young.exists() and kept.exists()

@@ -89,6 +89,8 @@ def test_many_trials_finishing_together_lose_no_metric(workspace: Workspace, syn
 
 SECRET = "medtune-test-secret-7f3a9c"
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN")
+# Ray's state under the storage path: it pickles the trial logger, tracking URI included, to resume it.
+RAY_STATE = ("tuner.pkl", "experiment_state-")
 OUTAGE_S = 20  # the tracking server is stopped this long (plus its restart) in the middle of the search
 
 
@@ -161,7 +163,9 @@ def test_a_tracking_server_away_mid_search_costs_nothing_and_sees_no_secret(
     mlflow_server: TrackingServer, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workspace, url = Workspace(tmp_path), mlflow_server.url
-    workspace.tracking_uri = url
+    # The launch reaches the server through a URI with a password (basic auth, which this server ignores):
+    # it must be used, never shown or stored.
+    workspace.tracking_uri = url.replace("http://", f"http://medtune:{SECRET}@")
     for name in SECRET_VARS:  # the launch's environment; the server was started without them
         monkeypatch.setenv(name, SECRET)
     args = ("--smoke", "--num-samples", "3", "--max-epochs", "3")  # epochs enough to go on during the outage
@@ -206,6 +210,11 @@ def test_a_tracking_server_away_mid_search_costs_nothing_and_sees_no_secret(
     for name in ("search_space.yaml", "resolved_space.json", "versions.json"):
         texts.append(Path(client.download_artifacts(parents[0].info.run_id, name, str(tmp_path))).read_text())
     assert not [t for t in texts if SECRET in t]
+    # Nor the terminal (the outage lines, the tracking URI printed at the end, the resume hint), nor any
+    # file the launch or the server wrote: the launch log, the server's store and artifacts, the caches.
+    assert SECRET not in output and workspace.tracking_uri not in output
+    leaks = [f for f in tmp_path.rglob("*") if f.is_file() and SECRET.encode() in f.read_bytes()]
+    assert [f for f in leaks if not f.name.startswith(RAY_STATE)] == []
 
 
 def test_writes_wait_for_a_store_that_is_away(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@ everything: ``--resume`` continues from those checkpoints.
 
 Trials write each checkpoint into a temporary folder before Ray copies it into the experiment
 folder; a trial stopped while reporting (ASHA, the end of the search) can leave that folder behind.
-They make them under ``scratch_folder(name)``, one per launch, which the launch removes.
+They make them under the launch's scratch folder (``new_scratch``: ``tempfile.mkdtemp``, a name nobody
+can guess or take first, readable by its owner only), which the launch removes however it ends.
+
+A build killed mid-write (SIGKILL, a lost machine) leaves its atomic write's temporary file
+(``.<name>.<random>.tmp`` beside the cache file, ``medtune.data.cocoio.atomic_file``);
+``sweep_stale`` removes those older than an hour when a launch starts.
 
 The experiment folder may be local or in a bucket (``trainables.storage``): both are reached through
 pyarrow's filesystem, as Ray reaches them.
@@ -29,11 +34,38 @@ from ray import tune
 from trainables.storage import Location, why
 
 TRIAL_PREFIX, CHECKPOINT_PREFIX = "trial_", "checkpoint_"  # Ray's layout: <experiment>/trial_*/checkpoint_<index>
+SCRATCH_PREFIX = "medtune-scratch-"
+STALE_TMP = ".*.tmp"  # an atomic write's temporary file (medtune.data.cocoio.atomic_file)
+STALE_AFTER_S = 3600.0  # a cache write takes seconds to minutes: an hour-old temporary file is an orphan
+
+
+def new_scratch(name: str) -> Path:
+    """A new folder for launch ``name``'s trials' temporary checkpoint copies, in the system temp folder:
+    made by ``tempfile.mkdtemp`` (a random suffix, mode 0700), so no one can predict it or create it first."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{name}-"))
 
 
 def scratch_folder(name: str) -> Path:
-    """The folder of launch ``name`` for its trials' temporary checkpoint copies, in the system temp folder."""
-    return Path(tempfile.gettempdir()) / f"medtune-scratch-{name}"
+    """Launch ``name``'s scratch folder if one is left in the system temp folder (else the prefix, which is
+    no folder): what a test or a user looks for after the launch."""
+    left = sorted(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{name}-*"))
+    return left[0] if left else Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{name}-"
+
+
+def sweep_stale(cache_dir: Path, *, older_than_s: float = STALE_AFTER_S) -> int:
+    """Delete the atomic writes' temporary files under ``cache_dir`` older than ``older_than_s`` (a build
+    killed mid-write); returns how many. A younger one may belong to a build running now: it stays."""
+    if not cache_dir.is_dir():
+        return 0
+    cutoff, removed = time.time() - older_than_s, 0
+    for path in cache_dir.rglob(STALE_TMP):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:  # gone meanwhile, or not ours to delete: the sweep is best effort
+            continue
+    return removed
 
 
 def folder_bytes(folder: Path) -> int:
@@ -46,9 +78,9 @@ def _folders(fs: pyarrow.fs.FileSystem, path: str, prefix: str) -> list[str]:
     return [i.path for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(prefix)]
 
 
-def drop_checkpoints(loc: Location) -> tuple[int, int]:
-    """Delete the ``checkpoint_*`` folders of every trial of the launch at ``loc``, and its scratch
-    folder; returns (checkpoint folders, bytes freed).
+def drop_checkpoints(loc: Location, scratch: Path | None = None) -> tuple[int, int]:
+    """Delete the ``checkpoint_*`` folders of every trial of the launch at ``loc``, and its ``scratch``
+    folder [the one ``scratch_folder`` finds]; returns (checkpoint folders, bytes freed).
 
     Ray's experiment state (``experiment_state-*.json``, ``tuner.pkl``) and each trial's
     ``result.json`` stay: the launch's record besides MLflow.
@@ -64,7 +96,7 @@ def drop_checkpoints(loc: Location) -> tuple[int, int]:
         files = fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True, allow_not_found=True))
         freed += sum(f.size or 0 for f in files if f.type == pyarrow.fs.FileType.File)
         _delete(fs, folder)
-    scratch = scratch_folder(loc.name)
+    scratch = scratch if scratch is not None else scratch_folder(loc.name)
     if scratch.is_dir():
         freed += folder_bytes(scratch)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -33,6 +33,7 @@ from medtune.prepare import Prepared, prepare, start_parent_run
 from medtune.provenance import standard_tags
 from medtune.publish import BestTrial
 from medtune.quiet import quiet_driver
+from medtune.redact import redact_uri
 from medtune.tracking import (
     TRIAL_TAG,
     TrackingError,
@@ -116,7 +117,7 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None, ver
             ray.shutdown()
 
 
-def _context(prepared: Prepared, options: LaunchOptions, loc: Location) -> TrialContext:
+def _context(prepared: Prepared, options: LaunchOptions, scratch: Path) -> TrialContext:
     """The trials' constants, their caches handed to Ray's object store (after ``ray.init``): trials on
     any node read them from there, never from ``--cache-dir``, which only the driver's machine has."""
     splits = ("pool", "test") if prepared.folds else SPLITS  # what a trial's data module opens
@@ -133,7 +134,7 @@ def _context(prepared: Prepared, options: LaunchOptions, loc: Location) -> Trial
         threads=max(1, int(options.cpus_per_trial)),
         precision=options.precision,
         folds=prepared.folds,
-        scratch=str(cleanup.scratch_folder(loc.name)),
+        scratch=str(scratch),
         metric=prepared.space.metric,
         mode=prepared.space.mode,
         checkpoint_every_s=60.0 * options.checkpoint_minutes,
@@ -145,13 +146,33 @@ def _resources(options: LaunchOptions) -> Resources:
     return Resources(options.cpus_per_trial, gpus, options.max_concurrent, options.max_failures)
 
 
+NAME_TRIES = 100  # launches of one experiment started in the same second that get a folder of their own
+
+
+def new_location(storage_path: str, cache_dir: Path, experiment: str, *, now: float) -> Location:
+    """A new launch's folders, named ``<experiment>-<date>-<time>`` at ``now`` (``-2``, ``-3``, ... after
+    launches of the experiment started in the same second). The driver's folder is created exclusively
+    (no ``exist_ok``): two launches never share a Ray folder, spool, scratch folder or Optuna study, and
+    the first to finish never deletes the other's checkpoints. (Launches on two machines writing into one
+    bucket at the same second are told apart only by their driver folders, on their own disks.)
+    """
+    stamp = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    for n in range(1, NAME_TRIES + 1):
+        loc = location(join(storage_path, stamp if n == 1 else f"{stamp}-{n}"), cache_dir)
+        loc.driver.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            loc.driver.mkdir()
+        except FileExistsError:
+            continue
+        return loc
+    raise TrackingError(f"{loc.driver.parent}: {NAME_TRIES} launches of '{experiment}' in one second; start it again")
+
+
 def _parent(client: MlflowClient, prepared: Prepared, options: LaunchOptions) -> tuple[str, Location]:
     """The parent run and where its search is kept: a new launch, or the one ``--resume`` continues."""
     if not options.resume:
-        name = f"{prepared.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-        loc = location(join(options.storage_path, name), options.cache_dir)
-        loc.driver.mkdir(parents=True, exist_ok=True)
-        return start_parent_run(client, prepared, options, loc.ray, loc.name), loc
+        loc = new_location(options.storage_path, options.cache_dir, prepared.experiment, now=time.time())
+        return start_parent_run(client, prepared, options, redact_uri(loc.ray), loc.name), loc
     run = latest_launch(client, experiment_id(client, prepared.experiment, create=False))
     loc = location(run.data.tags["ray_path"], options.cache_dir)
     if not can_restore(loc.ray):
@@ -188,15 +209,36 @@ def run(
     check_reachable(options.storage_path)
     if not options.verbose:
         quiet_driver()
+    if swept := cleanup.sweep_stale(options.cache_dir):
+        print(f"[launch] removed {swept} stale temporary file(s) of killed cache writes", file=sys.stderr)
     with phases.time("prepare"):
         prepared = prepare(options, default_data=default_data)
     client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
         parent_run_id, loc = _parent(client, prepared, options)
         storage = _study(client, prepared, options, parent_run_id, loc)
+    scratch = cleanup.new_scratch(loc.name)
+    try:
+        return _search(client, prepared, options, policy, phases, parent_run_id, loc, storage, scratch)
+    finally:  # also on a failure or Ctrl-C: the trials' temporary copies go (their checkpoints stay for --resume)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _search(
+    client: MlflowClient,
+    prepared: Prepared,
+    options: LaunchOptions,
+    policy: SearchPolicy,
+    phases: Phases,
+    parent_run_id: str,
+    loc: Location,
+    storage: str | None,
+    scratch: Path,
+) -> int:
+    """Run (or resume) the search and publish its winner; the exit code."""
     try:
         with ray_session(options.address, phases=phases, verbose=options.verbose):
-            tuner = _tuner(client, prepared, options, policy, parent_run_id, loc, storage)
+            tuner = _tuner(client, prepared, options, policy, parent_run_id, loc, storage, scratch)
             with phases.time("tuner_fit"):
                 grid = tuner.fit()
     except BaseException:
@@ -210,13 +252,13 @@ def run(
     else:
         try:
             with phases.time("finish"):
-                code = _finish(client, prepared, options, parent_run_id, grid, loc)
+                code = _finish(client, prepared, options, parent_run_id, grid, scratch)
         except BaseException as err:  # testing, retraining or logging the winner failed: never leave RUNNING
             if transient(err):  # ... unless the store went away: then nothing can be closed there
                 raise TrackingError(_unreachable(prepared, "while the winner was published")) from None
             _close_runs(client, parent_run_id, prepared, "FAILED")
             raise
-    _clean_up(loc, options, code)
+    _clean_up(loc, options, code, scratch)
     print(f"[launch] phases: {phases.summary()}", file=sys.stderr)
     if storage:
         print(f"[launch] optuna study {loc.name}: {dashboard_command(storage)}", file=sys.stderr)
@@ -241,18 +283,19 @@ def _study(
 def _unreachable(prepared: Prepared, what: str) -> str:
     """The one line of a launch whose tracking store stopped answering: what it kept, how to go on."""
     return (
-        f"the tracking store {prepared.tracking_uri} stopped answering {what}; the trials' checkpoints are kept: "
+        f"the tracking store {redact_uri(prepared.tracking_uri)} stopped answering {what}; the trials' checkpoints are "
+        "kept: "
         "once it answers, run the same command with --resume (it sends what is pending, then publishes the winner)"
     )
 
 
-def _clean_up(loc: Location, options: LaunchOptions, code: int) -> None:
+def _clean_up(loc: Location, options: LaunchOptions, code: int, scratch: Path) -> None:
     """A finished launch deletes its trials' checkpoints (the winner is in MLflow) unless asked to keep
     them; an interrupted one keeps them for --resume. The trials' scratch copies go in both cases."""
     if code == 0 and not options.keep_checkpoints:
-        print(cleanup.summary(*cleanup.drop_checkpoints(loc), loc.ray), file=sys.stderr)
+        print(cleanup.summary(*cleanup.drop_checkpoints(loc, scratch), loc.ray), file=sys.stderr)
     else:
-        shutil.rmtree(cleanup.scratch_folder(loc.name), ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _complete(grid: ResultGrid, num_samples: int) -> bool:
@@ -268,10 +311,11 @@ def _tuner(
     parent_run_id: str,
     loc: Location,
     storage: str | None,
+    scratch: Path,
 ) -> Tuner:
     """The new or restored Tuner, with the MLflow trial logger attached (and the study's ``storage``)."""
     space = prepared.space
-    context, resources = _context(prepared, options, loc), _resources(options)
+    context, resources = _context(prepared, options, scratch), _resources(options)
     if options.resume:
         return restore_tuner(loc.ray, context=context, resources=resources, policy=policy)
     seg = prepared.segmenter
@@ -322,7 +366,7 @@ def _close_runs(client: MlflowClient, parent_run_id: str, prepared: Prepared, st
 
 
 def _best_trial(
-    client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid, loc: Location
+    client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid, scratch: Path
 ) -> BestTrial | None:
     """The trial with the best checkpoint score over all its epochs (failed trials excluded); a checkpoint
     in a bucket is downloaded into the launch's scratch folder, which the launch removes."""
@@ -347,7 +391,7 @@ def _best_trial(
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         folder = Path(checkpoint.path)
     else:
-        folder = Path(checkpoint.to_directory(str(cleanup.scratch_folder(loc.name) / "winner")))
+        folder = Path(checkpoint.to_directory(str(scratch / "winner")))
     local = folder if prepared.folds else folder / CHECKPOINT_FILE  # cross-validated: the folder of fold files
     return BestTrial(run_id, flat_config(result.config), local, score, dict(metrics))
 
@@ -358,10 +402,10 @@ def _finish(
     options: LaunchOptions,
     parent_run_id: str,
     grid: ResultGrid,
-    loc: Location,
+    scratch: Path,
 ) -> int:
     space = prepared.space
-    best = _best_trial(client, prepared, parent_run_id, grid, loc)
+    best = _best_trial(client, prepared, parent_run_id, grid, scratch)
     exp_id = experiment_id(client, prepared.experiment, create=False)
     rows = leaderboard(client, exp_id, parent_run_id, space.metric, space.mode)
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))

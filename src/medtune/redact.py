@@ -5,11 +5,15 @@ A URI may carry a user name and password in its user-info (``postgresql://u:pw@h
 launch and in the outage lines, the storage path is stored as a tag and the resume hint echoes
 the command line: each goes through this module first, so a secret never reaches the store, the
 terminal or a log file. One rule, one place: everything that shows a URI imports it from here.
+``redact_output`` is the backstop for what the launch prints and did not write itself (an MLflow
+error quoting its request URL, Ray's echo of a worker's line, a traceback).
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from typing import TextIO
 
 # A URI with an authority: a scheme (RFC 3986 section 3.1) then "//".
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]+")
@@ -49,3 +53,26 @@ def redact_uri(uri: str) -> str:
 def redact_text(text: str) -> str:
     """``text`` with every URI in it passed through :func:`redact_uri` (a command line, a message)."""
     return _URI.sub(lambda match: redact_uri(match.group(0)), text)
+
+
+class RedactingStream:
+    """A text stream whose writes pass through :func:`redact_text`; everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def redact_output() -> None:
+    """Route this process's ``sys.stdout`` and ``sys.stderr`` through :func:`redact_text`, for good (an
+    entry point calls it first: the traceback of an uncaught error is printed after it returns)."""
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)
