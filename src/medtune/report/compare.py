@@ -10,7 +10,8 @@ difference is then said in words: which experiment is better, or that none is sh
 
 When every launch is cross-validated on the same folds (same ``cv_folds_digest``), their winners'
 scores on each fold's held-out images are compared too, fold by fold, with the corrected resampled
-t-test (``medtune.report.cv``), next to the bootstrap on the test split.
+t-test (``medtune.report.cv``), next to the bootstrap on the test split; those scores chose the
+winners, and the output says they are optimistic.
 
 The verdict is the primary metric's: the test counterpart of the search's objective (``val/balanced_acc``
 -> ``balanced_acc``), the question the searches were run to answer. The other metrics are listed as

@@ -5,6 +5,10 @@ A launch with ``cv: {folds: K}`` pools the train and val splits, cuts them into 
 winner's score on each fold's held-out images (``cv/fold{k}/{name}``). Two launches with the same
 digest were scored on the same K held-out sets, so their fold scores pair up fold by fold.
 
+Those fold scores are not held-out estimates of the winner: they are the scores of the trial and
+epoch that maximised their mean (a maximum over trials x epochs), so they chose the winner and are
+biased upwards, the more so for a space that searched more keys. The comparison says so (:data:`OPTIMISM`).
+
 The K paired differences are not independent: any two folds share most of their training images,
 so a plain paired t-test is overconfident. Nadeau and Bengio (2003) correct the variance of the
 mean difference from ``s^2 / J`` to ``(1/J + n_test/n_train) s^2`` (J differences, n_test held-out
