@@ -199,6 +199,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
         "code_version": code_version(),
         "ray_path": ray_path,
         "smoke": str(options.smoke).lower(),
+        "config": str(options.config is not None).lower(),  # one configuration, no search (report.load.launch_kind)
         "python": platform.python_version(),
     }
     if prepared.segmenter:
