@@ -25,13 +25,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from medtune.leaderboard import Row
     from medtune.report.load import Launch
+    from medtune.tracking.leaderboard import Row
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars between our lines
 
-PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_REPORTS = PROJECT_DIR / "reports"
+DEFAULT_REPORTS = Path("reports")  # in the project folder (the working directory or --project-dir)
+
+
+def _reports() -> Path:
+    from medtune.config import project
+
+    return project.project_dir() / DEFAULT_REPORTS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help=f"report folder [{DEFAULT_REPORTS}/<experiment>/<launch id[:8]>]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
     p.add_argument(
+        "--project-dir",
+        type=Path,
+        help="folder of the store and reports/ [$MEDTUNE_PROJECT_DIR or the working directory]",
+    )
+    p.add_argument(
         "--export-best", type=Path, metavar="FILE", help="write the best configuration as YAML for launch.py --config"
     )
     args = p.parse_args(argv)
@@ -62,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _client(uri: str | None) -> MlflowClient:
     """A client of the tracking store; a missing sqlite file is an error, not a new empty store."""
-    from medtune.tracking import TrackingError, default_tracking_uri, open_client
+    from medtune.tracking.store import TrackingError, default_tracking_uri, open_client
 
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
@@ -73,7 +83,7 @@ def _client(uri: str | None) -> MlflowClient:
 
 
 def _counts_line(rows: list[Row]) -> str:
-    from medtune.leaderboard import counts
+    from medtune.tracking.leaderboard import counts
 
     found = counts(rows)
     parts = [
@@ -86,8 +96,8 @@ def _counts_line(rows: list[Row]) -> str:
 
 def print_summary(launch: Launch) -> None:
     """The terminal view: leaderboard, failed trials' errors, best trial and its test metrics."""
-    from medtune.leaderboard import format_table
     from medtune.report.write import cv_lines
+    from medtune.tracking.leaderboard import format_table
 
     tags = launch.tags
     print(
@@ -123,7 +133,7 @@ def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:
 
     launch = open_launch(client, args.experiment, args.launch)
     print_summary(launch)
-    report = write_report(launch, args.out or DEFAULT_REPORTS / args.experiment / launch.run_id[:8])
+    report = write_report(launch, args.out or _reports() / args.experiment / launch.run_id[:8])
     imp = report.importance
     ranked = ", ".join(f"{k} {v:.2f}" for k, v in imp.values.items())
     print(f"parameter importance: {ranked} ({imp.note})" if ranked else f"parameter importance {imp.note}")
@@ -149,16 +159,19 @@ def compare_experiments(client: MlflowClient, args: argparse.Namespace) -> int:
 
     result = compare(open_entries(client, args.compare))
     print(format_text(result))
-    page = write_page(result, args.out or DEFAULT_REPORTS / "compare" / "_vs_".join(args.compare))
+    page = write_page(result, args.out or _reports() / "compare" / "_vs_".join(args.compare))
     print(f"report: {page}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from medtune.config import project
+
+    project.use(args.project_dir)
     from mlflow.exceptions import MlflowException
 
-    from medtune.tracking import TrackingError
+    from medtune.tracking.store import TrackingError
 
     try:
         client = _client(args.tracking_uri)

@@ -17,17 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-from medtune.options import LaunchOptions
-from medtune.redact import redact_output, redact_text
+from medtune.config import project
+from medtune.config.options import LaunchOptions
+from medtune.tracking.redact import redact_output, redact_text
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # Ray warns when experiment snapshots come often (TUNE_GLOBAL_CHECKPOINT_S=0, as tests set it).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_DATA = PROJECT_DIR / "data" / "synthetic"
-DEFAULT_CACHE = PROJECT_DIR / ".cache"
-DEFAULT_STORAGE = str(PROJECT_DIR / "runs")
+# Defaults inside the project folder (the working directory or --project-dir; medtune.config.project).
+DEFAULT_DATA = Path("data") / "synthetic"
+DEFAULT_CACHE = Path(".cache")
+DEFAULT_STORAGE = "runs"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--space", help="search space name in search_spaces/ or a YAML path")
     what.add_argument("--config", type=Path, help="train one configuration (analyze.py --export-best) and test it")
     p.add_argument("--data", type=Path, help=f"dataset folder (train/val/test.json) or one COCO file [{DEFAULT_DATA}]")
+    p.add_argument(
+        "--project-dir",
+        type=Path,
+        help=f"folder of the store, study, caches, runs and search_spaces/ [${project.ENV} or the working directory]",
+    )
     p.add_argument(
         "--num-samples",
         type=int,
@@ -88,8 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
     p.add_argument(
         "--storage-path",
-        default=DEFAULT_STORAGE,
-        help="Ray results: a folder, file:///folder, or a bucket every node reaches (s3://bucket/prefix, gs://...)",
+        help="Ray results: a folder, file:///folder, or a bucket every node reaches (s3://bucket/prefix, gs://...) "
+        f"[{DEFAULT_STORAGE} in the project folder]",
     )
     p.add_argument("--experiment", help="MLflow experiment [the space name]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [sqlite mlflow.db in the project folder]")
@@ -105,7 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="load a segmenter whose stored code is not this medtune's (read its source first: loading runs it)",
     )
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded images and segmenter masks")
+    p.add_argument(
+        "--cache-dir", type=Path, help=f"decoded images and segmenter masks [{DEFAULT_CACHE} in the project folder]"
+    )
     p.add_argument("--precision", default="16-mixed", help="Lightning precision on GPU (CPU always uses 32-true)")
     p.add_argument("--resume", action="store_true", help="continue the experiment's interrupted latest launch")
     p.add_argument("--verbose", action="store_true", help="Ray's own progress tables and every library's log lines")
@@ -136,8 +144,15 @@ def minutes(text: str) -> float:
 
 
 def options_from(args: argparse.Namespace) -> LaunchOptions:
-    """The typed options the library reads, from this command line's flags (one field per flag)."""
-    return LaunchOptions(**{**vars(args), "overrides": tuple(args.overrides)})
+    """The typed options the library reads, from this command line's flags (one field per flag).
+
+    Folders left out default to the project folder's (``--project-dir``, made this process's).
+    """
+    root = project.use(args.project_dir)
+    flags = {key: value for key, value in vars(args).items() if key != "project_dir"}
+    flags["cache_dir"] = args.cache_dir or root / DEFAULT_CACHE
+    flags["storage_path"] = args.storage_path or str(root / DEFAULT_STORAGE)
+    return LaunchOptions(**{**flags, "overrides": tuple(args.overrides)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,13 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         from trainables.ray_env import local_cluster_env
 
         local_cluster_env(args.address)
-    from medtune.prepare import USER_ERRORS
+    from medtune.prepare.inputs import USER_ERRORS
     from trainables.driver import INTERRUPTED, RayStartError, run
 
     command = redact_text(shlex.join(sys.argv[1:] if argv is None else argv))  # no URI's password on the terminal
     resume = f"continue with: python launch.py {command} --resume"
     try:
-        code = run(options_from(args), default_data=DEFAULT_DATA)
+        options = options_from(args)
+        code = run(options, default_data=project.project_dir() / DEFAULT_DATA)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -41,7 +41,7 @@ def synth_caches(*, n: int = 300, size: int = 64, source: int = 64) -> tuple[Pat
     """
     from medtune.data.cache import build_cache
     from medtune.data.coco import resolve_dataset
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     data = WORK / (f"synth-n{n}" if source == 64 else f"synth-n{n}-{source}px")
     if not (data / "train.json").is_file():

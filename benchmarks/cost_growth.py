@@ -235,7 +235,7 @@ def images(n: int, source: int) -> Path:
     """The synthetic dataset of ``n`` images at ``source`` px, generated once (timed)."""
     folder = BASE / f"synth-{n}-{source}px"
     if not (folder / "train.json").is_file():
-        from medtune.data.synth import generate
+        from medtune.data.tools.synth import generate
 
         start = time.time()
         generate(folder, n=n, size=source, seed=0, force=True)

@@ -1,6 +1,6 @@
 """A framed synthetic set: distinct lesions seen through one dermoscope's dark circular frame.
 
-Every image is a lesion of the synthetic renderer (``medtune.data.synth_render.render``: a centred
+Every image is a lesion of the synthetic renderer (``medtune.data.tools.synth_render.render``: a centred
 lesion of one of three classes on skin, hairs, a marker), so any two are look-alikes by
 construction, drawn inside the same acquisition frame: black outside a circle of radius 0.40 of the
 side (jittered by +-1% of the side per image, as a dermoscope moves on the skin), a soft edge, and a
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from medtune.data.synth_render import render
+from medtune.data.tools.synth_render import render
 
 RADIUS = 0.40  # frame radius over image side: the frame covers about half of the picture
 JITTER = 0.01  # per-image jitter of the circle's centre and radius, over the side

@@ -158,8 +158,8 @@ def precision_fit(batches: list[dict], k: int, s: Sizes, precision: str) -> tupl
     """(images/s of the second epoch, peak GPU MiB) of ``Trainer.fit`` over ``batches`` at ``precision``."""
     import pytorch_lightning as pl
 
-    from medtune.build import build_system
-    from medtune.trainer import make_trainer
+    from medtune.engine.build import build_system
+    from medtune.engine.trainer import make_trainer
 
     class EpochClock(pl.Callback):
         def __init__(self) -> None:
@@ -191,7 +191,7 @@ def sync_time() -> float:
 
 def precisions(caches: dict[str, str], k: int, s: Sizes) -> dict[str, tuple[float, float]]:
     """Precision -> (median images/s, peak MiB) over ``s.rounds`` rounds in rotated order."""
-    from medtune.build import build_datamodule
+    from medtune.engine.build import build_datamodule
 
     batches: list[dict] = []
     while len(batches) < s.batches:
@@ -209,7 +209,7 @@ def precisions(caches: dict[str, str], k: int, s: Sizes) -> dict[str, tuple[floa
 
 def loader_rate(caches: dict[str, str], s: Sizes, workers: int) -> float:
     """Images/s of the train loader with ``workers`` workers, after one warm-up pass (workers persist)."""
-    from medtune.build import build_datamodule
+    from medtune.engine.build import build_datamodule
 
     loader = build_datamodule({**config(s), "data.num_workers": workers}, caches=caches).train_dataloader()
     for _ in loader:  # warm-up: worker start, page cache
@@ -255,7 +255,7 @@ def trial_runs(experiment: str) -> dict[str, int]:
     """Count of the experiment's trial runs by MLflow status, plus ``OOM`` (errors naming out of memory)."""
     from mlflow.tracking import MlflowClient
 
-    from medtune.tracking import TRIAL_TAG
+    from medtune.tracking.store import TRIAL_TAG
 
     client = MlflowClient(WORK_ARGS[WORK_ARGS.index("--tracking-uri") + 1])
     found = client.get_experiment_by_name(experiment)

@@ -4,7 +4,7 @@
     python benchmarks/masked_cache.py           # 64 px unet and deeplabv3_mobilenet; 224 px on 32 images; 3 epochs
 
 The platform computes the segmenter's probabilities once per segmenter version
-(``medtune.segmenter_masks.build_mask_cache``) and trials read them from a memory-mapped file. The
+(``medtune.engine.segmenter_masks.build_mask_cache``) and trials read them from a memory-mapped file. The
 naive variant (as the original study did) runs the segmenter in ``__getitem__`` for every item of
 every epoch. Both feed the same ``soft`` masking and the same classifier (one thread, a plain
 training step); the first epoch of each is a warm-up, epochs from the second on are timed, A and B
@@ -67,7 +67,7 @@ class Setup:
 def naive_module(segmenter: torch.nn.Module, caches: dict[str, str], config: dict) -> CachedDataModule:
     """A ``CachedDataModule`` whose datasets run ``segmenter`` on each item (no mask cache)."""
     from medtune.data.datasets import CachedDataModule, CachedDataset, build_transform
-    from medtune.segmenter_masks import predict_probs
+    from medtune.engine.segmenter_masks import predict_probs
 
     class SegmentEveryItem(CachedDataset):
         def _masked(self, index: int) -> torch.Tensor:
@@ -94,7 +94,7 @@ def epoch(data: CachedDataModule, step: Callable[[dict], None]) -> float:
 
 def train_step(num_classes: int, config: dict) -> Callable[[dict], None]:
     """A plain training step of the classifier (what a trial does per batch)."""
-    from medtune.build import build_system
+    from medtune.engine.build import build_system
 
     system = build_system("classification", config, num_classes=num_classes, epochs=1)
     opt = torch.optim.AdamW(system.model.parameters(), lr=1e-3)
@@ -109,7 +109,7 @@ def train_step(num_classes: int, config: dict) -> Callable[[dict], None]:
 
 def mask_caches(segmenter: torch.nn.Module, setup: Setup, caches: dict[str, str], tag: str) -> dict[str, str]:
     """The one-off mask cache of ``setup.splits`` (batched, as the platform builds it), timed and printed."""
-    from medtune.segmenter_masks import build_mask_cache
+    from medtune.engine.segmenter_masks import build_mask_cache
 
     target = WORK / "masks" / f"bench-{tag}-{time.time():.0f}.pt"
     size = setup.config["data.image_size"]
@@ -129,7 +129,7 @@ def mask_caches(segmenter: torch.nn.Module, setup: Setup, caches: dict[str, str]
 
 def measure(seg_name: str, setup: Setup, epochs: int) -> tuple[float, float]:
     """(training epoch, loader alone) naive / cached, medians over ``epochs`` measured epochs."""
-    from medtune.build import build_datamodule, build_part
+    from medtune.engine.build import build_datamodule, build_part
 
     tag = f"{setup.label} {seg_name}"
     caches, k = setup.caches()

@@ -72,7 +72,7 @@ def image_sets(n: int) -> dict[str, list[Image.Image]]:
     """Name -> ``n`` images: the synthetic set (generated once), the framed set, and BUSI when present."""
     from framed_set import framed_set
 
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     out = WORK / f"synth-dup-n{n}"
     if not (out / "train.json").is_file():

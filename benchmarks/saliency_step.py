@@ -28,7 +28,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    from medtune.build import build_datamodule
+    from medtune.engine.build import build_datamodule
 
     _, caches, k = synth_caches()
     batches = collect_batches(build_datamodule(CONFIG, caches=caches), n_batches)

@@ -38,14 +38,14 @@ if TYPE_CHECKING:
 
     from ray.tune import ResultGrid
 
-    from medtune.spaces import SearchSpace
+    from medtune.config.spaces import SearchSpace
     from trainables.trial import TrialContext
 
 Curve = list[tuple[int, float]]  # (trial-epochs so far, best val/iou so far)
 
 
 def _space(size: int, samples: int, epochs: int, quick: bool) -> SearchSpace:
-    from medtune.spaces import load_space
+    from medtune.config.spaces import load_space
 
     space = load_space("segmentation")
     grace = 1 if quick else space.budget["grace_period"]

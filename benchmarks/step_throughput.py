@@ -4,7 +4,7 @@
     python benchmarks/step_throughput.py            # more batches and repeats
     python benchmarks/step_throughput.py --quick --image-size 224   # a real size: is the loader enough?
 
-Both loops train the same freshly built system (``medtune.build``, same seed) on the same pre-collected
+Both loops train the same freshly built system (``medtune.engine.build``, same seed) on the same pre-collected
 batches, one thread (what a trial gets with ``--cpus-per-trial 1``); repeats interleave A and B so
 a change in machine load hits both. The data pipeline is ``CachedDataModule.train_dataloader()``
 iterated alone (decode-free: the images come from the memory-mapped cache). Prints the ratio last.
@@ -40,7 +40,7 @@ CONFIG = {  # whole_cls at its fixed settings; validation off in both loops
 def _system(num_classes: int, task: str = "classification", config: dict = CONFIG) -> BaseTask:
     import pytorch_lightning as pl
 
-    from medtune.build import build_system
+    from medtune.engine.build import build_system
 
     pl.seed_everything(0, verbose=False)
     return build_system(task, config, num_classes=num_classes, epochs=1)
@@ -127,7 +127,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    from medtune.build import build_datamodule
+    from medtune.engine.build import build_datamodule
 
     size = args.image_size
     _, caches, k = synth_caches(size=size, source=max(64, size), n=300 if size == 64 else 53)

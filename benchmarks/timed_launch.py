@@ -76,7 +76,7 @@ def main() -> int:
     TRIAL_LOG, SAVE_CHECKPOINTS = out + ".trials.jsonl", "--no-checkpoint" not in flags
     times = {"spawn": float(os.environ.get("BENCH_SPAWN", T_MAIN)), "main": T_MAIN}
     import launch
-    from medtune.prepare import USER_ERRORS
+    from medtune.prepare.inputs import USER_ERRORS
     from trainables.driver import run
     from trainables.phases import Phases
     from trainables.search import SearchPolicy
@@ -90,7 +90,9 @@ def main() -> int:
     phases = Phases()
     try:
         options = launch.options_from(launch.parse_args(launch_args))
-        code = run(options, default_data=launch.DEFAULT_DATA, policy=policy, phases=phases)
+        code = run(
+            options, default_data=launch.project.project_dir() / launch.DEFAULT_DATA, policy=policy, phases=phases
+        )
     except USER_ERRORS as err:  # e.g. --no-checkpoint: no checkpoint to publish
         print(f"error: {err}", file=sys.stderr)
         code = 2

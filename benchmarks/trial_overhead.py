@@ -49,13 +49,13 @@ EPOCHS = {"10s": 3, "60s": 17}  # about 3.5 s per epoch (train + validation) on 
 
 
 def bare(epochs: int) -> None:
-    """Child process: build with ``medtune.build`` and ``Trainer.fit`` as a trial does, no Ray/MLflow."""
+    """Child process: build with ``medtune.engine.build`` and ``Trainer.fit`` as a trial does, no Ray/MLflow."""
     t0 = float(os.environ["BENCH_SPAWN"])
     import pytorch_lightning as pl
     import torch
 
-    from medtune.build import build_datamodule, build_system
-    from medtune.trainer import make_trainer  # plain Lightning, no Ray
+    from medtune.engine.build import build_datamodule, build_system
+    from medtune.engine.trainer import make_trainer  # plain Lightning, no Ray
 
     t_import = time.time()
     torch.set_num_threads(1)

@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 synthetic images at 32 px (train 30 / val 9 / test 9), generated once per session."""
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, n=48, size=32, seed=0)
@@ -120,7 +120,7 @@ def _shared_launch(ws: Workspace, *args: str) -> SharedLaunch:
 @pytest.fixture(scope="session")
 def second_synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another 48-image synthetic set (seed 1): a second dataset, with its own fingerprint."""
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     out = tmp_path_factory.mktemp("synth2") / "data"
     generate(out, n=48, size=32, seed=1)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from medtune.build import build_datamodule, build_system
+from medtune.engine.build import build_datamodule, build_system
 from medtune.tasks import TASKS
-from medtune.tracking import LAUNCH_TAG, PARENT_TAG
+from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BASE = {"data.image_size": 32, "data.batch_size": 4, "train.lr": 1e-3}

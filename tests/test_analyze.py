@@ -30,7 +30,7 @@ from sklearn.metrics import accuracy_score
 
 import analyze
 from medtune.report.load import PREDICTIONS, load_predictions
-from medtune.tracking import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
+from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
 from tests.helpers import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

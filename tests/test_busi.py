@@ -61,7 +61,7 @@ def test_segmentation_smoke_on_busi_beats_a_constant_mask(workspace) -> None:
 
 
 def test_import_masks_rebuilds_the_given_coco_file() -> None:
-    from medtune.data.import_masks import import_masks
+    from medtune.data.tools.import_masks import import_masks
 
     rebuilt = import_masks(
         BUSI / "images",

@@ -11,7 +11,7 @@ import torch
 
 from medtune.data.cache import build_cache, cache_ok, load_cache, save_tensors, sidecar_path
 from medtune.data.coco import Dataset, resolve_dataset
-from medtune.data.synth import generate
+from medtune.data.tools.synth import generate
 
 
 @pytest.fixture(scope="module")

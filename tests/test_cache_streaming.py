@@ -18,7 +18,7 @@ from medtune.data.cache import build_cache, cache_ok, cache_path, load_cache, sa
 from medtune.data.coco import Dataset, load_records, resolve_dataset
 from medtune.data.imageio import read_image
 from medtune.data.streamed import Stream
-from medtune.data.synth import generate
+from medtune.data.tools.synth import generate
 
 SIZE = 24  # px of the caches built here: small and not the source size (32), so images are resized
 

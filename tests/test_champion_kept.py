@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from medtune.data.coco import resolve_dataset
-from medtune.tracking import CHAMPION, champion, segmenter_name
+from medtune.tracking.registry import CHAMPION, champion, segmenter_name
 from tests.helpers import Workspace, runs_of, tail
 
 pytestmark = pytest.mark.slow

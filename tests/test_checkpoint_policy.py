@@ -12,8 +12,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from medtune.tracking import PARENT_TAG, TRIAL_TAG
-from medtune.trainer import make_trainer
+from medtune.engine.trainer import make_trainer
+from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import build_one
 from trainables.checkpoint_policy import CheckpointPolicy
 from trainables.mlflow_trials import PendingWrites

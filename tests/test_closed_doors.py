@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.redact import redact_text, redact_uri
+from medtune.tracking.redact import redact_text, redact_uri
 from tests.helpers import PROJECT_DIR
 
 SECRET = "pw-7f3a9c"
@@ -125,7 +125,7 @@ def test_a_join_keeps_rays_own_authentication(monkeypatch: pytest.MonkeyPatch) -
 CREATE_RACE = """
 import sys, time
 from pathlib import Path
-from medtune.tracking import experiment_id, open_client
+from medtune.tracking.store import experiment_id, open_client
 
 uri, folder, me, rounds = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 client = open_client(uri)

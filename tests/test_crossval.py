@@ -17,13 +17,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import launch
-from medtune.crossval import FoldRecipe, train_folds
 from medtune.data import cocoio
 from medtune.data.cache import build_cache
 from medtune.data.coco import resolve_dataset
 from medtune.data.folds import FoldPlan, plan_folds, pool_cache
+from medtune.engine.crossval import FoldRecipe, train_folds
 from medtune.report.cv import read_fold_scores
-from medtune.tracking import champion, segmenter_name
+from medtune.tracking.registry import champion, segmenter_name
 from tests.helpers import Workspace, runs_of
 
 

@@ -22,7 +22,7 @@ from medtune.report.compare import Entry, compare, fold_verdicts, format_text, o
 from medtune.report.cv import OPTIMISM, FoldComparison, FoldScores, FoldSizes, corrected_t, pair
 from medtune.report.load import PREDICTIONS, SPACE_FILE, Launch, latest, open_launch
 from medtune.report.write import _cv_section, cv_lines
-from medtune.tracking import LAUNCH_TAG, artifact_location
+from medtune.tracking.store import LAUNCH_TAG, artifact_location
 
 SIZES = FoldSizes(pool=100, held_out=[20] * 5)  # each fold trains on 80 images: n_test/n_train = 0.25
 DIFFS = [0.02, 0.05, -0.01, 0.04, 0.03]

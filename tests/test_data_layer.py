@@ -171,7 +171,7 @@ BAD_MASKS = {
 @pytest.mark.parametrize("name", list(BAD_MASKS))
 def test_bad_masks_are_refused_in_one_line_before_decoding(tmp_path: Path, name: str, capsys) -> None:
     from medtune.data.__main__ import main as data_main
-    from medtune.prepare import check_dataset
+    from medtune.prepare.inputs import check_dataset
 
     segmentation, expected = BAD_MASKS[name]
     data = _masked_dataset(tmp_path / "data", segmentation)

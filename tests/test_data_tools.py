@@ -16,8 +16,8 @@ from PIL import Image
 from medtune.data import cocoio
 from medtune.data.__main__ import main
 from medtune.data.check import check_coco
-from medtune.data.defects import inject_defects
-from medtune.data.synth import generate
+from medtune.data.tools.defects import inject_defects
+from medtune.data.tools.synth import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -448,7 +448,7 @@ def test_import_masks_missing_mask_is_one_line(synthetic: Path, tmp_path: Path, 
 
 
 def test_mask_polygons_follow_pixel_edges() -> None:
-    from medtune.data.import_masks import mask_polygons
+    from medtune.data.tools.import_masks import mask_polygons
 
     mask = np.zeros((6, 7), dtype=bool)
     mask[1:4, 2:5] = True  # 3 x 3 block at x 2..4, y 1..3
@@ -474,8 +474,8 @@ def test_inject_defects_refuses_a_foreign_folder(synthetic: Path, tmp_path: Path
 
 def test_tools_do_not_import_torch() -> None:
     code = (
-        "import sys; import medtune.data.check, medtune.data.split, medtune.data.stats, medtune.data.simplify, "
-        "medtune.data.import_masks, medtune.data.defects; print('torch' in sys.modules)"
+        "import sys; import medtune.data.check, medtune.data.split, medtune.data.tools.stats, medtune.data.tools.simplify, "
+        "medtune.data.tools.import_masks, medtune.data.tools.defects; print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -86,7 +86,7 @@ def test_detector_groups_planted_copies_and_only_them() -> None:
 
 def lookalikes(tmp_path: Path) -> list[Image.Image]:
     """Synthetic dermoscopy-like images at 64 px: every one a centred lesion on skin."""
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     generate(tmp_path / "synth", n=60, size=64, seed=0)
     return [Image.open(f).convert("RGB") for f in sorted((tmp_path / "synth" / "images").glob("*.png"))]
@@ -134,7 +134,7 @@ def framed(image: Image.Image, seed: int) -> Image.Image:
 
 def framed_lesions(n: int, size: int = 96) -> list[Image.Image]:
     """``n`` distinct synthetic lesions (centred on skin: look-alikes) inside one dermoscope frame."""
-    from medtune.data.synth_render import render
+    from medtune.data.tools.synth_render import render
 
     return [framed(render(np.random.default_rng(i), size, i % 3, i % 3)[0], i) for i in range(n)]
 

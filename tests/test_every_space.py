@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from medtune.spaces import available, load_space
+from medtune.config.spaces import available, load_space
 from tests.helpers import PROJECT_DIR, Workspace, runs_of, tail
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ SHARED = {"segmentation": "seg_launch", "masked_cls": "masked_launch", "whole_cl
 
 @pytest.fixture(scope="module")
 def multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     out = tmp_path_factory.mktemp("synth_ml") / "data"
     generate(out, n=48, size=32, seed=0, multilabel=True)
@@ -89,7 +89,7 @@ def test_shared_space_smoke_runs(name: str, shared_workspace: Workspace, request
 
 
 def grid_combinations(params: dict) -> list[dict]:
-    """Every combination of a grid's ``choice`` lists, counted from the YAML (not by medtune.spaces).
+    """Every combination of a grid's ``choice`` lists, counted from the YAML (not by medtune.config.spaces).
 
     A parameter with ``when: {key: value}`` takes part only in the combinations where ``key`` has that value.
     """

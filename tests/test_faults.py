@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import launch
-from medtune.tracking import PARENT_TAG, TRIAL_TAG, TrackingError
+from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, TrackingError
 from tests.helpers import PROJECT_DIR
 from trainables.mlflow_trials import SERVER_TRIES, PendingWrites, pending_writes
 from trainables.storage import PROBE, check_reachable, storage_root
@@ -125,7 +125,7 @@ import sys, threading, time
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from medtune.trainer import make_trainer
+from medtune.engine.trainer import make_trainer
 from trainables.trial import guard_training
 
 class Tiny(pl.LightningModule):

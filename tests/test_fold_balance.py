@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from medtune.config.options import LaunchOptions
 from medtune.data import balance, cocoio, duplicates
 from medtune.data.coco import DataError, resolve_dataset
 from medtune.data.folds import FoldPlan, plan_folds
-from medtune.options import LaunchOptions
-from medtune.prepare import check_balance, plan_checked_folds
+from medtune.prepare.inputs import check_balance, plan_checked_folds
 from tests.test_launch_bad_input import assert_clean_refusal, run_launch
 
 

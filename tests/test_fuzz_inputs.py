@@ -29,12 +29,12 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
+from medtune.config.options import LaunchOptions
+from medtune.config.spaces import load_space
 from medtune.data.__main__ import main as data_main
 from medtune.data.coco import SPLITS, load_records, resolve_dataset
-from medtune.options import LaunchOptions
-from medtune.prepare import USER_ERRORS, check_dataset, load_and_override
-from medtune.spaces import load_space
-from medtune.tracking import default_tracking_uri, sqlite_file
+from medtune.prepare.inputs import USER_ERRORS, check_dataset, load_and_override
+from medtune.tracking.store import default_tracking_uri, sqlite_file
 
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "medtune-hypothesis")  # its caches: not in the checkout
 EXAMPLES = settings(
@@ -412,7 +412,7 @@ from pathlib import Path
 spec = importlib.util.spec_from_file_location("fuzz", sys.argv[1])
 fuzz = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fuzz)
-import medtune.data.cache, medtune.prepare  # everything imported before the cap
+import medtune.data.cache, medtune.prepare.inputs  # everything imported before the cap
 torch.set_num_threads(1)
 mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (mapped + fuzz.HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))

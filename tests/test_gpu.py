@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from medtune.trainer import make_trainer
+from medtune.engine.trainer import make_trainer
 from tests.helpers import BASE, TASK_CONFIGS, build_one
 
 

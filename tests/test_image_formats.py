@@ -14,7 +14,7 @@ from medtune.data.cache import build_cache, load_cache
 from medtune.data.coco import resolve_dataset
 from medtune.data.cocoio import DataError
 from medtune.data.imageio import image_size, read_image
-from medtune.data.synth import generate
+from medtune.data.tools.synth import generate
 
 
 def write_dicom(path: Path, pixels: np.ndarray, **elements: object) -> Path:

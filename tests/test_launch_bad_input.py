@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import launch
-from medtune.spaces import SPACES_DIR
+from medtune.config.spaces import resolve_path
 
 
 def edit_json(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -106,7 +106,7 @@ def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 
 
 def test_multi_label_data_for_a_single_label_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from medtune.data.synth import generate
+    from medtune.data.tools.synth import generate
 
     generate(tmp_path / "ml", n=30, size=32, seed=0, multilabel=True)
     code, err = run_launch(tmp_path, capsys, "--space", "whole_cls", "--smoke", "--data", str(tmp_path / "ml"))
@@ -122,7 +122,7 @@ def test_num_samples_other_than_a_grid_size_is_refused(
     args = ("--space", "seg_loss_grid", "--smoke", "--data", str(synth_dir), "--num-samples", samples)
     code, err = run_launch(tmp_path, capsys, *args)
     # One line naming the flag, the grid and its size; nothing started, nothing in MLflow.
-    assert_clean_refusal(tmp_path, code, err, f"--num-samples: {SPACES_DIR / 'seg_loss_grid.yaml'} is a grid of 2")
+    assert_clean_refusal(tmp_path, code, err, f"--num-samples: {resolve_path('seg_loss_grid')} is a grid of 2")
     assert len(err.strip().splitlines()) == 1 and f"got {samples}" in err
     assert not (tmp_path / "runs").exists()
 

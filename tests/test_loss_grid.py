@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from medtune.config.spaces import load_space
 from medtune.losses import SEG_LOSSES
-from medtune.spaces import load_space
 
 
 def test_focal_default_has_no_alpha() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medtune.losses import CLS_LOSSES, SEG_LOSSES
-from medtune.registry import build
+from medtune.names import build
 
 BIG = 20.0  # sigmoid(20) = 1 - 2e-9: a confident logit
 LN2 = math.log(2)

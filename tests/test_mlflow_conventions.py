@@ -15,10 +15,11 @@ import mlflow.data
 import pytest
 from mlflow.tracking import MlflowClient
 
+from medtune.config.spaces import available, header_comment, load_space
 from medtune.data.coco import resolve_dataset
-from medtune.provenance import describe_experiment, git_commit, standard_tags, trial_inputs
-from medtune.spaces import available, header_comment, load_space
-from medtune.tracking import PROJECT_DIR, open_client
+from medtune.tracking.provenance import describe_experiment, git_commit, standard_tags, trial_inputs
+from medtune.tracking.provenance import CODE_DIR as PROJECT_DIR
+from medtune.tracking.store import open_client
 from tests.helpers import Workspace, runs_of
 
 NOTE = "mlflow.note.content"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medtune.model_card import (
+from medtune.publish.model_card import (
     CARD_FILE,
     DESCRIPTION_LIMIT,
     CardInput,

@@ -22,11 +22,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import predict
+from medtune.engine.segmenter_masks import load_segmenter
 from medtune.models import SEG_MODELS
-from medtune.publish import log_model
-from medtune.segmenter_masks import load_segmenter
-from medtune.serving import ModelFacts, SegmenterRef, load_network
-from medtune.tracking import TrackingError
+from medtune.publish.single import log_model
+from medtune.serving.model import ModelFacts, SegmenterRef, load_network
+from medtune.tracking.store import TrackingError
 
 # The sha256 of src/medtune/pyfunc_model.py that every model logged so far stored (unchanged since the first).
 # Changing the file makes every model logged before the change need --trust-model-code: say so in the README.
@@ -139,7 +139,9 @@ def one_line(capsys: pytest.CaptureFixture) -> str:
 
 
 def test_logged_model_records_the_hash_of_the_installed_code(store: str, tmp_path: Path) -> None:
-    from medtune import model_trust  # imported here: the other tests run against code without the module too
+    from medtune.serving import (
+        trust as model_trust,  # imported here: the other tests run against code without the module too
+    )
 
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/seg-tiny/1", dst_path=str(tmp_path)))
     recorded = yaml.safe_load((folder / "MLmodel").read_text())["metadata"]["medtune"]["code_sha256"]
@@ -262,7 +264,7 @@ def test_masked_classifier_checks_its_segmenter_with_the_callers_trust(
 
 
 def test_downloaded_files_last_as_long_as_the_model(store: str) -> None:
-    from medtune import model_trust
+    from medtune.serving import trust as model_trust
 
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)

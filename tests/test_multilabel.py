@@ -12,12 +12,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from medtune import evaluate
-from medtune.build import build_datamodule, build_system
 from medtune.data.cache import build_cache
 from medtune.data.coco import resolve_dataset
 from medtune.data.datasets import CachedDataset, build_transform, crop_box
-from medtune.data.synth import generate
+from medtune.data.tools.synth import generate
+from medtune.engine import evaluate
+from medtune.engine.build import build_datamodule, build_system
 from medtune.losses import ML_LOSSES, MultiLabelBCELoss, balanced_class_weights, balanced_pos_weight
 from medtune.tasks.multilabel import MultiLabelTask, multilabel_scores
 

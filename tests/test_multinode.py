@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 
 import launch
-from medtune.tracking import TrackingError, champion
+from medtune.tracking.registry import champion
+from medtune.tracking.store import TrackingError
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
 from trainables.cleanup import drop_checkpoints
 from trainables.storage import check_reachable, join, location

@@ -18,7 +18,7 @@ import torch
 from medtune.data.cache import load_cache
 from medtune.data.datasets import CachedDataset, build_transform
 from medtune.data.shared import Ragged, from_arrays, to_arrays
-from medtune.tracking import TrackingError
+from medtune.tracking.store import TrackingError
 from trainables.storage import DRIVER_FOLDER, check_reachable, join, location, storage_root
 from trainables.trial import made
 

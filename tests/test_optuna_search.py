@@ -5,7 +5,7 @@ from __future__ import annotations
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
 
-from medtune.spaces import load_space
+from medtune.config.spaces import load_space
 from trainables.optuna_search import AshaAwareOptunaSearch
 from trainables.sampling import DefineByRun
 

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
 
-from medtune.spaces import load_space
-from medtune.tracking import PARENT_TAG, TRIAL_TAG
+from medtune.config.spaces import load_space
+from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import SharedLaunch, Workspace, runs_of
 from trainables.driver import STUDY_TAGS
 from trainables.optuna_search import AshaAwareOptunaSearch, open_storage, study_storage

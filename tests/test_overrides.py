@@ -14,10 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import launch
-from medtune.options import LaunchOptions
-from medtune.overrides import apply_overrides
-from medtune.prepare import load_and_override
-from medtune.spaces import SpaceError, load_space
+from medtune.config.options import LaunchOptions
+from medtune.config.overrides import apply_overrides
+from medtune.config.spaces import SpaceError, load_space
+from medtune.prepare.inputs import load_and_override
 from tests.helpers import Workspace, runs_of
 from trainables import cleanup
 from trainables.storage import location

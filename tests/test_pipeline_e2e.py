@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtune.data.coco import resolve_dataset
-from medtune.tracking import champion, segmenter_name
+from medtune.tracking.registry import champion, segmenter_name
 from tests.helpers import Workspace, runs_of
 
 

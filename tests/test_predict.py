@@ -23,8 +23,8 @@ import predict
 from medtune.data.cache import letterbox
 from medtune.data.coco import resolve_dataset
 from medtune.data.imageio import read_image
-from medtune.publish import registered_name
-from medtune.tracking import CHAMPION
+from medtune.publish.single import registered_name
+from medtune.tracking.registry import CHAMPION
 from tests.helpers import Workspace, runs_of
 from tests.test_model_trust import log_tiny_segmenter
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medtune.tracking import CHAMPION, champion, promote_if_better, promotion_reason
+from medtune.tracking.registry import CHAMPION, champion, promote_if_better, promotion_reason
 
 NAME = "seg-test-00000000"
 TAGS = {"metric": "val/iou", "image_size": "64", "dataset_fingerprint": "abc"}

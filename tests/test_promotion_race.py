@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import medtune.tracking as tracking
-from medtune.tracking import champion, open_client, promote_if_better, promotion_reason
+import medtune.tracking.registry as tracking
+from medtune.tracking.registry import champion, promote_if_better, promotion_reason
+from medtune.tracking.store import open_client
 
 TAGS = {"metric": "val/iou", "image_size": "64", "dataset_fingerprint": "abc"}
 FIRST, BETTER, WORSE = 0.5, 0.7, 0.6

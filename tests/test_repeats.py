@@ -15,12 +15,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import launch
-from medtune.repeats import BestWeights, Recipe, full_budget, headline
-from medtune.report.bootstrap import METRICS, Interval, seed_bootstrap, seed_scores
+from medtune.engine.repeats import BestWeights, Recipe, full_budget, headline
+from medtune.engine.trainer import make_trainer
 from medtune.report.compare import Entry, compare, format_text, verdict, write_page
 from medtune.report.load import load_predictions
-from medtune.tracking import experiment_id, latest_launch
-from medtune.trainer import make_trainer
+from medtune.scoring.bootstrap import METRICS, Interval, seed_bootstrap, seed_scores
+from medtune.tracking.store import experiment_id, latest_launch
 from tests.helpers import TASK_CONFIGS, SharedLaunch, Workspace, tail
 
 LABELS = np.arange(60) % 3

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from medtune.leaderboard import Row
-from medtune.report.bootstrap import METRICS, paired_bootstrap
 from medtune.report.importance import param_importance
 from medtune.report.load import Launch
+from medtune.scoring.bootstrap import METRICS, paired_bootstrap
+from medtune.tracking.leaderboard import Row
 
 
 def test_bootstrap_metrics_match_sklearn() -> None:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from medtune.evaluate import load_system
-from medtune.tracking import PARENT_TAG, TRIAL_TAG
+from medtune.engine.evaluate import load_system
+from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import Workspace, free_port, runs_of
 
 FAILING_GRID = """

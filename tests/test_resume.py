@@ -16,7 +16,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medtune.tracking import LAUNCH_TAG, PARENT_TAG, TRIAL_TAG
+from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 SAMPLES = 3

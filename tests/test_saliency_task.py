@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from medtune.build import build_datamodule, build_system
 from medtune.data.cache import build_cache, load_cache
 from medtune.data.coco import resolve_dataset
+from medtune.engine.build import build_datamodule, build_system
+from medtune.engine.trainer import make_trainer
 from medtune.overlays import save_cam_overlays
 from medtune.saliency import CEntIoULoss
 from medtune.tasks.classification import ClassificationTask
-from medtune.trainer import make_trainer
 
 SIZE = 64
 CONFIG = {
@@ -120,7 +120,7 @@ def test_saliency_metric_can_be_turned_off(data: dict) -> None:
 
 
 def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
-    from medtune.evaluate import test_predictions
+    from medtune.engine.evaluate import test_predictions
 
     whole = system("classification", data)
     preds = test_predictions(whole, CONFIG, caches=data["caches"], max_overlays=5)
@@ -134,7 +134,7 @@ def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
 
 
 def test_test_predictions_carry_the_cams_the_report_draws(data: dict) -> None:
-    from medtune.evaluate import test_predictions
+    from medtune.engine.evaluate import test_predictions
     from medtune.saliency import hard_iou
 
     whole = system("classification", data)

@@ -14,14 +14,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from medtune.config.options import LaunchOptions
 from medtune.data.cache import load_cache
 from medtune.data.coco import resolve_dataset
 from medtune.models import SEG_MODELS
-from medtune.options import LaunchOptions
-from medtune.publish import log_model
-from medtune.segmenter_choice import mask_caches, resolve_segmenter
-from medtune.serving import ModelFacts
-from medtune.tracking import CHAMPION, TrackingError, segmenter_name
+from medtune.prepare.segmenter_choice import mask_caches, resolve_segmenter
+from medtune.publish.single import log_model
+from medtune.serving.model import ModelFacts
+from medtune.tracking.registry import CHAMPION, segmenter_name
+from medtune.tracking.store import TrackingError
 
 
 def store(tmp_path: Path) -> str:

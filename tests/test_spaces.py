@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.spaces import SpaceError, available, grid_points, load_space
+from medtune.config.spaces import SpaceError, available, grid_points, load_space
 from trainables.sampling import DefineByRun
 
 GOOD = """
@@ -124,7 +124,7 @@ def test_conditional_parameter_exists_only_under_its_choice(tmp_path: Path) -> N
 
 
 def test_config_file_is_a_one_trial_space(tmp_path: Path) -> None:
-    from medtune.spaces import load_config
+    from medtune.config.spaces import load_config
 
     path = tmp_path / "best.yaml"
     path.write_text(
@@ -140,8 +140,8 @@ def test_config_file_is_a_one_trial_space(tmp_path: Path) -> None:
 
 
 def test_grid_size_and_overrides_leave_the_loaded_space_unchanged() -> None:
-    from medtune.options import LaunchOptions
-    from medtune.prepare import load_and_override
+    from medtune.config.options import LaunchOptions
+    from medtune.prepare.inputs import load_and_override
 
     grid = load_space("seg_loss_grid")
     size = len(grid_points(grid))
@@ -203,7 +203,7 @@ def test_shipped_masked_space_fixes_the_hard_arm() -> None:
     ],
 )
 def test_other_mask_arms_are_their_own_launches(items: list[str], fixed: dict) -> None:
-    from medtune.overrides import apply_overrides
+    from medtune.config.overrides import apply_overrides
 
     space = apply_overrides(load_space("masked_cls"), items)
     # Each --set value is fixed (a conditional crop_margin too) and no longer searched.
@@ -212,14 +212,14 @@ def test_other_mask_arms_are_their_own_launches(items: list[str], fixed: dict) -
 
 
 def test_a_mask_arm_that_shows_the_whole_image_is_refused() -> None:
-    from medtune.overrides import apply_overrides
+    from medtune.config.overrides import apply_overrides
 
     with pytest.raises(SpaceError, match="^--set data.mask_mode: 'none' is not valid for task masked_classification"):
         apply_overrides(load_space("masked_cls"), ["data.mask_mode=none"])
 
 
 def test_masked_config_file_needs_its_mask_mode(tmp_path: Path) -> None:
-    from medtune.spaces import load_config
+    from medtune.config.spaces import load_config
 
     path = tmp_path / "best.yaml"
     path.write_text("space: masked_cls\nconfig: {model.name: resnet18, loss.name: ce, data.image_size: 32}\n")

@@ -14,16 +14,6 @@ import math
 import numpy as np
 import pytest
 
-from medtune.report.bootstrap import (
-    METRICS,
-    RESAMPLES,
-    Interval,
-    _interval,
-    paired_bootstrap,
-    seed_bootstrap,
-    seed_scores,
-    stratified_draws,
-)
 from medtune.report.compare import fold_verdicts
 from medtune.report.cv import (
     OPTIMISM,
@@ -37,6 +27,16 @@ from medtune.report.cv import (
     method,
     pair,
     parse_sizes,
+)
+from medtune.scoring.bootstrap import (
+    METRICS,
+    RESAMPLES,
+    Interval,
+    _interval,
+    paired_bootstrap,
+    seed_bootstrap,
+    seed_scores,
+    stratified_draws,
 )
 
 DIGEST = "0123456789abcdef"

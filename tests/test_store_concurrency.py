@@ -15,7 +15,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medtune.tracking import TrackingError, open_client, retrying, sqlite_file, transient
+from medtune.tracking.store import TrackingError, open_client, retrying, sqlite_file, transient
 from tests.helpers import Workspace, runs_of
 
 PROCESSES = 3
@@ -26,7 +26,7 @@ OPENER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from medtune.tracking import open_client
+    from medtune.tracking.store import open_client
     uri, folder, i = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     (folder / f"ready-{i}").touch()
     while not (folder / "go").exists():

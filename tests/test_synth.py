@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from medtune.data import __main__ as data_cli
-from medtune.data.synth import CLASSES, FINDING_SHARE, FINDINGS, SPLITS, assign_splits, generate
+from medtune.data.tools.synth import CLASSES, FINDING_SHARE, FINDINGS, SPLITS, assign_splits, generate
 
 N, SIZE = 30, 32  # 10 images per class: 6 train, 2 val, 2 test
 

@@ -14,16 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from medtune import build, evaluate
 from medtune.data.cache import load_cache
 from medtune.data.datasets import CachedDataModule
+from medtune.engine import build, evaluate
+from medtune.engine.trainer import make_trainer
 from medtune.losses import SEG_LOSSES
 from medtune.overlays import cam_overlay, overlay_side, save_cam_overlays
 from medtune.report.write import _prediction_plots
 from medtune.tasks import TASKS
 from medtune.tasks.multilabel import MultiLabelTask
 from medtune.tasks.segmentation import SegmentationTask
-from medtune.trainer import make_trainer
 from tests.helpers import BASE, TASK_CONFIGS, build_one
 
 KINDS = ("segmentation", "classification", "multilabel")

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from medtune.build import build_datamodule, build_system
+from medtune.engine.build import build_datamodule, build_system
 from medtune.optim import OPTIMIZERS, SCHEDULERS
 from medtune.tasks import TASKS
 from tests.helpers import BASE, OBJECTIVES, TASK_CONFIGS, build_one, fit_one_step

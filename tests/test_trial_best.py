@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from medtune.leaderboard import leaderboard
-from medtune.tracking import experiment_id, latest_launch
+from medtune.tracking.leaderboard import leaderboard
+from medtune.tracking.store import experiment_id, latest_launch
 from tests.helpers import SharedLaunch, Workspace
 
 

@@ -16,7 +16,7 @@ written. ``every_s=0`` writes every epoch (``launch.py --checkpoint-minutes 0``)
 
 Resume semantics: Ray restarts an unfinished trial from its latest checkpoint, epoch k, with its
 iteration counter at k, and the trial re-trains epochs k+1 onwards. Those epochs train exactly as
-before (``medtune.trainer.EpochSeed`` seeds each epoch from the seed and its number, and the
+before (``medtune.engine.trainer.EpochSeed`` seeds each epoch from the seed and its number, and the
 checkpoint holds weights, optimizer, scheduler and early-stopping state), and the driver's MLflow
 logger skips epochs a run already has (``mlflow_trials``): no epoch is logged twice. The policy's
 own state (the best so far) travels in the checkpoint.

@@ -4,7 +4,7 @@ Ray's own tables (``verbose=1``) print a box per trial start and result and a st
 columns are the first metrics Ray finds; with ``--verbose`` they come back. By default the search is
 ``verbose=0`` and this driver-side callback prints instead:
 
-* a trial's start: its name (the MLflow run name, ``medtune.tracking.run_name``) and searched values;
+* a trial's start: its name (the MLflow run name, ``medtune.tracking.provenance.run_name``) and searched values;
 * its end: completed, stopped by ASHA at epoch k, early-stopped by its patience, or failed with the
   first line of its error; its best objective (the best epoch's, as the leaderboard ranks) and the
   best so far;
@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
-from medtune.tracking import run_name
+from medtune.tracking.provenance import run_name
 from trainables.sampling import flat_config
 
 HEARTBEAT_S = 60.0

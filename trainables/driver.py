@@ -26,15 +26,16 @@ from ray.tune import ResultGrid, Tuner
 
 import medtune
 import trainables
+from medtune.config.options import LaunchOptions
 from medtune.data.coco import SPLITS
-from medtune.leaderboard import counts, format_table, leaderboard
-from medtune.options import LaunchOptions
-from medtune.prepare import Prepared, prepare, start_parent_run
-from medtune.provenance import standard_tags
-from medtune.publish import BestTrial
-from medtune.quiet import quiet_driver
-from medtune.redact import redact_uri
-from medtune.tracking import (
+from medtune.engine.quiet import quiet_driver
+from medtune.prepare.inputs import Prepared, prepare, start_parent_run
+from medtune.publish.single import BestTrial
+from medtune.publish.winner import publish_winner
+from medtune.tracking.leaderboard import counts, format_table, leaderboard
+from medtune.tracking.provenance import standard_tags
+from medtune.tracking.redact import redact_uri
+from medtune.tracking.store import (
     TRIAL_TAG,
     TrackingError,
     experiment_id,
@@ -43,7 +44,6 @@ from medtune.tracking import (
     transient,
     trial_runs,
 )
-from medtune.winner import publish_winner
 from trainables import cleanup
 from trainables.console import Console
 from trainables.mlflow_trials import MLflowTrials, pending_writes, spool_file
@@ -102,7 +102,7 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None, ver
     """Ray started (or joined at ``address``) with the code shipped to workers, shut down after.
 
     Trials' own output reaches the terminal (once per distinct line, ``RAY_DEDUP_LOGS``): their
-    warnings and errors, the routine lines being silenced in the trials (``medtune.quiet``).
+    warnings and errors, the routine lines being silenced in the trials (``medtune.engine.quiet``).
     """
     phases = phases if phases is not None else Phases()
     # Ray's new output engine prints its experiment box and a TensorBoard hint even at verbose=0.

@@ -40,8 +40,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from medtune.data.cocoio import write_json_atomic
-from medtune.provenance import trial_inputs
-from medtune.tracking import PARENT_TAG, TRIAL_TAG, fail_fast, open_client, run_name, transient
+from medtune.tracking.provenance import run_name, trial_inputs
+from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, fail_fast, open_client, transient
 from trainables.sampling import flat_config
 
 ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
@@ -241,7 +241,7 @@ class PendingWrites:
     def _improved(self, trial: str, metrics: list[list]) -> list[Metric]:
         """``best/<metric>`` and ``best/epoch`` when this epoch beats the trial's best so far.
 
-        The leaderboard's rule (``medtune.leaderboard``): the best finite value of the objective over the
+        The leaderboard's rule (``medtune.tracking.leaderboard``): the best finite value of the objective over the
         trial's epochs, here with the first epoch that reached it.
         """
         point = next((m for m in metrics if m[0] == self.metric), None)
@@ -387,7 +387,7 @@ class MLflowTrials(tune.Callback):
 
 def server_error(err: BaseException) -> bool:
     """Whether ``err`` (or an exception it was raised from) is a remote store's 5xx answer that
-    ``medtune.tracking.transient`` does not retry: a 500 (MLflow's client gives up at once on it inside
+    ``medtune.tracking.store.transient`` does not retry: a 500 (MLflow's client gives up at once on it inside
     ``fail_fast``: urllib3's ``RetryError``), or an error answer whose MLflow code means a 5xx."""
     for current in _chain(err):
         if isinstance(current, requests.exceptions.RetryError):  # urllib3 gave up on a retried error status

@@ -36,7 +36,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import Trial, TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from medtune.tracking import TRIAL_TAG, TrackingError, retrying, sqlite_file
+from medtune.tracking.store import TRIAL_TAG, TrackingError, lock_path, retrying, sqlite_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ def open_storage(url: str) -> RDBStorage:
 
     Optuna creates a fresh file's tables with no lock between processes: four launches opening one
     at once crashed ("table studies already exists", "UNIQUE constraint failed: alembic_version")
-    in 8 of 8 tries. Here the opening runs under a ``FileLock`` on ``<db>.lock``.
+    in 8 of 8 tries. Here the opening runs under a ``FileLock`` (``medtune.tracking.store.lock_path``).
     """
     path = sqlite_file(url)
     if path is None:
         return RDBStorage(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.with_name(path.name + ".lock")), timeout=LOCK_TIMEOUT_S):
+        with FileLock(str(lock_path(path)), timeout=LOCK_TIMEOUT_S):
             return retrying(lambda: RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}}))
     except (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as err:
         first = " ".join(str(err).split())[:300]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medtune.spaces import Param, SearchSpace, grid_points
+from medtune.config.spaces import Param, SearchSpace, grid_points
 
 
 def _suggest(trial: Any, param: Param) -> Any:

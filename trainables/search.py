@@ -19,7 +19,7 @@ from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tun
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from medtune.spaces import SearchSpace
+from medtune.config.spaces import SearchSpace
 from trainables.cleanup import CheckpointPruner
 from trainables.optuna_search import AshaAwareOptunaSearch
 from trainables.sampling import DefineByRun, grid_param_space

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from medtune.tracking import TrackingError
+from medtune.tracking.store import TrackingError
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 BUCKETS = ("s3", "gs", "gcs")  # what pyarrow's FileSystem.from_uri opens besides local paths (and hdfs)

@@ -36,12 +36,12 @@ import torch
 from ray import tune
 from ray.train._internal.session import get_session
 
-from medtune.build import build_datamodule, build_system
-from medtune.crossval import FoldRecipe, rounds_done, train_folds
 from medtune.data.cache import load_cache
 from medtune.data.folds import FoldPlan
 from medtune.data.shared import from_arrays, nbytes, to_arrays
-from medtune.trainer import make_trainer
+from medtune.engine.build import build_datamodule, build_system
+from medtune.engine.crossval import FoldRecipe, rounds_done, train_folds
+from medtune.engine.trainer import make_trainer
 from trainables.checkpoint_policy import EVERY_S, CheckpointPolicy
 from trainables.sampling import flat_config
 
@@ -265,7 +265,7 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
 
 
 def run_folds(config: dict, context: TrialContext) -> None:
-    """Cross-validated trial: the folds in lockstep (``medtune.crossval``), one report per round.
+    """Cross-validated trial: the folds in lockstep (``medtune.engine.crossval``), one report per round.
 
     The report holds the fold means (the objective ASHA and TPE see), each fold's validation metrics
     and their sd, and, when the checkpoint policy wants it, the folder of fold checkpoints (with the

@@ -5,10 +5,10 @@ Segmentation losses take (logits [B, 1, H, W], target float {0, 1} [B, 1, H, W])
 losses take (logits [B, K], target long [B]); multi-label losses take (logits [B, K], multi-hot
 target float [B, K]). All return a scalar. Each entry is an ``nn.Module`` class whose keyword-only
 ``__init__`` arguments are what search spaces set (``loss.gamma: 2.0``).
-Build one with ``medtune.registry.build(SEG_LOSSES, "segmentation loss", "dice", smooth=1.0)``.
+Build one with ``medtune.names.build(SEG_LOSSES, "segmentation loss", "dice", smooth=1.0)``.
 
 ``BALANCED``: loss arguments a space may set to ``balanced`` (``loss.class_weights: balanced``,
-``loss.pos_weight: balanced``); ``medtune.build`` replaces the word by weights computed from the
+``loss.pos_weight: balanced``); ``medtune.engine.build`` replaces the word by weights computed from the
 training split's label sets with the function listed there.
 """
 

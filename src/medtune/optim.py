@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch.optim import Optimizer, lr_scheduler
 
-from medtune.registry import lookup
+from medtune.names import lookup
 
 
 def _adam(params, *, lr: float, weight_decay: float, momentum: float) -> Optimizer:

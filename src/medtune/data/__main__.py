@@ -10,12 +10,12 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("medtune.data.synth", "generate the embedded synthetic dermoscopy-like dataset"),
+    "synth": ("medtune.data.tools.synth", "generate the embedded synthetic dermoscopy-like dataset"),
     "check": ("medtune.data.check", "report every problem in a COCO file and its images"),
-    "simplify": ("medtune.data.simplify", "regroup fine labels into coarse classes"),
+    "simplify": ("medtune.data.tools.simplify", "regroup fine labels into coarse classes"),
     "split": ("medtune.data.split", "stratified (optionally grouped) train/val/test split"),
-    "stats": ("medtune.data.stats", "class counts, mask coverage and image sizes"),
-    "import-masks": ("medtune.data.import_masks", "build a COCO file from images, mask PNGs and a CSV"),
+    "stats": ("medtune.data.tools.stats", "class counts, mask coverage and image sizes"),
+    "import-masks": ("medtune.data.tools.import_masks", "build a COCO file from images, mask PNGs and a CSV"),
 }
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.data import cocoio, duplicates
-from medtune.data.fix import fix_coco, removed_path
+from medtune.data.tools.fix import fix_coco, removed_path
 from medtune.data.imageio import read_image
 from medtune.data.problems import KINDS, Problem, Report, print_report
 

@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 
 from medtune.data.cache import CacheSource, load_cache
 from medtune.data.samplers import SAMPLERS
-from medtune.registry import lookup
+from medtune.names import lookup
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -238,7 +238,7 @@ class CachedDataModule(pl.LightningDataModule):
             # Training draws (order, augmentation) come from the global generator, from the first batch on;
             # creating the iterator must not draw from it, or an epoch's draws would depend on whether
             # Lightning made its iterator before the epoch was seeded (a fit's first epoch, a resumed
-            # one) or after (``medtune.trainer.EpochSeed``). Loader workers get their seeds from here.
+            # one) or after (``medtune.engine.trainer.EpochSeed``). Loader workers get their seeds from here.
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
         return DataLoader(
             dataset,

@@ -1,6 +1,6 @@
 """What ``check`` finds: the kinds of problem, one problem, the report of one COCO file, its printout.
 
-``check`` fills a :class:`Report`; ``--fix`` (``medtune.data.fix``) and the pre-training check
+``check`` fills a :class:`Report`; ``--fix`` (``medtune.data.tools.fix``) and the pre-training check
 read it. Near-duplicate groups are part of the report but not problems (``medtune.data.duplicates``).
 """
 

@@ -6,6 +6,6 @@ a ValueError listing the valid ones. torchvision is imported only when a torchvi
 
 from medtune.models.classification import CLS_MODELS, CLS_SPECS, cam_target_layer
 from medtune.models.segmentation import SEG_MODELS
-from medtune.registry import build
+from medtune.names import build
 
 __all__ = ["CLS_MODELS", "CLS_SPECS", "SEG_MODELS", "build", "cam_target_layer"]

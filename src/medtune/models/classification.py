@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from medtune.registry import lookup
+from medtune.names import lookup
 
 
 def resolve_weights(weights_enum: Any, value: str, *, model: str, arg: str = "weights") -> Any:

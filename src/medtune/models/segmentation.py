@@ -14,7 +14,7 @@ from torch import nn
 
 from medtune.models.classification import load_pretrained, resolve_weights
 from medtune.models.unet import ConvBlock, unet, unet_dilated, unet_strided
-from medtune.registry import lookup
+from medtune.names import lookup
 
 
 class SegNet(nn.Module):

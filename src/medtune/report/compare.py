@@ -3,7 +3,7 @@
 Every experiment's launch must be on the same dataset (same ``dataset_fingerprint``) and have logged
 its per-image test predictions (``test_predictions.npz``); the metrics are re-computed from them and
 each difference against the first experiment gets a two-level bootstrap interval
-(``medtune.report.bootstrap``): the same images drawn for every experiment in each resample
+(``medtune.scoring.bootstrap``): the same images drawn for every experiment in each resample
 (paired), each experiment's seeds drawn on their own. A launch with ``--repeats R`` saved the
 predictions of its R training runs (``probs_seeds``); one without them counts as one seed. Each
 difference is then said in words: which experiment is better, or that none is shown.
@@ -32,10 +32,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from medtune.report import cv, html
-from medtune.report.bootstrap import CONCLUSIVE_HALF_WIDTH, METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
 from medtune.report.load import PREDICTIONS, latest, load_predictions
 from medtune.report.plots import save
-from medtune.tracking import TrackingError, experiment_id
+from medtune.scoring.bootstrap import CONCLUSIVE_HALF_WIDTH, METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
+from medtune.tracking.store import TrackingError, experiment_id
 
 SALIENCY = "test/saliency_iou"  # logged by saliency-trained classifiers; shown when present
 

@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from medtune.tracking import TrackingError
+from medtune.tracking.store import TrackingError, read_artifact
 
 FOLDS_FILE = "folds.json"  # on the parent run: the fold assignment and the pooled size
 FOLD_METRIC = re.compile(r"^cv/fold(\d+)/(.+)$")
@@ -187,7 +187,6 @@ def fold_scores(
 
 def read_fold_scores(client: MlflowClient, experiment: str, run: Run) -> FoldScores | str | None:
     """:func:`fold_scores` of a parent run read from the tracking store; the error's line when unreadable."""
-    from medtune.report.load import read_artifact  # load imports this module
 
     params, run_id = run.data.params, run.info.run_id
     try:

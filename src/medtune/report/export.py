@@ -17,7 +17,7 @@ import yaml
 
 from medtune.report.importance import distributions, typed
 from medtune.report.load import Launch
-from medtune.tracking import TrackingError
+from medtune.tracking.store import TrackingError
 
 
 def _value(text: str, key: str, launch: Launch) -> Any:

@@ -11,7 +11,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from medtune.leaderboard import Row, varying_params
+from medtune.tracking.leaderboard import Row, varying_params
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; max-width: 1200px; color: #222; }

@@ -19,8 +19,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-from medtune.leaderboard import Row, varying_params
 from medtune.report.load import Launch
+from medtune.tracking.leaderboard import Row, varying_params
 
 MIN_TRIALS = 3  # fewer finished trials leave fANOVA's forest nothing to split
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import yaml
@@ -23,10 +21,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medtune.leaderboard import Row, leaderboard
+from medtune.config.spaces import merge
 from medtune.report.cv import FoldScores, read_fold_scores
-from medtune.spaces import merge
-from medtune.tracking import LAUNCH_TAG, TrackingError, experiment_id, trial_runs
+from medtune.tracking.leaderboard import Row, leaderboard
+from medtune.tracking.store import LAUNCH_TAG, TrackingError, experiment_id, read_artifact, trial_runs
 
 PREDICTIONS = "test_predictions.npz"  # logged on the parent run by src/medtune/publish.py
 SPACE_FILE = "search_space.yaml"  # the space file as launched (its smoke block not yet merged)
@@ -41,7 +39,7 @@ class Launch:
         run_id: the parent run's id.
         tags, params, metrics: the parent run's tags, params (``metric``, ``mode``, ``budget.*``)
             and metrics (``test/*`` of the best trial, ``best_<metric>``).
-        rows: one per trial, best first, failed last (``medtune.leaderboard`` order).
+        rows: one per trial, best first, failed last (``medtune.tracking.leaderboard`` order).
         started: trial run id -> start time in ms (the order the search sampled them).
         curves: trial run id -> ``(epoch, objective)`` for every epoch the trial reported.
         space: the search-space mapping as launched (smoke block merged); ``{}`` if not logged.
@@ -194,14 +192,6 @@ def latest(client: MlflowClient, exp_id: str, experiment: str) -> tuple[Run, str
 def _curve(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
     history = client.get_metric_history(run_id, metric) if metric else []
     return sorted((int(m.step), float(m.value)) for m in history if math.isfinite(m.value))
-
-
-def read_artifact(client: MlflowClient, run_id: str, path: str) -> bytes | None:
-    """The bytes of a run's artifact, or None when the run has no such artifact."""
-    if path not in {a.path for a in client.list_artifacts(run_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        return Path(client.download_artifacts(run_id, path, folder)).read_bytes()
 
 
 def load_predictions(client: MlflowClient, run_id: str) -> dict[str, np.ndarray] | None:

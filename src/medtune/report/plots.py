@@ -21,9 +21,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from medtune.leaderboard import Row
 from medtune.report.importance import Importance
 from medtune.report.load import Launch
+from medtune.tracking.leaderboard import Row
 
 STOPPED = {"color": "0.6", "linestyle": "--"}
 ABSENT = -0.12  # where a trial without a parameter (its ``when:`` did not hold) crosses that axis

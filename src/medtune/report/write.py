@@ -17,12 +17,12 @@ import numpy as np
 from optuna.distributions import FloatDistribution
 
 from medtune.data.cocoio import DataError, load_coco
-from medtune.leaderboard import counts, varying_params
 from medtune.report import html, plots, predictions
-from medtune.report.bootstrap import CONCLUSIVE_HALF_WIDTH, METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
 from medtune.report.cv import FoldScores
 from medtune.report.importance import Importance, distributions, param_importance
 from medtune.report.load import PREDICTIONS, Launch
+from medtune.scoring.bootstrap import CONCLUSIVE_HALF_WIDTH, METRICS, RESAMPLES, SEED, Interval, seed_bootstrap
+from medtune.tracking.leaderboard import counts, varying_params
 
 FILES = {  # plot key -> file name in the report folder
     "history": "optimisation_history.png",

@@ -42,9 +42,9 @@ class BaseTask(pl.LightningModule):
     * ``report_kind``: ``segmentation``, ``classification`` or ``multilabel``; saved in
       ``test_predictions.npz`` so the report knows how to draw the arrays of ``predictions``;
     * ``platform_args``: the constructor arguments the platform provides (``epochs``,
-      ``num_classes``, ``cam_layer``, ...; see ``medtune.build.platform_args``), never searched;
+      ``num_classes``, ``cam_layer``, ...; see ``medtune.engine.build.platform_args``), never searched;
     * ``activation``: ``softmax`` or ``sigmoid``, what turns the network's logits into the
-      probabilities its metrics and predictions use (``medtune.ensemble`` averages those).
+      probabilities its metrics and predictions use (``medtune.engine.ensemble`` averages those).
 
     Args:
         model: the network (from a model registry).

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassCohenKappa, MulticlassF1Score
 
-from medtune.registry import lookup
+from medtune.names import lookup
 from medtune.saliency import FeatureHook, cam_ceiling, hard_iou, hirescam, swin_reshape, vit_reshape
 from medtune.tasks.base import BaseTask, seen_images
 

@@ -1,0 +1,147 @@
+"""Train one configuration on the K folds of a ``FoldPlan`` in lockstep: epoch 1 of every fold, then epoch 2, ...
+
+Why lockstep: ASHA decides after each epoch whether a trial goes on, so the value it reads must be
+comparable between trials at the same epoch. After every round the trial reports the mean over folds
+of every metric (the objective TPE and ASHA see), each fold's validation metrics and the standard
+deviation over folds; a weak configuration is stopped after its first rounds, for all folds at once.
+(Training the folds one after another would give ASHA nothing to compare until a trial's last fold.)
+
+Each fold's state lives in ``FOLD_FILE`` (a full Lightning checkpoint: weights, optimizer, scheduler,
+early-stopping counters): a round resumes every fold from its file, trains one epoch and writes it
+back. The folder of fold files and ``STATE_FILE`` is the trial's checkpoint, so ``--resume`` restarts
+at the round after the last reported one, and the best round's folder holds the K models the driver
+publishes. Each fold-epoch is seeded from (seed, fold, epoch): a resumed round trains exactly as it
+would have. A fold whose own patience stopped it keeps its last metrics in the later rounds' means.
+
+Plain torch/Lightning, no Ray: the trainable (``trainables.trial``) reports what ``on_round`` gets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from medtune.data.cache import CacheSource
+from medtune.data.datasets import CachedDataModule
+from medtune.data.folds import FoldPlan
+from medtune.engine.build import build_datamodule, build_system
+from medtune.engine.trainer import make_trainer
+from medtune.tasks.base import BaseTask
+
+FOLD_FILE = "fold{k}.ckpt"
+STATE_FILE = "cv_state.json"
+PREFIX = "cv/"  # cv/fold{k}/<metric>, cv/sd/<metric> (and cv/mean/<metric> on the launch's run)
+
+
+@dataclass(frozen=True)
+class FoldRecipe:
+    """What every fold of one configuration is built from.
+
+    Args:
+        task: the space's task.
+        config: the trial's flat configuration.
+        caches: ``pool`` (train+val rows in ``plan`` order) and ``test`` caches at the config's size: files, or
+            (in a trial) the caches the driver handed over through Ray, already open (``medtune.data.shared``).
+        pred_masks: the same splits' segmenter probabilities (masked tasks), else None.
+        num_classes: classes in the dataset.
+        epochs: the space's ``max_epochs``.
+        plan: the folds.
+        seed: the launch's seed.
+        precision: Lightning precision on a GPU.
+    """
+
+    task: str
+    config: dict
+    caches: dict[str, CacheSource]
+    pred_masks: dict[str, CacheSource] | None
+    num_classes: int
+    epochs: int
+    plan: FoldPlan
+    seed: int
+    precision: str = "32-true"
+
+    def system(self) -> BaseTask:
+        # ``balanced`` loss weights come from the labels of the whole pool (a fold's are nearly the same).
+        return build_system(
+            self.task, self.config, num_classes=self.num_classes, epochs=self.epochs, train_cache=self.caches["pool"]
+        )
+
+    def data(self, k: int) -> CachedDataModule:
+        """Fold ``k``: trains on the pool without its rows, validates on them; tests on the test split."""
+        caches = {"train": self.caches["pool"], "val": self.caches["pool"], "test": self.caches["test"]}
+        masks = None
+        if self.pred_masks:
+            masks = {"train": self.pred_masks["pool"], "val": self.pred_masks["pool"], "test": self.pred_masks["test"]}
+        subsets = {"train": self.plan.train_indices(k), "val": self.plan.val_indices(k)}
+        return build_datamodule(
+            self.config, caches=caches, pred_masks=masks, num_classes=self.num_classes, subsets=subsets
+        )
+
+
+def summarise(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """Fold means under each metric's own name, plus ``cv/fold{k}/<val metric>`` and ``cv/sd/<val metric>``."""
+    keys = set.intersection(*(set(m) for m in per_fold)) if per_fold else set()
+    out: dict[str, float] = {}
+    for key in sorted(keys):
+        values = [m[key] for m in per_fold]
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = statistics.fmean(finite) if len(finite) == len(values) else math.nan
+        if key.startswith("val/"):
+            for k, value in enumerate(values):
+                out[f"{PREFIX}fold{k}/{key}"] = value
+            out[f"{PREFIX}sd/{key}"] = statistics.stdev(values) if len(finite) == len(values) > 1 else math.nan
+    return out
+
+
+def rounds_done(folder: Path) -> int:
+    """How many rounds the fold files in ``folder`` have trained (0 for an empty folder)."""
+    path = folder / STATE_FILE
+    return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
+
+
+def _read_state(folder: Path, folds: int) -> dict:
+    path = folder / STATE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"epoch": 0, "done": [False] * folds, "metrics": [{} for _ in range(folds)]}
+
+
+def train_folds(
+    recipe: FoldRecipe,
+    folder: Path,
+    on_round: Callable[[dict[str, float], bool, Path], None],
+    *,
+    callbacks: Callable[[], list[pl.Callback]] = list,
+) -> None:
+    """Train every fold of ``recipe`` to ``epochs`` in lockstep, calling ``on_round`` after each round.
+
+    Args:
+        recipe: the configuration and its folds.
+        folder: holds the fold files and the state; resumed from where its state says (empty: from scratch).
+        on_round: called with (``summarise`` of the round, whether every fold has stopped, ``folder``).
+        callbacks: extra Lightning callbacks for each fold-epoch's Trainer (e.g. a timer).
+    """
+    plan, state = recipe.plan, _read_state(folder, recipe.plan.folds)
+    for epoch in range(state["epoch"], recipe.epochs):
+        for k in range(plan.folds):
+            if state["done"][k]:
+                continue
+            pl.seed_everything(recipe.seed + 1000 * k + epoch, workers=True, verbose=False)
+            file = folder / FOLD_FILE.format(k=k)
+            trainer = make_trainer(max_epochs=epoch + 1, precision=recipe.precision, callbacks=callbacks())
+            trainer.fit(recipe.system(), datamodule=recipe.data(k), ckpt_path=str(file) if file.is_file() else None)
+            state["metrics"][k] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            state["done"][k] = bool(trainer.should_stop)
+            trainer.save_checkpoint(file)
+        state["epoch"] = epoch + 1
+        (folder / STATE_FILE).write_text(json.dumps(state))
+        finished = all(state["done"])
+        on_round(summarise(state["metrics"]), finished, folder)
+        if finished:
+            return

@@ -1,0 +1,319 @@
+"""After the search: test the best trial (and its retrains with more seeds), log the model (a
+``medtune.serving.model.MedtuneModel`` pyfunc that carries what prediction needs), register it and promote it
+to champion if it beats the current one.
+
+Registered names: segmenters ``seg-<dataset>-<fingerprint>`` (``tracking.segmenter_name``), other
+models ``<space>-<dataset>-<fingerprint>`` (:func:`registered_name`), each with its own champion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas
+import PIL
+import pytorch_lightning
+import torch
+import torchvision
+from mlflow.entities import Metric
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+
+from medtune.data.cache import load_cache
+from medtune.engine.build import build_datamodule, task_spec
+from medtune.engine.evaluate import load_system, test_metrics, test_predictions
+from medtune.engine.repeats import Recipe, full_budget, headline
+from medtune.scoring.bootstrap import SeedScore, seed_scores
+from medtune.serving import trust as model_trust
+from medtune.serving.model import FACTS_FILE, ModelFacts, SegmenterRef, network_inputs, signature
+from medtune.tasks.base import BaseTask
+from medtune.tracking.registry import CHAMPION, SELECTION_DEFAULT, champion, promote_if_better, segmenter_name
+
+PIP_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    f"torchvision=={torchvision.__version__.split('+')[0]}",
+]
+# What loading a logged MedtuneModel imports besides torch (and the medtune package itself).
+PYFUNC_REQUIREMENTS = [
+    *PIP_REQUIREMENTS,
+    f"pytorch-lightning=={pytorch_lightning.__version__}",
+    f"pandas=={pandas.__version__}",
+    f"pillow=={PIL.__version__}",
+]
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The winner of a search, as plain values (no Ray objects)."""
+
+    run_id: str  # its MLflow child run
+    config: dict
+    checkpoint_file: Path  # a cross-validated trial's checkpoint is the folder holding its fold files
+    val_score: float
+    metrics: dict | None = None  # what the trial reported with that checkpoint (fold scores under cv)
+
+
+@dataclass(frozen=True)
+class Published:
+    test: dict[str, float]
+    model_uri: str
+    registered: str | None = None  # "name/version" for segmenters
+    promoted: bool = False
+    seeds: dict[str, SeedScore] | None = None  # per metric, over every seed (single-label classifiers)
+    facts: ModelFacts | None = None  # what the logged model carries (its model card's preprocessing)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a logged model must carry that its trial's configuration does not: the launch's side."""
+
+    classes: tuple[str, ...] = ()  # the dataset's category names, in class-index order
+    segmenter: SegmenterRef | None = None  # the registered segmenter a masked task's masks came from
+    dataset_fingerprint: str = ""
+
+
+def registered_name(space: str, task: str, dataset_name: str, fingerprint: str) -> str:
+    """Registered-model name of a launch's winner: ``seg-<dataset>-<fp>`` for segmenters (the name masked
+    tasks look their champion up by), ``<space>-<dataset>-<fp>`` for every other model."""
+    name = segmenter_name(dataset_name, fingerprint)
+    if task == "segmentation":
+        return name
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in space)
+    return f"{safe}-{name.removeprefix('seg-')}"
+
+
+def model_facts(task: str, config: dict, system: BaseTask, lineage: Lineage) -> ModelFacts:
+    """The facts a logged model carries (``medtune.serving.model.ModelFacts``), from the values training used.
+
+    Mask mode, threshold and crop margin are read from the data module the configuration builds (its
+    defaults included), the threshold and activation from the system.
+    """
+    data = build_datamodule(config, caches={})
+    threshold = getattr(system, "threshold", None)
+    masked = task_spec(task).needs_segmenter
+    return ModelFacts(
+        task=task,
+        report_kind=system.report_kind,
+        activation=system.activation,
+        image_size=int(config["data.image_size"]),
+        threshold=None if threshold is None else float(threshold),
+        classes=tuple(lineage.classes) if system.report_kind != "segmentation" else (),
+        mask_mode=data.mask_mode if masked else "none",
+        mask_threshold=float(data.mask_threshold),
+        crop_margin=float(data.crop_margin),
+        segmenter=lineage.segmenter if masked else None,
+        dataset_fingerprint=lineage.dataset_fingerprint,
+    )
+
+
+def publish_best(
+    client: MlflowClient,
+    *,
+    parent_run_id: str,
+    task: str,
+    best: BestTrial,
+    caches: dict[str, str],
+    pred_masks: dict[str, str] | None,
+    num_classes: int,
+    epochs: int,
+    metric: str,
+    mode: str,
+    register_as: str | None = None,
+    version_tags: dict[str, str] | None = None,
+    lineage: Lineage = Lineage(),
+    seed: int = 0,
+    repeats: int = 1,
+    precision: str = "32-true",
+) -> Published:
+    """Evaluate ``best`` on the test split and record it on the parent run (and registry).
+
+    A single-label classifier with ``repeats`` > 1 is first retrained ``repeats - 1`` more times
+    (``medtune.engine.repeats``, seeds ``seed + 1`` ...; ``seed`` is the one the trials used, ``precision``
+    theirs), and seed ``seed`` too when ASHA stopped the winner early; every seed's test probabilities
+    are saved and scored (``test_seeds/*``), and the parent run's ``test/<metric>`` is their mean
+    (``repeats.headline``). The winner's own test scores are on its trial run.
+    """
+    system = load_system(
+        task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs, train_cache=caches["train"]
+    )
+    test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
+    arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
+    test.update(saliency_ceiling(client, parent_run_id, arrays))
+    recipe = Recipe(task, best.config, caches, pred_masks, num_classes, epochs, metric, mode, precision)
+    full = full_budget(client.get_run(best.run_id).data.tags)
+    scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats, full=full)
+    log_predictions(client, parent_run_id, arrays)
+    if system.has_cam:
+        log_cam_overlays(client, parent_run_id, arrays)
+    shown = headline(test, scores)  # with R > 1 seeds: the mean over them, what the interval is about
+    client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in shown.items()])
+    client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
+    client.set_tag(parent_run_id, "best_run_id", best.run_id)
+    client.set_tag(best.run_id, "best", "true")
+    for key, value in test.items():
+        client.log_metric(best.run_id, key, value)
+    size = int(best.config["data.image_size"])
+    facts = model_facts(task, best.config, system, lineage)
+    info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"], register_as)
+    if register_as is None:
+        return Published(shown, info.model_uri, seeds=scores, facts=facts)
+    tags = {
+        "val_score": repr(best.val_score),
+        "metric": metric,
+        "image_size": str(size),
+        "run_id": best.run_id,
+        "selection": SELECTION_DEFAULT,
+    }
+    version = str(info.registered_model_version)
+    promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
+    return Published(shown, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
+
+
+def register(
+    client: MlflowClient, run_id: str, name: str, version: str, tags: dict[str, str], best: BestTrial, mode: str
+) -> bool:
+    """Tag the new version ``name/version`` with what it was scored on and promote it if better."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    promoted = promote_if_better(client, name, version, best.val_score, mode)
+    client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    client.set_tag(run_id, "promoted_to_champion", str(promoted).lower())
+    return promoted
+
+
+def _over_seeds(
+    client: MlflowClient,
+    run_id: str,
+    recipe: Recipe,
+    arrays: dict[str, np.ndarray],
+    *,
+    seed: int,
+    repeats: int,
+    full: bool = True,
+) -> dict[str, SeedScore] | None:
+    """The winner's test scores over ``repeats`` seeds, for a single-label classifier (else None).
+
+    With ``repeats`` > 1 adds ``probs_seeds`` [R, N, K] and ``seeds`` [R] to ``arrays`` (the retrains
+    of ``medtune.engine.repeats``; seed 0 is the winner when it ran its ``full`` budget, else retrained too,
+    said by the tag ``seed0``). Logs the param ``repeats`` (the seeds the test score rests on: 1 for other
+    tasks, which are not retrained) and, for a single-label classifier, ``test_seeds/*``
+    (``log_seed_scores``); with one seed that is the bootstrap over test images alone.
+    """
+    single = task_spec(recipe.task).single_label
+    retrain = repeats > 1 and single
+    client.log_param(run_id, "repeats", repeats if retrain else 1)
+    if not single:
+        return None
+    if retrain:
+        client.set_tag(run_id, "seed0", "search winner" if full else "retrained: ASHA stopped the winner early")
+        arrays.update(recipe.seed_predictions(arrays["probs"] if full else None, seed=seed, repeats=repeats))
+    return log_seed_scores(client, run_id, arrays["labels"], arrays.get("probs_seeds", arrays["probs"][None]))
+
+
+def log_seed_scores(
+    client: MlflowClient, run_id: str, labels: np.ndarray, probs_seeds: np.ndarray
+) -> dict[str, SeedScore]:
+    """``test_seeds/<metric>_{mean,sd,low,high}`` of a single-label classifier's test probabilities [R, N, K].
+
+    The interval every reader of the run quotes (the terminal, the model card): the two-level
+    bootstrap of ``medtune.scoring.bootstrap`` over the N test images and the R seeds.
+    """
+    scores = seed_scores(labels.astype(int), probs_seeds)
+    metrics = [metric_entry(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
+    client.log_batch(run_id, metrics=metrics)
+    return scores
+
+
+def log_model(
+    run_id: str,
+    system: BaseTask,
+    facts: ModelFacts,
+    images: torch.Tensor,
+    register_as: str | None = None,
+    *,
+    name: str = "model",
+) -> ModelInfo:
+    """Log ``system``'s network on the run as the pyfunc ``name`` (registered as ``register_as`` when given).
+
+    Args:
+        facts: what prediction needs (``model_facts``): written as the ``facts`` artifact and the metadata,
+            the metadata with the sha256 of the stored code (``model_trust`` checks it before loading).
+        images: uint8 [N, 3, S, S] dataset images (the test cache): the first is the MLflow input example
+            (MLflow predicts on it once while logging), the first and last trace the export.
+    """
+    plain = dataclasses.replace(facts, mask_mode="none")  # tracing needs shapes, not the mask
+    trace = network_inputs(images[[0, -1]], None, plain)  # a batch of 2: the batch dimension stays dynamic
+    program = torch.export.export(system.model.cpu().eval(), (trace,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    with tempfile.TemporaryDirectory() as folder:
+        network, facts_file = Path(folder) / "network.pt2", Path(folder) / FACTS_FILE
+        torch.export.save(program, network)
+        facts_file.write_text(json.dumps(facts.to_json(), indent=1) + "\n")
+        with mlflow.start_run(run_id=run_id):
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(model_trust.CODE_FILE),  # code, not a pickle: loading runs it (model_trust)
+                artifacts={"network": str(network), "facts": str(facts_file)},
+                signature=signature(facts),
+                input_example=images[:1].permute(0, 2, 3, 1).numpy(),
+                pip_requirements=PYFUNC_REQUIREMENTS,
+                registered_model_name=register_as,
+                metadata={"medtune": {**facts.to_json(), "code_sha256": model_trust.code_sha256()}},
+            )
+
+
+def saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """``test/saliency_iou_ceiling`` (mean over test images with a lesion) and the ``cam_grid`` tag.
+
+    Logged beside ``test/saliency_iou`` so a reader sees how far from what the CAM's resolution
+    allows the model's saliency is (``medtune.saliency.cam_ceiling``).
+    """
+    if "saliency_ceiling" not in arrays or np.isnan(arrays["saliency_ceiling"]).all():
+        return {}
+    h, w = (int(v) for v in arrays["cam_grid"][0])
+    client.set_tag(run_id, "cam_grid", f"{h}x{w}")
+    return {"test/saliency_iou_ceiling": float(np.nanmean(arrays["saliency_ceiling"]))}
+
+
+def log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+    """Log ``test_predictions.npz`` and, for a single-label classifier, the test confusion matrix."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "test_predictions.npz"
+        np.savez_compressed(path, **arrays)
+        client.log_artifact(run_id, str(path))
+    if str(arrays["report_kind"]) == "classification":  # rows = truth
+        k = arrays["probs"].shape[1]
+        matrix = np.zeros((k, k), dtype=int)
+        np.add.at(matrix, (arrays["labels"].astype(int), arrays["probs"].argmax(1)), 1)
+        client.log_dict(
+            run_id,
+            {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()},
+            "confusion_matrix.json",
+        )
+
+
+def log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+    """HiResCAM overlays of the test images saved in the predictions (what the classifier looks at)."""
+    from medtune.overlays import save_cam_overlays
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_cam_overlays(arrays, Path(folder), n=8)
+        client.log_artifacts(run_id, folder, "cam_overlays")
+
+
+def metric_entry(key: str, value: float) -> Metric:
+    return Metric(key, value, int(time.time() * 1000), 0)
+
+
+def champion_summary(client: MlflowClient, name: str) -> str:
+    """One line on who holds ``champion`` for ``name``."""
+    current = champion(client, name)
+    if current is None:
+        return f"{name}: no {CHAMPION}"
+    return f"{name}@{CHAMPION} = version {current.version} ({current.tags.get('metric', 'score')} {current.tags.get('val_score')})"
