@@ -133,7 +133,7 @@ def first_launches(shared_workspace: Workspace, synth_dir: Path, second_synth_di
     segmentation search (``SEG_ARGS``) and the whole_cls search (``CLS_ARGS``) on ``synth_dir``, and
     ``OTHER_ARGS`` (experiment ``other_data``) on ``second_synth_dir``. Keyed by experiment name.
 
-    Each is checked to have finished (exit 0); tests/test_store_concurrency.py checks that none lost
+    Each is checked to have finished (exit 0); tests/tracking_tests/test_store_concurrency.py checks that none lost
     a metric. They create the store, its tables and the datasets' caches together.
     """
     ws = shared_workspace

@@ -29,7 +29,7 @@ TASK_CONFIGS = {
 OBJECTIVES = {"segmentation": "val/iou", "multilabel_classification": "val/challenge_score"}
 # The session's shared whole_cls launch (conftest ``cls_launch``): seeded, one trial at a time, so that a
 # second launch with the same arguments must reproduce it. Its --set repeats the smoke block's batch size
-# (nothing changes) so that the parent run records an override (tests/test_overrides.py).
+# (nothing changes) so that the parent run records an override (tests/config_tests/test_overrides.py).
 CLS_ARGS = ("--space", "whole_cls", "--smoke", "--seed", "7", "--max-concurrent", "1", "--set", "data.batch_size=8")
 # The session's shared segmentation launch (conftest ``seg_launch``): cross-validated, 2 folds.
 SEG_ARGS = ("--space", "segmentation", "--smoke", "--folds", "2")

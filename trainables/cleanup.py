@@ -130,7 +130,7 @@ class CheckpointPruner(tune.Callback):
 
     Why not Ray's ``CheckpointConfig(num_to_keep=1)``: Ray deletes the superseded checkpoint the moment
     a new one registers, and records the new one in its experiment snapshot only at the end of the
-    step; a launch killed in between (seen in ``tests/test_resume.py``) is restored from a snapshot
+    step; a launch killed in between (seen in ``tests/trainables_tests/test_resume.py``) is restored from a snapshot
     that names a deleted checkpoint, and that trial fails with "Could not recover from checkpoint".
     Here a checkpoint is deleted only once two later snapshots (which no longer name it) were written
     and ``grace_s`` has passed: Ray calls ``get_state`` on every snapshot, after writing the trials'

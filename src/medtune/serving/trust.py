@@ -13,7 +13,7 @@ medtune logs:
 
 Models logged before the hash was recorded have no ``code_sha256``: they load when their stored code
 is the installed one (the check is on the bytes that would run; ``pyfunc_model.py`` has not changed
-since models were first logged, ``tests/test_model_trust.py`` pins it). Editing that file therefore
+since models were first logged, ``tests/serving_tests/test_model_trust.py`` pins it). Editing that file therefore
 makes every model logged before the edit need ``--trust-model-code``.
 
 Anything else (another medtune's code, a changed file, a model that is not medtune's) is refused in

@@ -25,10 +25,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 
-import launch
 from medtune.tracking.registry import champion
 from medtune.tracking.store import TrackingError
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
+from trainables import launch
 from trainables.cleanup import drop_checkpoints
 from trainables.storage import check_reachable, join, location
 

@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader
 
-import launch
 from medtune.engine.repeats import BestWeights, Recipe, full_budget, headline
 from medtune.engine.trainer import make_trainer
 from medtune.report.compare import Entry, compare, format_text, verdict, write_page
@@ -22,6 +21,7 @@ from medtune.report.load import load_predictions
 from medtune.scoring.bootstrap import METRICS, Interval, seed_bootstrap, seed_scores
 from medtune.tracking.store import experiment_id, latest_launch
 from tests.helpers import TASK_CONFIGS, SharedLaunch, Workspace, tail
+from trainables import launch
 
 LABELS = np.arange(60) % 3
 

@@ -63,7 +63,7 @@ def test_redact_text_finds_every_uri_in_a_command_line() -> None:
 # servers are counted too. Prints every listening address of the process and its descendants.
 RAY_PROBE = """
 import json, os, sys
-import launch
+from trainables import launch
 from trainables.ray_env import local_cluster_env
 assert "ray" not in sys.modules, "importing launch.py imported Ray"
 local_cluster_env(None)

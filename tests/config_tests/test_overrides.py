@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import launch
 from medtune.config.options import LaunchOptions
 from medtune.config.overrides import apply_overrides
 from medtune.config.spaces import SpaceError, load_space
 from medtune.prepare.inputs import load_and_override
 from tests.helpers import Workspace, runs_of
-from trainables import cleanup
+from trainables import cleanup, launch
 from trainables.storage import location
 
 

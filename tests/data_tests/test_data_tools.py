@@ -19,7 +19,7 @@ from medtune.data.check import check_coco
 from medtune.data.tools.defects import inject_defects
 from medtune.data.tools.synth import generate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import launch
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, TrackingError
 from tests.helpers import PROJECT_DIR
+from trainables import launch
 from trainables.mlflow_trials import SERVER_TRIES, PendingWrites, pending_writes
 from trainables.storage import PROBE, check_reachable, storage_root
 

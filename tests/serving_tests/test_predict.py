@@ -26,7 +26,7 @@ from medtune.data.imageio import read_image
 from medtune.publish.single import registered_name
 from medtune.tracking.registry import CHAMPION
 from tests.helpers import Workspace, runs_of
-from tests.test_model_trust import log_tiny_segmenter
+from tests.serving_tests.test_model_trust import log_tiny_segmenter
 
 pytestmark = pytest.mark.slow
 

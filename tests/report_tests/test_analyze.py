@@ -28,12 +28,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score
 
-import analyze
+from medtune.report import cli as analyze
 from medtune.report.load import PREDICTIONS, load_predictions
 from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, artifact_location, experiment_id, latest_launch, trial_runs
 from tests.helpers import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAILED_ERROR = "RuntimeError: fabricated failure for the report test"
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import launch
 from medtune.data import cocoio
 from medtune.data.cache import build_cache
 from medtune.data.coco import resolve_dataset
@@ -25,6 +24,7 @@ from medtune.engine.crossval import FoldRecipe, train_folds
 from medtune.report.cv import read_fold_scores
 from medtune.tracking.registry import champion, segmenter_name
 from tests.helpers import Workspace, runs_of
+from trainables import launch
 
 
 def _copy_dataset(synth_dir: Path, out: Path) -> Path:

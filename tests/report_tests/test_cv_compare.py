@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import analyze
+from medtune.report import cli as analyze
 from medtune.report.compare import Entry, compare, fold_verdicts, format_text, open_entries, verdicts
 from medtune.report.cv import OPTIMISM, FoldComparison, FoldScores, FoldSizes, corrected_t, pair
 from medtune.report.load import PREDICTIONS, SPACE_FILE, Launch, latest, open_launch

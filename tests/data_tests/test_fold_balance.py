@@ -13,7 +13,7 @@ from medtune.data import balance, cocoio, duplicates
 from medtune.data.coco import DataError, resolve_dataset
 from medtune.data.folds import FoldPlan, plan_folds
 from medtune.prepare.inputs import check_balance, plan_checked_folds
-from tests.test_launch_bad_input import assert_clean_refusal, run_launch
+from tests.pipeline_tests.test_launch_bad_input import assert_clean_refusal, run_launch
 
 
 def grouped_copy(synth_dir: Path, out: Path, patient_of: callable) -> tuple[Path, dict[int, str]]:

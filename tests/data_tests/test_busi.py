@@ -13,7 +13,7 @@ from medtune.data.check import check_coco
 from medtune.data.coco import resolve_dataset
 from medtune.data.split import split_coco
 
-BUSI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "busi"
+BUSI = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "busi"
 pytestmark = pytest.mark.skipif(not (BUSI / "coco_all.json").is_file(), reason=f"BUSI not present at {BUSI}")
 # How far the smoke champion's test IoU must clear the best constant mask (all lesion: 0.057 at 32 px).
 # Measured: 0.416 after one trial of 2 epochs (seed 0); untrained U-Nets scored 0 or 0.057 (their

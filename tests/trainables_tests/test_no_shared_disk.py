@@ -2,7 +2,7 @@
 (``medtune.data.shared``) give the same items as the file, without copies; a trial's scratch folder and
 ``--storage-path`` need no driver path.
 
-Ray hands the arrays back read-only; the tests make them read-only the same way. tests/test_multinode.py
+Ray hands the arrays back read-only; the tests make them read-only the same way. tests/trainables_tests/test_multinode.py
 runs the real hand-over on two nodes.
 """
 

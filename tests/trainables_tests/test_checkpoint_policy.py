@@ -1,6 +1,6 @@
 """The checkpoint policy: which epochs are written, exact resume from any of them, no epoch logged twice.
 
-The launch-level kill/resume test is tests/test_resume.py; these are its parts, without Ray.
+The launch-level kill/resume test is tests/trainables_tests/test_resume.py; these are its parts, without Ray.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_epochs_retrained_after_a_resume_are_not_logged_twice(tmp_path: Path) ->
 
 @pytest.mark.parametrize("text", ["-1", "nan", "inf", "soon"])
 def test_checkpoint_minutes_must_be_a_number_of_minutes(text: str, capsys: pytest.CaptureFixture) -> None:
-    import launch
+    from trainables import launch
 
     with pytest.raises(SystemExit) as exit_:
         launch.parse_args(["--space", "whole_cls", "--checkpoint-minutes", text])

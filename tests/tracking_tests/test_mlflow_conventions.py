@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from medtune.config.spaces import available, header_comment, load_space
 from medtune.data.coco import resolve_dataset
-from medtune.tracking.provenance import describe_experiment, git_commit, standard_tags, trial_inputs
 from medtune.tracking.provenance import CODE_DIR as PROJECT_DIR
+from medtune.tracking.provenance import describe_experiment, git_commit, standard_tags, trial_inputs
 from medtune.tracking.store import open_client
 from tests.helpers import Workspace, runs_of
 

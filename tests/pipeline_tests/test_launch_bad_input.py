@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import launch
 from medtune.config.spaces import resolve_path
+from trainables import launch
 
 
 def edit_json(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
