@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from medtune.config.options import LaunchOptions
 from medtune.config.overrides import apply_overrides
-from medtune.config.spaces import SpaceError, load_space
+from medtune.config.spaces import load_space
+from medtune.config.validate import SpaceError
 from medtune.prepare.inputs import load_and_override
 from tests.helpers import Workspace, runs_of
 from trainables import cleanup, launch

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medtune.config.spaces import SpaceError, available, grid_points, load_space
+from medtune.config.spaces import available, grid_points, load_space
+from medtune.config.validate import SpaceError
 from trainables.sampling import DefineByRun
 
 GOOD = """

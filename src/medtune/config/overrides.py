@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from medtune.config.spaces import BUDGET_DEFAULTS, SCALARS, SearchSpace, SpaceError, revalidate
+from medtune.config.spaces import SearchSpace, revalidate
+from medtune.config.validate import BUDGET_DEFAULTS, SCALARS, SpaceError
 from medtune.data.datasets import CachedDataModule
 from medtune.engine import build
 from medtune.tasks.base import BaseTask

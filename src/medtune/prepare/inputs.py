@@ -19,7 +19,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from medtune.config.options import LaunchOptions
 from medtune.config.overrides import apply_overrides, describe
-from medtune.config.spaces import SearchSpace, SpaceError, load_config, load_space
+from medtune.config.spaces import SearchSpace, load_config, load_space
+from medtune.config.validate import SpaceError
 from medtune.data import duplicates
 from medtune.data.cache import build_cache
 from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels

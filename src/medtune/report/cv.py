@@ -29,11 +29,11 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
+from medtune.metrics import lower_is_better
 from medtune.tracking.store import TrackingError, read_artifact
 
 FOLDS_FILE = "folds.json"  # on the parent run: the fold assignment and the pooled size
 FOLD_METRIC = re.compile(r"^cv/fold(\d+)/(.+)$")
-LOWER_IS_BETTER = {"fail_rate"}  # last part of a fold metric's name; anything else counts as higher-better
 
 
 class FoldsError(TrackingError):
@@ -204,11 +204,11 @@ class FoldComparison:
     tests: dict[str, list[CorrectedT | None]]
 
     def lower_is_better(self, name: str) -> bool:
-        """The objective follows the search's mode; other metrics are higher-better but ``LOWER_IS_BETTER``."""
+        """The objective follows the search's mode; other metrics follow ``medtune.metrics.lower_is_better``."""
         first = self.entries[0]
         if name == first.metric:
             return first.mode == "min"
-        return name.split("/")[-1] in LOWER_IS_BETTER
+        return lower_is_better(name)
 
 
 def pair(experiments: list[str], scores: list[FoldScores | str | None]) -> FoldComparison | str:
