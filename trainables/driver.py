@@ -46,7 +46,7 @@ from medtune.tracking.store import (
 )
 from trainables import cleanup
 from trainables.console import Console
-from trainables.mlflow_trials import MLflowTrials, pending_writes, spool_file
+from trainables.mlflow_trials import MLflowTrials, pending_writes, spool_file, use_tracking_uri
 from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
@@ -316,7 +316,8 @@ def _tuner(
     """The new or restored Tuner, with the MLflow trial logger attached (and the study's ``storage``)."""
     space = prepared.space
     context, resources = _context(prepared, options, scratch), _resources(options)
-    if options.resume:
+    if options.resume:  # the restored logger holds the URI without credentials: the full one is this launch's
+        use_tracking_uri(prepared.tracking_uri)
         return restore_tuner(loc.ray, context=context, resources=resources, policy=policy)
     seg = prepared.segmenter
     tags = (

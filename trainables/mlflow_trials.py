@@ -41,6 +41,7 @@ from ray import tune
 
 from medtune.data.cocoio import write_json_atomic
 from medtune.tracking.provenance import run_name, trial_inputs
+from medtune.tracking.redact import redact_uri
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, fail_fast, open_client, transient
 from trainables.sampling import flat_config
 
@@ -50,6 +51,26 @@ OUTAGE_S = 300.0  # how long a finished search waits for a store that stopped an
 BACKOFF_S = (0.5, 15.0)  # first and longest pause between tries of a store that does not answer
 SERVER_TRIES = 4  # tries of a write a server answers with a 5xx (backoff 0.5 + 1 + 2 s), then it is kept
 NODE_TAGS = ("node_id", "node_ip", "hostname")
+# This process's tracking URIs with their credentials, by their redacted form: what a trial logger holds
+# (``MLflowTrials.tracking_uri``) and Ray pickles into ``tuner.pkl``. Filled by ``use_tracking_uri``.
+_FULL_URIS: dict[str, str] = {}
+
+
+def use_tracking_uri(uri: str) -> str:
+    """Remember ``uri`` (credentials included) for this process; its redacted form, which loggers hold.
+
+    Ray pickles the trial logger into ``tuner.pkl`` under the storage path (a shared bucket, perhaps): the
+    logger keeps only ``redact_uri(uri)`` and finds the full URI here when it first writes. A driver that
+    restores a search (``--resume``) calls this with the URI of its own options before the search runs.
+    """
+    _FULL_URIS[redact_uri(uri)] = uri
+    return redact_uri(uri)
+
+
+def full_uri(redacted: str) -> str:
+    """The URI ``use_tracking_uri`` remembered for ``redacted``; ``redacted`` itself when none was (a store
+    whose credentials come from the environment, e.g. ``MLFLOW_TRACKING_PASSWORD``)."""
+    return _FULL_URIS.get(redacted, redacted)
 
 
 def spool_file(experiment_path: Path) -> Path:
@@ -168,7 +189,7 @@ class PendingWrites:
         answer = " ".join(str(err).split())[:200]
         if self._server_errors == 1:
             print(
-                f"[launch] the tracking store {self.tracking_uri} refused a trial write ({answer}): retrying",
+                f"[launch] the tracking store {redact_uri(self.tracking_uri)} refused a trial write ({answer}): retrying",
                 file=sys.stderr,
             )
         if self.kept:
@@ -183,7 +204,8 @@ class PendingWrites:
         """After a refused try: the next one after a backoff, a line when the store stopped answering."""
         if not self._failures:
             self._down_since = time.monotonic()
-            print(f"[launch] the tracking store {self.tracking_uri} does not answer: queuing writes", file=sys.stderr)
+            uri = redact_uri(self.tracking_uri)
+            print(f"[launch] the tracking store {uri} does not answer: queuing writes", file=sys.stderr)
         self._synced, self._failures = False, self._failures + 1
         self._retry_at = time.monotonic() + min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (self._failures - 1))
 
@@ -259,7 +281,8 @@ class MLflowTrials(tune.Callback):
     """Log every trial to MLflow as a child of ``parent_run_id``.
 
     Args:
-        tracking_uri: absolute MLflow tracking URI.
+        tracking_uri: absolute MLflow tracking URI; the logger holds (and Ray pickles) it without its
+            credentials, the full one kept in this process (``use_tracking_uri``).
         experiment_id: the experiment, created by the driver before trials start.
         parent_run_id: the launch's parent run.
         max_epochs: the epoch budget, to tell ASHA-stopped trials from complete ones.
@@ -288,7 +311,8 @@ class MLflowTrials(tune.Callback):
         spool: Path | None = None,
         outage_s: float = OUTAGE_S,
     ) -> None:
-        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.tracking_uri = use_tracking_uri(tracking_uri)  # redacted: no password in tuner.pkl
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.max_epochs, self.searched, self.tags = max_epochs, searched, dict(tags or {})
         self.metric, self.mode, self.spool, self.outage_s = metric, mode, spool, outage_s
         self._writes: PendingWrites | None = None
@@ -307,7 +331,7 @@ class MLflowTrials(tune.Callback):
         if self._writes is None:
             ids = {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id}
             self._writes = PendingWrites(
-                tracking_uri=self.tracking_uri, **ids, metric=self.metric, mode=self.mode, spool=self.spool
+                tracking_uri=full_uri(self.tracking_uri), **ids, metric=self.metric, mode=self.mode, spool=self.spool
             )
         return self._writes
 
