@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medtune.data import cocoio
-from medtune.data.__main__ import main
+from medtune.data.__main__ import COMMANDS, main
 from medtune.data.check import check_coco
 from medtune.data.tools.defects import inject_defects
 from medtune.data.tools.synth import generate
@@ -479,3 +479,11 @@ def test_tools_do_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_data_tool_prints_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse formats each help text when printing it: a stray '%' raised a TypeError there.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "-h"])
+    assert exit_info.value.code == 0 and command in capsys.readouterr().out
