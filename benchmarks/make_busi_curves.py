@@ -92,9 +92,9 @@ def main() -> None:
 
     import torch
 
+    from medtune.config.spaces import SpaceError, load_space
     from medtune.data.cache import build_cache
     from medtune.data.coco import resolve_dataset
-    from medtune.config.spaces import SpaceError, load_space
 
     torch.set_num_threads(args.threads)
     try:

@@ -3,6 +3,7 @@
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 ``COMMANDS`` maps the command name to that module (imported lazily, so ``--help`` stays fast).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.data import cocoio, duplicates
-from medtune.data.tools.fix import fix_coco, removed_path
 from medtune.data.imageio import read_image
 from medtune.data.problems import KINDS, Problem, Report, print_report
+from medtune.data.tools.fix import fix_coco, removed_path
 
 __all__ = ["KINDS", "CheckReport", "Problem", "Report", "check_coco", "fix_coco", "print_report", "removed_path"]
 

@@ -6,10 +6,11 @@
 Every sampler draws ``len(labels)`` images per epoch, with replacement, from torch's global generator,
 so ``pl.seed_everything`` makes the draws reproducible. Only the training split is ever resampled.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor

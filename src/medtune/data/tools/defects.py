@@ -5,6 +5,7 @@
 ``out/defects/truth.json``, the list of injected defects. ``check`` on that file must report exactly
 these, one per kind, which is what the tests and ``synth --defects`` rely on.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,7 +53,7 @@ class _Injector:
             first_ann.setdefault(ann["image_id"], ann)
         hosts = [img for img in coco["images"] if img["id"] in first_ann]
         if len(hosts) < 9:  # 8 defects alter an existing image, plus one untouched template
-            raise cocoio.DataError(f"train.json: needs >= 9 annotated images to inject defects")
+            raise cocoio.DataError("train.json: needs >= 9 annotated images to inject defects")
         self.hosts = rng.sample(hosts, len(hosts))  # each altering defect takes its own image
         self.template = self.hosts.pop()  # size and annotation for the new image entries
         self.first_ann = first_ann
@@ -69,7 +70,9 @@ class _Injector:
         return self.hosts.pop()
 
     def _record(self, kind: str, image_id: object, file_name: str | None, annotation_id: object = None) -> None:
-        self.defects.append({"kind": kind, "image_id": image_id, "file_name": file_name, "annotation_id": annotation_id})
+        self.defects.append(
+            {"kind": kind, "image_id": image_id, "file_name": file_name, "annotation_id": annotation_id}
+        )
 
     def _annotation(self, image_id: int, like: dict, **changes: object) -> dict:
         ann = copy.deepcopy(self.first_ann[like["id"]])

@@ -7,6 +7,7 @@ unless ``--drop-unmapped``: then its annotations, and the images left without an
 dropped and counted. ``info.simplified`` records the map; ``info.images_dir`` is written when the
 output lies away from the images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def simplify_coco(coco: dict, mapping: dict[str, str], *, drop_unmapped: bool = 
     for ann in coco["annotations"]:
         name = names.get(ann["category_id"])
         if name is None:
-            raise cocoio.DataError(f"annotation {ann['id']} has unknown category_id {ann['category_id']}; run `python -m medtune.data check`")
+            raise cocoio.DataError(
+                f"annotation {ann['id']} has unknown category_id {ann['category_id']}; run `python -m medtune.data check`"
+            )
         if name in mapping:
             annotations.append({**ann, "category_id": coarse_ids[mapping[name]]})
     kept = {ann["image_id"] for ann in annotations}
@@ -61,17 +64,26 @@ def simplify_coco(coco: dict, mapping: dict[str, str], *, drop_unmapped: bool = 
         "annotations": annotations,
         "categories": [{"id": i, "name": name} for name, i in coarse_ids.items()],
     }
-    dropped = {"labels": unmapped, "annotations": len(coco["annotations"]) - len(annotations),
-               "images": len(coco["images"]) - len(images)}
+    dropped = {
+        "labels": unmapped,
+        "annotations": len(coco["annotations"]) - len(annotations),
+        "images": len(coco["images"]) - len(images),
+    }
     return out, dropped
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco", type=Path, required=True, help="COCO JSON file with the fine categories")
-    parser.add_argument("--map", type=Path, required=True, metavar="MAP.yaml", help="YAML mapping fine_name: coarse_name")
+    parser.add_argument(
+        "--map", type=Path, required=True, metavar="MAP.yaml", help="YAML mapping fine_name: coarse_name"
+    )
     parser.add_argument("--out", type=Path, required=True, help="COCO JSON file to write")
-    parser.add_argument("--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)")
-    parser.add_argument("--drop-unmapped", action="store_true", help="drop annotations of unmapped categories instead of failing")
+    parser.add_argument(
+        "--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)"
+    )
+    parser.add_argument(
+        "--drop-unmapped", action="store_true", help="drop annotations of unmapped categories instead of failing"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     except cocoio.DataError as err:
         return cocoio.fail(err)
     if dropped["labels"]:
-        print(f"simplify: dropped {dropped['annotations']} annotations of unmapped labels "
-              f"({', '.join(dropped['labels'])}) and {dropped['images']} images left without annotations")
+        print(
+            f"simplify: dropped {dropped['annotations']} annotations of unmapped labels "
+            f"({', '.join(dropped['labels'])}) and {dropped['images']} images left without annotations"
+        )
     classes = ", ".join(f"{c['id']} {c['name']}" for c in out["categories"])
-    print(f"simplify: wrote {args.out} ({len(out['images'])} images, {len(out['annotations'])} annotations; classes {classes})")
+    print(
+        f"simplify: wrote {args.out} ({len(out['images'])} images, {len(out['annotations'])} annotations; classes {classes})"
+    )
     return 0
