@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 
 from medtune.engine.repeats import BestWeights, Recipe, full_budget, headline
 from medtune.engine.trainer import make_trainer
-from medtune.report.compare import Entry, compare, format_text, verdict, write_page
+from medtune.report.compare import Entry, compare, format_text, write_page
 from medtune.report.load import load_predictions
+from medtune.report.verdicts import verdict
 from medtune.scoring.bootstrap import METRICS, Interval, seed_bootstrap, seed_scores
 from medtune.tracking.store import experiment_id, latest_launch
 from tests.helpers import TASK_CONFIGS, SharedLaunch, Workspace, tail
@@ -240,7 +241,8 @@ def test_launch_with_repeats_reports_over_seeds(shared_workspace: Workspace, rep
 
 
 def test_compare_bootstraps_per_image_saliency_when_saved() -> None:
-    from medtune.report.compare import Entry, compare, verdicts
+    from medtune.report.compare import Entry, compare
+    from medtune.report.verdicts import verdicts
 
     labels = np.array([0, 1] * 10)
     probs = np.eye(2)[labels][None]

@@ -18,9 +18,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtune.report import cli as analyze
-from medtune.report.compare import Entry, compare, fold_verdicts, format_text, open_entries, verdicts
+from medtune.report.compare import Entry, compare, format_text, open_entries
 from medtune.report.cv import OPTIMISM, FoldComparison, FoldScores, FoldSizes, corrected_t, pair
 from medtune.report.load import PREDICTIONS, SPACE_FILE, Launch, latest, open_launch
+from medtune.report.verdicts import fold_verdicts, verdicts
 from medtune.report.write import _cv_section, cv_lines
 from medtune.tracking.store import LAUNCH_TAG, artifact_location
 

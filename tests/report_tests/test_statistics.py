@@ -14,7 +14,6 @@ import math
 import numpy as np
 import pytest
 
-from medtune.report.compare import fold_verdicts
 from medtune.report.cv import (
     OPTIMISM,
     FoldComparison,
@@ -28,6 +27,7 @@ from medtune.report.cv import (
     pair,
     parse_sizes,
 )
+from medtune.report.verdicts import fold_verdicts
 from medtune.scoring.bootstrap import (
     METRICS,
     RESAMPLES,
