@@ -10,7 +10,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from medtune.data import __main__ as data_cli
-from medtune.data.tools.synth import CLASSES, FINDING_SHARE, FINDINGS, SPLITS, assign_splits, generate
+from medtune.data.tools.synth import generate
+from medtune.data.tools.synth_plan import assign_splits
+from medtune.data.tools.synth_render import CLASSES, FINDING_SHARE, FINDINGS, SPLITS
 
 N, SIZE = 30, 32  # 10 images per class: 6 train, 2 val, 2 test
 

@@ -13,6 +13,10 @@ one edge and an ``ink_mark`` arc around the lesion, in exactly ``FINDING_SHARE``
 images, drawn independently of the class. An image's label set is then its lesion class plus its
 findings. They are drawn from generators seeded by ``(seed, 1)`` (which images) and
 ``(seed, image_id, 1)`` (where), so the lesions, hairs and markers are those of the single-label set.
+
+This module writes the dataset (the COCO files, the images, the README, atomically) and holds the
+command; ``synth_plan`` plans each image's class, marker and findings, ``synth_render`` draws an
+image and ``synth_readme`` writes the README's text.
 """
 
 from __future__ import annotations
@@ -26,76 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data.tools.synth_render import (  # noqa: F401 - re-exported: the dataset's public constants
-    AREA_SHARE,
-    CLASSES,
-    FINDING_SHARE,
-    FINDINGS,
-    GENERATED,
-    MARKER_RGB,
-    SPLITS,
-    TRAITS,
-    _shoelace,
-    render,
-)
-
-SHIFTS: dict[str, tuple[str, ...]] = {"test": ("test",), "val+test": ("val", "test"), "none": ()}
-
-
-def assign_splits(
-    n: int,
-    *,
-    seed: int = 0,
-    train_share: float = 0.6,
-    val_share: float = 0.2,
-    cue_agreement: float = 0.9,
-    shift: str = "test",
-) -> dict[str, list[tuple[int, int]]]:
-    """Plan (class index, marker class index) for every image of each split.
-
-    Classes are balanced (``n // 3`` each, the remainder to the first classes) and split per class.
-    A split outside ``SHIFTS[shift]`` follows the training distribution: exactly
-    ``round(cue_agreement * n_split)`` markers agree with the class and the others name another class
-    at random. A shifted split (by default test alone: the deployment shift, after a search that
-    selected on a val split like train) gets the class shifted by a balanced random offset, so a third
-    of the markers agree and each class gets each marker colour about equally.
-    """
-    if shift not in SHIFTS:
-        raise ValueError(f"shift must be one of {', '.join(SHIFTS)}, got '{shift}'")
-    rng = np.random.default_rng(seed)
-    labels: dict[str, list[int]] = {split: [] for split in SPLITS}
-    for label in range(len(CLASSES)):
-        count = n // len(CLASSES) + int(label < n % len(CLASSES))
-        n_train = int(count * train_share + 0.5)
-        n_val = min(int(count * val_share + 0.5), count - n_train)
-        for split, k in zip(SPLITS, (n_train, n_val, count - n_train - n_val)):
-            labels[split] += [label] * k
-    plan = {}
-    for split in SPLITS:
-        y = rng.permutation(np.array(labels[split], dtype=np.int64))
-        if split not in SHIFTS[shift]:  # exactly round(cue_agreement * n) offsets are 0, the others 1 or 2
-            agree = rng.permutation(len(y)) < round(cue_agreement * len(y))
-            offset = np.where(agree, 0, rng.integers(1, len(CLASSES), len(y)))
-        else:  # offsets 0, 1, 2 equally often, shuffled: the marker carries no information on the class
-            offset = rng.permutation(np.arange(len(y)) % len(CLASSES))
-        markers = (y + offset) % len(CLASSES)
-        plan[split] = list(zip(y.tolist(), markers.tolist()))
-    return plan
-
-
-def assign_findings(plan: dict[str, list[tuple[int, int]]], *, seed: int = 0) -> dict[str, list[tuple[int, ...]]]:
-    """The findings (indices into ``FINDINGS``) of every image of each split.
-
-    Finding ``f`` is shown by exactly ``round(FINDING_SHARE[f] * n)`` images of a split of ``n``,
-    clamped to [1, n - 1] so that every split of two or more images has both positives and negatives.
-    """
-    rng = np.random.default_rng([seed, 1])
-    out = {}
-    for split in SPLITS:
-        n = len(plan[split])
-        chosen = [set(rng.permutation(n)[: min(max(round(s * n), 1), n - 1)].tolist()) for s in FINDING_SHARE]
-        out[split] = [tuple(f for f in range(len(FINDINGS)) if i in chosen[f]) for i in range(n)]
-    return out
+from medtune.data.tools.synth_plan import SHIFTS, assign_findings, assign_splits
+from medtune.data.tools.synth_readme import readme
+from medtune.data.tools.synth_render import CLASSES, FINDINGS, GENERATED, SPLITS, _shoelace, render
 
 
 def _finding_annotation(ann_id: int, image_id: int, finding: int, bbox: list[float]) -> dict:
@@ -165,59 +102,6 @@ def _write_split(
             {"id": first + i, "name": name, "supercategory": "artefact"} for i, name in enumerate(FINDINGS)
         ]
     (folder / f"{split}.json").write_text(json.dumps(coco) + "\n")
-
-
-def _readme(info: dict, counts: dict[str, dict[str, int]], agreement: dict[str, float]) -> str:
-    """README.md text: how the folder was made, what the classes and the spurious cue are, the layout."""
-    traits = "\n".join(f"| {k} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in v) + " |" for k, v in TRAITS.items())
-    splits = "\n".join(f"- `{s}.json`: {', '.join(f'{k} {v}' for k, v in c.items())}" for s, c in counts.items())
-    agree = ", ".join(f"{s} {a:.2f}" for s, a in agreement.items())
-    return f"""# Synthetic dermoscopy-like lesions
-
-Made by `python -m medtune.data synth` (`src/medtune/data/synth.py`) with seed {info["seed"]}, {info["n"]} images
-of {info["size"]} x {info["size"]} px; the same arguments reproduce these files byte for byte.
-
-## Classes
-One lesion per image: an irregular polygon (the COCO `segmentation`) on textured skin with 1-4
-hairs, covering about {AREA_SHARE[0]:.0%}-{AREA_SHARE[1]:.0%} of the image. The classes (category ids 1-3:
-{", ".join(CLASSES)}) differ only by the lesion; each trait is drawn per image from a normal
-(mean ± sd below, clipped to [0, 1]) that overlaps between classes, so no trait alone decides.
-
-| trait | {" | ".join(CLASSES)} |
-|---|---|---|---|
-{traits}
-
-irregularity/asymmetry: border harmonics; dark_share: black or blue-grey blotches; blue: blue-grey
-share of them; blotch: internal texture and dark dots; darkness: brown shade.
-
-## Spurious cue
-A large coloured patch in a corner (like a sticker, ruler or ink mark: about a fifth of the side),
-red/green/blue for {"/".join(CLASSES)}; the image entry's `marker_class` is the category it names.
-Shifted splits ({info["shift"]}: {", ".join(SHIFTS[info["shift"]]) or "none"}) have a marker independent of the class
-(a balanced random shift, so a third agree); every other split names the class for
-{info["cue_agreement"]:.0%} of its images, as train does. Share of images whose marker names their class:
-{agree}. A whole-image model that reads the marker scores well on the unshifted splits and drops on the
-shifted ones; a model that looks at the lesion does not.
-
-## Layout
-- `images/<split>_<image id>.png`; `file_name` in the JSON is relative to `images/`.
-{splits}
-- Image (and annotation) ids are unique across the three files.
-"""
-
-
-def _readme_findings(found: dict[str, dict[str, int]]) -> str:
-    """README.md section of a multi-label set: the artefact findings and their counts per split."""
-    splits = "\n".join(f"- `{s}.json`: {', '.join(f'{k} {v}' for k, v in c.items())}" for s, c in found.items())
-    return f"""
-## Multi-label findings
-Made with `--multilabel`. Two artefacts are extra categories, annotated with an empty
-`segmentation` (masks stay the lesion's): `ruler` (id {len(CLASSES) + 1}, a light strip with dark ticks
-along one edge, {FINDING_SHARE[0]:.0%} of each split) and `ink_mark` (id {len(CLASSES) + 2}, a violet arc
-around the lesion, {FINDING_SHARE[1]:.0%}). They are independent of the class; an image's label set is
-its lesion class plus its findings.
-{splits}
-"""
 
 
 def _check_args(n: int, size: int, train_share: float, val_share: float, cue_agreement: float) -> None:
@@ -329,9 +213,7 @@ def generate(
         for split in SPLITS:
             _write_split(staging, split, plan[split], first_id, size, info, findings[split] if findings else None)
             first_id += len(plan[split])
-        (staging / "README.md").write_text(
-            _readme(info, counts, agreement) + (_readme_findings(found) if found else "")
-        )
+        (staging / "README.md").write_text(readme(info, counts, agreement, found))
         _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
