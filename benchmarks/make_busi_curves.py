@@ -92,7 +92,8 @@ def main() -> None:
 
     import torch
 
-    from medtune.config.spaces import SpaceError, load_space
+    from medtune.config.spaces import load_space
+    from medtune.config.validate import SpaceError
     from medtune.data.cache import build_cache
     from medtune.data.coco import resolve_dataset
 

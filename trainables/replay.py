@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from medtune.config.spaces import KINDS, Param, SearchSpace
+from medtune.config.spaces import Param, SearchSpace
+from medtune.config.validate import KINDS
 from trainables.sampling import flat_config
 
 ROW_KEY = "replay/row"  # reported with each epoch: the table row a trial replays
