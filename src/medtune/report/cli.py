@@ -156,9 +156,12 @@ def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:
 def compare_experiments(client: MlflowClient, args: argparse.Namespace) -> int:
     """Print and write the comparison of the experiments' best trials on their common test split."""
     from medtune.report.compare import compare, format_text, open_entries, write_page
+    from medtune.report.shortcut import shortcut_lines
 
     result = compare(open_entries(client, args.compare))
     print(format_text(result))
+    for line in shortcut_lines(result.entries):  # only when the dataset records a spurious cue per image
+        print(line)
     page = write_page(result, args.out or _reports() / "compare" / "_vs_".join(args.compare))
     print(f"report: {page}")
     return 0
