@@ -22,7 +22,7 @@ import pyarrow.fs
 import ray
 import torch
 from mlflow.tracking import MlflowClient
-from ray.tune import ResultGrid, Tuner
+from ray.tune import ExperimentAnalysis, ResultGrid, Tuner
 
 import medtune
 import trainables
@@ -41,12 +41,13 @@ from medtune.tracking.store import (
     experiment_id,
     latest_launch,
     open_client,
+    retrying,
     transient,
     trial_runs,
 )
 from trainables import cleanup
 from trainables.console import Console
-from trainables.mlflow_trials import MLflowTrials, pending_writes, spool_file, use_tracking_uri
+from trainables.mlflow_trials import MLflowTrials, PendingWrites, pending_writes, spool_file, use_tracking_uri
 from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
@@ -235,12 +236,19 @@ def _search(
     storage: str | None,
     scratch: Path,
 ) -> int:
-    """Run (or resume) the search and publish its winner; the exit code."""
+    """Run (or resume) the search and publish its winner; the exit code.
+
+    A ``--resume`` of a launch whose search had finished (its publishing stopped by a store that went
+    away) starts no Ray: it sends the trial writes kept in the spool, then publishes from Ray's results
+    and checkpoints, kept for it.
+    """
+    grid = _finished_search(client, prepared, parent_run_id, loc) if options.resume else None
     try:
-        with ray_session(options.address, phases=phases, verbose=options.verbose):
-            tuner = _tuner(client, prepared, options, policy, parent_run_id, loc, storage, scratch)
-            with phases.time("tuner_fit"):
-                grid = tuner.fit()
+        if grid is None:
+            with ray_session(options.address, phases=phases, verbose=options.verbose):
+                tuner = _tuner(client, prepared, options, policy, parent_run_id, loc, storage, scratch)
+                with phases.time("tuner_fit"):
+                    grid = tuner.fit()
     except BaseException:
         _close_runs(client, parent_run_id, prepared, "FAILED")
         raise
@@ -263,6 +271,24 @@ def _search(
     if storage:
         print(f"[launch] optuna study {loc.name}: {dashboard_command(storage)}", file=sys.stderr)
     return code
+
+
+def _finished_search(client: MlflowClient, prepared: Prepared, parent_run_id: str, loc: Location) -> ResultGrid | None:
+    """The results of the launch's search when it had finished (read from Ray's folder, no Ray started),
+    after sending the trial writes its spool kept; None when trials are left to run."""
+    space = prepared.space
+    grid = ResultGrid(ExperimentAnalysis(str(loc.ray), default_metric=space.metric, default_mode=space.mode))
+    if not _complete(grid, space.budget["num_samples"]):
+        return None
+    print("[launch] --resume: the search had finished; publishing its winner", file=sys.stderr)
+    exp_id = experiment_id(client, prepared.experiment, create=False)
+    ids = {"experiment_id": exp_id, "parent_run_id": parent_run_id, "metric": space.metric, "mode": space.mode}
+    writes = PendingWrites(tracking_uri=prepared.tracking_uri, **ids, spool=spool_file(loc.driver))
+    writes.drain(time.monotonic() + OUTAGE_WAIT_S)
+    return grid
+
+
+OUTAGE_WAIT_S = 60.0  # how long a resumed launch tries to send its spool before it says the store is away
 
 
 def _study(
@@ -412,7 +438,7 @@ def _finish(
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
     print(f"\n== {prepared.experiment}: {len(rows)} trials ({tally}) ==\n{format_table(rows, space.metric)}")
     if best is None:
-        client.set_terminated(parent_run_id, "FAILED")
+        retrying(lambda: client.set_terminated(parent_run_id, "FAILED"))
         raise TrackingError(f"every trial of '{prepared.experiment}' failed; see the errors above and in mlflow ui")
     publish_winner(client, prepared, options, parent_run_id, best)
     return 0

@@ -1,4 +1,7 @@
-"""Champion promotion is a compare-and-set: of two launches promoting at once, the better ends as champion."""
+"""Champion promotion is a compare-and-set: of two launches promoting at once, the better ends as champion.
+
+Threads of one process here; tests/publish_tests/test_promotion_server.py races two processes on a tracking server.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import medtune.tracking.registry as tracking
-from medtune.tracking.registry import champion, promote_if_better, promotion_reason
+from medtune.tracking.registry import champion, promote_if_better, promotion_reason, register_version
 from medtune.tracking.store import open_client
 
 TAGS = {"metric": "val/iou", "image_size": "64", "dataset_fingerprint": "abc"}
@@ -43,13 +46,14 @@ def slow_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def register(client: MlflowClient, name: str, folder: Path, score: float) -> str:
-    """A version of ``name`` tagged as publish_best tags it (its score and what it was scored on)."""
+    """A version of ``name`` registered as the publish registers it (``register_version``: a run's version,
+    tagged with its score and what it was scored on, its promotion pending)."""
     source = folder / f"{name}-{score}"
     source.mkdir(exist_ok=True)
-    version = str(client.create_model_version(name, str(source)).version)
-    for key, value in {**TAGS, "val_score": repr(score)}.items():
-        client.set_model_version_tag(name, version, key, value)
-    return version
+    experiment = client.get_experiment_by_name("race") or client.get_experiment(client.create_experiment("race"))
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    tags = {**TAGS, "val_score": repr(score)}
+    return register_version(client, name, str(source), run_id=run_id, model_id=None, tags=tags)
 
 
 @pytest.mark.parametrize("repeat", range(REPEATS))

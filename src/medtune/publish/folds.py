@@ -41,13 +41,14 @@ from medtune.publish.single import (
     log_model,
     log_predictions,
     log_seed_scores,
-    metric_entry,
+    log_winner,
     model_facts,
     register,
     saliency_ceiling,
 )
 from medtune.serving.model import ModelFacts
 from medtune.tasks.base import BaseTask
+from medtune.tracking.store import retrying
 
 
 def publish_folds(
@@ -85,24 +86,19 @@ def publish_folds(
     if ensemble.has_cam:
         log_cam_overlays(client, parent_run_id, arrays)
     cv = fold_scores(best.metrics or {})
-    client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in {**test, **cv}.items()])
-    client.log_param(parent_run_id, "repeats", 1)
+    retrying(lambda: client.log_param(parent_run_id, "repeats", 1))
     scores = None
     if task_spec(recipe.task).single_label:  # the ensemble's interval over the test images (one model, no seeds)
         scores = log_seed_scores(client, parent_run_id, arrays["labels"], arrays["probs"][None])
-    client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
-    client.set_tag(parent_run_id, "best_run_id", best.run_id)
-    client.set_tag(best.run_id, "best", "true")
-    client.log_batch(best.run_id, metrics=[metric_entry(k, v) for k, v in test.items()])
+    log_winner(client, parent_run_id, best, metric, {**test, **cv}, test)
     size = int(recipe.config["data.image_size"])
     facts = model_facts(recipe.task, recipe.config, ensemble, lineage)
     images = load_cache(recipe.caches["test"])["images"]
-    info = log_model(parent_run_id, ensemble, facts, images, register_as)
+    info = log_model(parent_run_id, ensemble, facts, images)
     if register_as is None:
         return Published(test, info.model_uri, seeds=scores, facts=facts)
     if task_spec(recipe.task).model_kind == "segmentation":  # masked tasks draw out-of-fold masks from these
         _log_fold_models(client, parent_run_id, recipe, members, facts, images)
-    version = str(info.registered_model_version)
     tags = {
         "val_score": repr(best.val_score),
         "metric": metric,
@@ -113,7 +109,7 @@ def publish_folds(
         "selection": f"{folds}-fold cross-validation",
         **(version_tags or {}),
     }
-    promoted = register(client, parent_run_id, register_as, version, tags, best, mode)
+    version, promoted = register(client, parent_run_id, register_as, info, tags, best, mode)
     return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
 
 
@@ -154,7 +150,7 @@ def _log_npz(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray], n
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         np.savez_compressed(path, **arrays)
-        client.log_artifact(run_id, str(path))
+        retrying(lambda: client.log_artifact(run_id, str(path)))
 
 
 def _log_fold_models(
@@ -168,6 +164,6 @@ def _log_fold_models(
     """Each fold segmenter as a logged model, and ``fold_models.json`` naming it and the images it held out."""
     folds = []
     for k, member in enumerate(members):
-        info = log_model(run_id, member, facts, images, None, name=f"fold{k}")
+        info = log_model(run_id, member, facts, images, name=f"fold{k}")
         folds.append({"fold": k, "model_uri": info.model_uri, "val_image_ids": recipe.plan.val_image_ids(k)})
-    client.log_dict(run_id, {"digest": recipe.plan.digest, "folds": folds}, "fold_models.json")
+    retrying(lambda: client.log_dict(run_id, {"digest": recipe.plan.digest, "folds": folds}, "fold_models.json"))

@@ -22,7 +22,7 @@ import PIL
 import pytorch_lightning
 import torch
 import torchvision
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
@@ -34,7 +34,15 @@ from medtune.scoring.bootstrap import SeedScore, seed_scores
 from medtune.serving import trust as model_trust
 from medtune.serving.model import FACTS_FILE, ModelFacts, SegmenterRef, network_inputs, signature
 from medtune.tasks.base import BaseTask
-from medtune.tracking.registry import CHAMPION, SELECTION_DEFAULT, champion, promote_if_better, segmenter_name
+from medtune.tracking.registry import (
+    CHAMPION,
+    SELECTION_DEFAULT,
+    champion,
+    promote_if_better,
+    register_version,
+    segmenter_name,
+)
+from medtune.tracking.store import retrying
 
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -147,21 +155,16 @@ def publish_best(
     arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
     test.update(saliency_ceiling(client, parent_run_id, arrays))
     recipe = Recipe(task, best.config, caches, pred_masks, num_classes, epochs, metric, mode, precision)
-    full = full_budget(client.get_run(best.run_id).data.tags)
+    full = full_budget(retrying(lambda: client.get_run(best.run_id)).data.tags)
     scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats, full=full)
     log_predictions(client, parent_run_id, arrays)
     if system.has_cam:
         log_cam_overlays(client, parent_run_id, arrays)
     shown = headline(test, scores)  # with R > 1 seeds: the mean over them, what the interval is about
-    client.log_batch(parent_run_id, metrics=[metric_entry(k, v) for k, v in shown.items()])
-    client.log_metric(parent_run_id, f"best_{metric}", best.val_score)
-    client.set_tag(parent_run_id, "best_run_id", best.run_id)
-    client.set_tag(best.run_id, "best", "true")
-    for key, value in test.items():
-        client.log_metric(best.run_id, key, value)
+    log_winner(client, parent_run_id, best, metric, shown, test)
     size = int(best.config["data.image_size"])
     facts = model_facts(task, best.config, system, lineage)
-    info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"], register_as)
+    info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"])
     if register_as is None:
         return Published(shown, info.model_uri, seeds=scores, facts=facts)
     tags = {
@@ -171,21 +174,34 @@ def publish_best(
         "run_id": best.run_id,
         "selection": SELECTION_DEFAULT,
     }
-    version = str(info.registered_model_version)
-    promoted = register(client, parent_run_id, register_as, version, {**tags, **(version_tags or {})}, best, mode)
+    version, promoted = register(client, parent_run_id, register_as, info, {**tags, **(version_tags or {})}, best, mode)
     return Published(shown, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
 
 
+def log_winner(
+    client: MlflowClient, run_id: str, best: BestTrial, metric: str, shown: dict[str, float], test: dict[str, float]
+) -> None:
+    """The winner's test scores on the parent run (``shown``) and on its own trial run (``test``), and which it is."""
+    retrying(lambda: client.log_batch(run_id, metrics=[metric_entry(k, v) for k, v in shown.items()]))
+    retrying(lambda: client.log_metric(run_id, f"best_{metric}", best.val_score))
+    retrying(lambda: client.set_tag(run_id, "best_run_id", best.run_id))
+    retrying(lambda: client.set_tag(best.run_id, "best", "true"))
+    retrying(lambda: client.log_batch(best.run_id, metrics=[metric_entry(k, v) for k, v in test.items()]))
+
+
 def register(
-    client: MlflowClient, run_id: str, name: str, version: str, tags: dict[str, str], best: BestTrial, mode: str
-) -> bool:
-    """Tag the new version ``name/version`` with what it was scored on and promote it if better."""
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    client: MlflowClient, run_id: str, name: str, info: ModelInfo, tags: dict[str, str], best: BestTrial, mode: str
+) -> tuple[str, bool]:
+    """The run's version of ``name`` (registered once, with ``tags``: what it was scored on), promoted if better.
+
+    Idempotent: a publish resumed after the store went away finds the version it registered and the
+    promotion it decided (``medtune.tracking.registry``). Returns the version and whether it was promoted.
+    """
+    version = register_version(client, name, info.model_uri, run_id=run_id, model_id=info.model_id, tags=tags)
     promoted = promote_if_better(client, name, version, best.val_score, mode)
-    client.set_tag(run_id, "registered_model", f"{name}/{version}")
-    client.set_tag(run_id, "promoted_to_champion", str(promoted).lower())
-    return promoted
+    retrying(lambda: client.set_tag(run_id, "registered_model", f"{name}/{version}"))
+    retrying(lambda: client.set_tag(run_id, "promoted_to_champion", str(promoted).lower()))
+    return version, promoted
 
 
 def _over_seeds(
@@ -208,11 +224,12 @@ def _over_seeds(
     """
     single = task_spec(recipe.task).single_label
     retrain = repeats > 1 and single
-    client.log_param(run_id, "repeats", repeats if retrain else 1)
+    retrying(lambda: client.log_param(run_id, "repeats", repeats if retrain else 1))
     if not single:
         return None
     if retrain:
-        client.set_tag(run_id, "seed0", "search winner" if full else "retrained: ASHA stopped the winner early")
+        seed0 = "search winner" if full else "retrained: ASHA stopped the winner early"
+        retrying(lambda: client.set_tag(run_id, "seed0", seed0))
         arrays.update(recipe.seed_predictions(arrays["probs"] if full else None, seed=seed, repeats=repeats))
     return log_seed_scores(client, run_id, arrays["labels"], arrays.get("probs_seeds", arrays["probs"][None]))
 
@@ -227,7 +244,7 @@ def log_seed_scores(
     """
     scores = seed_scores(labels.astype(int), probs_seeds)
     metrics = [metric_entry(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
-    client.log_batch(run_id, metrics=metrics)
+    retrying(lambda: client.log_batch(run_id, metrics=metrics))
     return scores
 
 
@@ -242,6 +259,11 @@ def log_model(
 ) -> ModelInfo:
     """Log ``system``'s network on the run as the pyfunc ``name`` (registered as ``register_as`` when given).
 
+    The run is left as it is (RUNNING): no fluent ``mlflow.start_run`` context, which would end it on
+    exit. Logging again on the same run (a publish resumed) fills the logged model ``name`` it already
+    has instead of adding a second one. The launch registers through ``register`` (once per run), not
+    ``register_as``.
+
     Args:
         facts: what prediction needs (``model_facts``): written as the ``facts`` artifact and the metadata,
             the metadata with the sha256 of the stored code (``model_trust`` checks it before loading).
@@ -251,12 +273,13 @@ def log_model(
     plain = dataclasses.replace(facts, mask_mode="none")  # tracing needs shapes, not the mask
     trace = network_inputs(images[[0, -1]], None, plain)  # a batch of 2: the batch dimension stays dynamic
     program = torch.export.export(system.model.cpu().eval(), (trace,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    model_id = logged_model_id(MlflowClient(), run_id, name)
     with tempfile.TemporaryDirectory() as folder:
         network, facts_file = Path(folder) / "network.pt2", Path(folder) / FACTS_FILE
         torch.export.save(program, network)
         facts_file.write_text(json.dumps(facts.to_json(), indent=1) + "\n")
-        with mlflow.start_run(run_id=run_id):
-            return mlflow.pyfunc.log_model(
+        return retrying(
+            lambda: mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(model_trust.CODE_FILE),  # code, not a pickle: loading runs it (model_trust)
                 artifacts={"network": str(network), "facts": str(facts_file)},
@@ -265,7 +288,22 @@ def log_model(
                 pip_requirements=PYFUNC_REQUIREMENTS,
                 registered_model_name=register_as,
                 metadata={"medtune": {**facts.to_json(), "code_sha256": model_trust.code_sha256()}},
+                model_id=model_id,
             )
+        )
+
+
+def logged_model_id(client: MlflowClient, run_id: str, name: str) -> str:
+    """The id of run ``run_id``'s logged model ``name``: the one it has (a publish resumed), else a new one
+    linked to the run as its output (what the UI lists under the run's models)."""
+    run = retrying(lambda: client.get_run(run_id))
+    query = f"source_run_id = '{run_id}' AND name = '{name}'"
+    found = retrying(lambda: client.search_logged_models([run.info.experiment_id], filter_string=query))
+    if found:
+        return found[0].model_id
+    model = retrying(lambda: client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id))
+    retrying(lambda: client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=0)]))
+    return model.model_id
 
 
 def saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:
@@ -277,7 +315,7 @@ def saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.nda
     if "saliency_ceiling" not in arrays or np.isnan(arrays["saliency_ceiling"]).all():
         return {}
     h, w = (int(v) for v in arrays["cam_grid"][0])
-    client.set_tag(run_id, "cam_grid", f"{h}x{w}")
+    retrying(lambda: client.set_tag(run_id, "cam_grid", f"{h}x{w}"))
     return {"test/saliency_iou_ceiling": float(np.nanmean(arrays["saliency_ceiling"]))}
 
 
@@ -286,16 +324,13 @@ def log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndar
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "test_predictions.npz"
         np.savez_compressed(path, **arrays)
-        client.log_artifact(run_id, str(path))
+        retrying(lambda: client.log_artifact(run_id, str(path)))
     if str(arrays["report_kind"]) == "classification":  # rows = truth
         k = arrays["probs"].shape[1]
         matrix = np.zeros((k, k), dtype=int)
         np.add.at(matrix, (arrays["labels"].astype(int), arrays["probs"].argmax(1)), 1)
-        client.log_dict(
-            run_id,
-            {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()},
-            "confusion_matrix.json",
-        )
+        table = {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()}
+        retrying(lambda: client.log_dict(run_id, table, "confusion_matrix.json"))
 
 
 def log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
@@ -304,7 +339,7 @@ def log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.nda
 
     with tempfile.TemporaryDirectory() as folder:
         save_cam_overlays(arrays, Path(folder), n=8)
-        client.log_artifacts(run_id, folder, "cam_overlays")
+        retrying(lambda: client.log_artifacts(run_id, folder, "cam_overlays"))
 
 
 def metric_entry(key: str, value: float) -> Metric:

@@ -39,7 +39,12 @@ PARAM_LIMIT = 6000  # MLflow's longest param value (what the trials' runs log to
 def publish_winner(
     client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, best: BestTrial
 ) -> None:
-    """Publish ``best`` on the launch's parent run and the registry, end the run FINISHED, print the result."""
+    """Publish ``best`` on the launch's parent run and the registry, end the run FINISHED, print the result.
+
+    The run stays RUNNING until everything is published, and every write is retried (``tracking.store.retrying``):
+    a store that goes away midway leaves a launch that ``--resume`` publishes again, reusing the model logged on
+    the run, its registered version and its promotion (``publish.single.register``).
+    """
     space, size_caches = prepared.space, prepared.caches
     size = int(best.config["data.image_size"])
     dataset, seg = prepared.dataset, prepared.segmenter
@@ -81,7 +86,7 @@ def publish_winner(
     if published.registered:
         card = card_input(client, prepared, options, parent_run_id, best, published)
         model_card.log_card(client, card, {**portable_tags(dataset), "task": space.task})
-    client.set_terminated(parent_run_id, "FINISHED")
+    retrying(lambda: client.set_terminated(parent_run_id, "FINISHED"))  # last: until here --resume can go on
     _print_result(client, prepared, best, published, name, parent_run_id)
 
 
@@ -166,7 +171,7 @@ def card_input(
     published: Published,
 ) -> model_card.CardInput:
     """The facts of the registered winner's model card, from the launch and what it logged on its run."""
-    run = client.get_run(parent_run_id)
+    run = retrying(lambda: client.get_run(parent_run_id))
     seg, folds = prepared.segmenter, prepared.folds
     lineage = model_card.LineageFacts(
         run_id=parent_run_id,
