@@ -18,7 +18,7 @@ Per method, with bootstrap 95% intervals over seeds: the share of B needed to re
 final best of the same seed (median; "never" when not reached within B) and the share of seeds
 that never reach it, and the mean regret (table's best minus best found) at 25%, 50%, 100% of B.
 Written to ``benchmarks/out/search_replay/`` (gitignored): ``results.json`` and
-``regret.png``. The last line is ``RATIO``: asha_tpe's median share on each set.
+``regret.png`` (``-quick`` in their names with ``--quick``). The last line is ``RATIO``: asha_tpe's median share on each set.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one LCBench task, 2 seeds, 6 trials")
     parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--trials", type=int, default=16, help="random's trials (B = trials x epochs)")
+    parser.add_argument("--trials", type=int, default=8, help="random's trials (B = trials x epochs)")
     parser.add_argument("--sets", nargs="+", help="curve sets (file stems in benchmarks/curves) [all]")
     parser.add_argument("--methods", nargs="+", default=[*PLATFORM, *EXTRA], help="methods [all]")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once")
@@ -326,9 +326,10 @@ def main() -> None:
     for method, t in timing.items():
         seconds, epochs = np.array(t).T
         print(f"  {method:12s} {seconds.mean():.1f} s, {epochs.sum() / seconds.sum():.0f} epochs/s")
-    (OUT / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "timing": timing}))
-    plot(results, OUT / "regret.png")
-    print(f"searches took {total:.0f} s; {OUT / 'results.json'}, {OUT / 'regret.png'}")
+    tag = "-quick" if args.quick else ""  # a quick try does not overwrite a full run's report
+    (OUT / f"results{tag}.json").write_text(json.dumps({"args": vars(args), "results": results, "timing": timing}))
+    plot(results, OUT / f"regret{tag}.png")
+    print(f"searches took {total:.0f} s; {OUT / f'results{tag}.json'}, {OUT / f'regret{tag}.png'}")
     for name, res in results.items():
         if "asha_tpe" in res["summary"]:
             v, lo, hi = res["summary"]["asha_tpe"]["share"]
