@@ -34,6 +34,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if skip and "gpu" in item.keywords:
             item.add_marker(skip)
         shared = "shared_workspace" in getattr(item, "fixturenames", ())
+        if shared:  # reads the session's shared launches: end to end by definition
+            item.add_marker(pytest.mark.e2e)
         item.add_marker(pytest.mark.xdist_group(SHARED_GROUP if shared else item.nodeid.split("::")[0]))
 
 

@@ -40,6 +40,7 @@ def test_split_is_stratified_and_keeps_normal_images(tmp_path: Path) -> None:
     assert counts == {"train": 544, "val": 118, "test": 118}
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_segmentation_smoke_on_busi_beats_a_constant_mask(workspace) -> None:
     result = workspace.launch(

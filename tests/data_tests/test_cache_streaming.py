@@ -136,6 +136,7 @@ cache.build_cache(resolve_dataset(Path(sys.argv[1]), cache_root=Path(sys.argv[2]
 """
 
 
+@pytest.mark.e2e
 def test_killed_build_is_not_trusted_and_rebuilt(dataset: Dataset, tmp_path: Path) -> None:
     data = dataset.coco_files["train"].parent
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

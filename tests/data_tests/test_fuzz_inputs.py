@@ -145,6 +145,7 @@ def store_state() -> tuple:
     return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
 
 
+@pytest.mark.e2e
 @given(split=st.sampled_from(SPLITS), mutations=st.lists(COCO_MUTATION, min_size=1, max_size=3))
 @example(split="val", mutations=[("drop", "categories", 0, "id")])  # crashed coco.resolve_dataset
 @example(split="train", mutations=[("set", "images", 0, "id", [])])  # crashed check.check_coco
@@ -245,6 +246,7 @@ def mutate_space(raw: dict, mutation: tuple) -> dict | bytes:
     smoke=st.booleans(),
     overrides=st.tuples(OVERRIDES, OVERRIDES, OVERRIDES),
 )
+@pytest.mark.e2e
 @EXAMPLES
 def test_mutated_space_gives_success_or_one_user_error(
     tmp_path_factory: pytest.TempPathFactory, mutations: list, smoke: bool, overrides: tuple
@@ -420,6 +422,7 @@ fuzz.mask_cases_end_in_a_cache_or_one_line(Path(sys.argv[2]))
 """
 
 
+@pytest.mark.e2e
 def test_mutated_masks_end_in_a_cache_or_one_line_under_a_memory_cap(dataset_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "data"
     shutil.copytree(dataset_dir / "images", folder / "images")

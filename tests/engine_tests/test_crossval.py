@@ -71,6 +71,7 @@ class Kill(Exception):
     """Stands for the process dying right after a round was reported."""
 
 
+@pytest.mark.e2e
 def test_lockstep_rounds_resume_exactly(synth_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "cache"
     dataset = resolve_dataset(synth_dir, cache_root=root)

@@ -72,6 +72,7 @@ def test_unet_variants_differ_by_constructor_arguments() -> None:
     assert any(isinstance(m, nn.Conv2d) and m.dilation == (4, 4) for m in dilated)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(CLS_MODELS))
 def test_classification_contract(name: str) -> None:
     torch.manual_seed(0)

@@ -127,6 +127,7 @@ def test_items_carry_multi_hot_targets(ml: dict) -> None:
         assert int(item["label"]) == (min(sets[i]) if len(sets[i]) == 1 else -1)
 
 
+@pytest.mark.e2e
 def test_one_training_step_with_balanced_weights_and_sampler(ml: dict) -> None:
     config = {**CONFIG, "loss.pos_weight": "balanced", "data.sampler": "least_sampled_first"}
     system = build_system(

@@ -51,6 +51,7 @@ def test_two_seeds_that_disagree_widen_the_interval() -> None:
     assert two.high - two.low > 2 * (one.high - one.low)
 
 
+@pytest.mark.e2e
 def test_identical_seeds_give_the_one_seed_interval() -> None:
     good, _ = _seeds_that_disagree()
     for metric in METRICS.values():
@@ -138,6 +139,7 @@ def test_retrain_keeps_its_best_epoch_weights(mode: str, epoch: int) -> None:
     assert best.epoch == epoch and float(system.w.detach()) == seen.seen[epoch] != seen.seen[-1]
 
 
+@pytest.mark.e2e
 def test_seed_predictions_retrain_with_the_next_seeds(task_caches: dict) -> None:
     config = {"data.image_size": 32, "data.batch_size": 8, "train.lr": 1e-3, **TASK_CONFIGS["classification"]}
     recipe = Recipe(

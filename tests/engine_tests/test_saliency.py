@@ -88,6 +88,7 @@ def _reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets, res
         return torch.from_numpy(cam(input_tensor=x, targets=cam_targets))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("explicit_targets", [True, False], ids=["targets", "argmax"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_hirescam_matches_pytorch_grad_cam(case: str, explicit_targets: bool) -> None:
@@ -107,6 +108,7 @@ def test_hirescam_matches_pytorch_grad_cam(case: str, explicit_targets: bool) ->
     assert (cams - expected).abs().max() < ATOL
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("case", ["resnet18", "tiny_cnn"])
 def test_saliency_term_reaches_backbone(case: str, train: bool) -> None:
@@ -132,6 +134,7 @@ def _loss_grad(
     return grad
 
 
+@pytest.mark.e2e
 def test_centiou_changes_backbone_gradient() -> None:
     model = _resnet().eval()
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -147,6 +150,7 @@ def test_centiou_changes_backbone_gradient() -> None:
     assert not torch.allclose(mixed, 0.5 * pure_ce, atol=1e-8, rtol=1e-3)
 
 
+@pytest.mark.e2e
 def test_without_create_graph_cam_is_detached_and_grads_untouched() -> None:
     model = _resnet().train()
     x = torch.randn(2, 3, 64, 64)

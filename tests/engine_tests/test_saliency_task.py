@@ -70,6 +70,7 @@ def test_saliency_term_changes_the_loss_and_the_backbone_gradient(data: dict) ->
     assert (with_iou - ce_only).abs().max() > 1e-3 * ce_only.abs().max()
 
 
+@pytest.mark.e2e
 def test_val_and_test_saliency_iou_in_a_real_trainer(data: dict) -> None:
     whole = system("classification", data)
     datamodule = build_datamodule(CONFIG, caches=data["caches"])
@@ -83,6 +84,7 @@ def test_val_and_test_saliency_iou_in_a_real_trainer(data: dict) -> None:
     assert 0.0 <= test["test/saliency_iou"] <= 1.0
 
 
+@pytest.mark.e2e
 def test_batch_without_lesion_gives_no_nan_and_no_weight(data: dict) -> None:
     batch = first_batch(data)
     batch["mask"] = torch.zeros_like(batch["mask"])
@@ -119,6 +121,7 @@ def test_saliency_metric_can_be_turned_off(data: dict) -> None:
     assert "val/saliency_iou" not in metrics and "val/balanced_acc" in metrics
 
 
+@pytest.mark.e2e
 def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
     from medtune.engine.evaluate import test_predictions
 
@@ -133,6 +136,7 @@ def test_cam_overlays_are_written(data: dict, tmp_path: Path) -> None:
     assert paths[0].name.startswith(f"cam_00_img{int(preds['image_ids'][0])}_true{int(preds['labels'][0])}_pred")
 
 
+@pytest.mark.e2e
 def test_test_predictions_carry_the_cams_the_report_draws(data: dict) -> None:
     from medtune.engine.evaluate import test_predictions
     from medtune.saliency import hard_iou

@@ -40,6 +40,7 @@ def _saved(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files}
 
 
+@pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore:every HiResCAM")  # resnet18 at 32 px: a 1x1 CAM layer
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_answers_its_predictions(task: str, task_caches: dict) -> None:

@@ -16,6 +16,7 @@ def test_every_task_has_a_contract_config() -> None:
     assert set(TASK_CONFIGS) == set(TASKS)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_task_trains_and_validates(task: str, task_caches: dict) -> None:
     trainer = fit_one_step(task, {**BASE, **TASK_CONFIGS[task]}, task_caches)
@@ -74,6 +75,7 @@ class RecordLR(pl.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_every_scheduler(scheduler: str, task_caches: dict) -> None:
     config = {**BASE, **TASK_CONFIGS["segmentation"], "train.scheduler": scheduler}

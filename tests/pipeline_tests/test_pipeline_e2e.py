@@ -17,6 +17,8 @@ from medtune.data.coco import resolve_dataset
 from medtune.tracking.registry import champion, segmenter_name
 from tests.helpers import Workspace, runs_of
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 
 def test_masked_cls_without_champion_fails_fast(workspace, synth_dir: Path) -> None:
     result = workspace.launch("--space", "masked_cls", "--smoke", "--data", str(synth_dir), timeout=120)

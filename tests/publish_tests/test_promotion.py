@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from medtune.tracking.registry import CHAMPION, champion, promote_if_better, promotion_reason
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 NAME = "seg-test-00000000"
 TAGS = {"metric": "val/iou", "image_size": "64", "dataset_fingerprint": "abc"}
 

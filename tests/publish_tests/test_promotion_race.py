@@ -56,6 +56,7 @@ def register(client: MlflowClient, name: str, folder: Path, score: float) -> str
     return register_version(client, name, str(source), run_id=run_id, model_id=None, tags=tags)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("repeat", range(REPEATS))
 @pytest.mark.usefixtures("slow_decisions")
 def test_two_launches_promoting_at_once_leave_the_better_champion(uri: str, tmp_path: Path, repeat: int) -> None:

@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 from medtune.tracking.registry import PROMOTION_TAG, champion, promotion_reason
 from tests.trainables_tests.test_resilience import TrackingServer
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 TAGS = {"metric": "val/iou", "image_size": "64", "dataset_fingerprint": "abc"}
 FIRST, BETTER, WORSE = 0.5, 0.7, 0.6
 # Each process pauses after deciding, before moving the alias, the worse one longer: without a
@@ -27,6 +29,7 @@ import sys, time
 from pathlib import Path
 from mlflow.tracking import MlflowClient
 import medtune.tracking.registry as registry
+
 
 uri, name, score, pause, folder = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
 client = MlflowClient(uri, registry_uri=uri)

@@ -22,6 +22,8 @@ from medtune.tracking.registry import CHAMPION, PENDING, PROMOTION_TAG
 from medtune.tracking.store import LAUNCH_TAG
 from tests.helpers import CLS_ARGS, PROJECT_DIR, Workspace
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 WRITES = (
     "log_batch", "log_metric", "log_param", "set_tag", "set_terminated", "update_run", "log_artifact", "log_artifacts",
     "log_dict", "log_text", "log_outputs", "create_logged_model", "log_model_artifacts", "finalize_logged_model",

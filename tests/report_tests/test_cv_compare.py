@@ -139,6 +139,7 @@ def _analyze(*argv: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.e2e
 def test_compare_prints_the_fold_table_next_to_the_bootstrap(store: tuple[str, Path]) -> None:
     uri, root = store
     text = _analyze("--compare", "a", "b", "c", "--tracking-uri", uri, "--out", str(root / "cmp"))
@@ -240,6 +241,7 @@ def _launch(client: MlflowClient, exp: str, start: int, kind: str) -> str:
     return rid
 
 
+@pytest.mark.e2e
 def test_latest_skips_smoke_and_config_launches(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("e", artifact_location=artifact_location(client.tracking_uri, "e"))

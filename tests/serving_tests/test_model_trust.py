@@ -28,6 +28,8 @@ from medtune.publish.single import log_model
 from medtune.serving.model import ModelFacts, SegmenterRef, load_network
 from medtune.tracking.store import TrackingError
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 # The sha256 of src/medtune/pyfunc_model.py that every model logged so far stored (unchanged since the first).
 # Changing the file makes every model logged before the change need --trust-model-code: say so in the README.
 RELEASED_CODE = "e2d687b9d67ded41c4eb5322afe4351f28893e8d4811d5ceaf9fbd3045c22caa"

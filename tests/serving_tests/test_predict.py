@@ -231,6 +231,7 @@ def _tiny_predict(store: str, source: Path, out: Path, *flags: str) -> int:
     return predict.main([*argv, *flags])
 
 
+@pytest.mark.e2e
 def test_masks_keep_the_source_extension(tiny_store: str, tmp_path: Path) -> None:
     _scan(tmp_path / "in" / "scan.jpg", 0)
     _scan(tmp_path / "in" / "scan.png", 1)
@@ -241,6 +242,7 @@ def test_masks_keep_the_source_extension(tiny_store: str, tmp_path: Path) -> Non
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["scan.jpg.png", "scan.png.png"]
 
 
+@pytest.mark.e2e
 def test_unreadable_later_image_leaves_the_output_folder_as_it_was(
     tiny_store: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -24,6 +24,8 @@ from medtune.serving.model import ModelFacts
 from medtune.tracking.registry import CHAMPION, segmenter_name
 from medtune.tracking.store import TrackingError
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 
 def store(tmp_path: Path) -> str:
     # A unique file: MLflow caches one store per URI, and pytest may reuse a deleted tmp_path's name.

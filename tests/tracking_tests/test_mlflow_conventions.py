@@ -55,6 +55,7 @@ def test_git_commit_only_at_the_top_of_a_checkout(tmp_path: Path, monkeypatch: p
     assert set(standard_tags()) == {"mlflow.user", "mlflow.source.name", "mlflow.source.type"}
 
 
+@pytest.mark.e2e
 def test_experiment_description_is_written_once(tmp_path: Path) -> None:
     client = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     fresh, edited = client.create_experiment("fresh"), client.create_experiment("edited")

@@ -69,6 +69,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[subproces
     return uri, procs, [p.communicate(timeout=120)[1] for p in procs]
 
 
+@pytest.mark.e2e
 def test_fresh_store_opened_by_three_processes_at_once(store: tuple) -> None:
     uri, procs, errors = store
     # Every process creates its experiment and run: the store is created once, the others wait for it.
@@ -83,6 +84,7 @@ def _hold_lock(db: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.e2e
 def test_metric_logged_while_another_process_holds_a_write_lock(store: tuple) -> None:
     uri = store[0]
     client = open_client(uri)

@@ -82,6 +82,7 @@ def _fit(caches: dict, epochs: int, *, seed: int, ckpt: Path | None = None, save
     return record.epochs, system
 
 
+@pytest.mark.e2e
 def test_a_fit_resumed_from_an_older_checkpoint_retrains_its_epochs_exactly(task_caches: dict, tmp_path: Path) -> None:
     """Epochs re-trained after a resume give the values the interrupted run logged (EpochSeed)."""
     torch.set_num_threads(1)
@@ -97,6 +98,7 @@ def test_a_fit_resumed_from_an_older_checkpoint_retrains_its_epochs_exactly(task
     assert other != straight[:2]
 
 
+@pytest.mark.e2e
 def test_epochs_retrained_after_a_resume_are_not_logged_twice(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store = MlflowClient(uri)

@@ -85,6 +85,7 @@ print(json.dumps({"listening": listening, "auth_mode": mode}))
 LOOPBACK_IPS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_local_cluster_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # as a user's shell: no Ray settings
@@ -141,6 +142,7 @@ for i in range(rounds):
 ROUNDS = 8  # without the catch, the get-then-create lost a round of eight in every try seen
 
 
+@pytest.mark.e2e
 def test_two_launches_creating_one_experiment_at_once_both_get_it(tmp_path: Path) -> None:
     uri, barrier = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "barrier"
     barrier.mkdir()

@@ -91,6 +91,7 @@ def server_500() -> Iterator[str]:
     thread.join()
 
 
+@pytest.mark.e2e
 def test_a_server_answering_500_is_tried_a_few_times_then_its_writes_are_kept(
     server_500: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -158,6 +159,7 @@ time.sleep(3)
 """
 
 
+@pytest.mark.e2e
 def test_a_worker_exiting_mid_epoch_ends_its_training_thread_first(tmp_path: Path) -> None:
     # A trial's worker process exits while its daemon training thread is inside an epoch, as after Tune
     # stopped the trial; without the guard that thread is killed inside torch and the process aborts.
@@ -207,6 +209,7 @@ print(json.dumps([None if r.error is None else str(r.error) for r in grid]))
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_trial_killed_by_the_memory_monitor_is_one_failed_trial(tmp_path: Path) -> None:
     # A Tune search on a Ray node of its own whose memory monitor kills at 2.5 GB above today's use; one

@@ -32,7 +32,7 @@ from trainables import launch
 from trainables.cleanup import drop_checkpoints
 from trainables.storage import check_reachable, join, location
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 RAY = str(Path(sys.executable).parent / "ray")
 # Four 4-epoch trials at 64 px, all started at once by the grid (TPE's one-at-a-time smoke trials
 # are so short that one reused actor can run them all before a second worker has started).

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
@@ -82,6 +83,7 @@ def test_each_launch_keeps_its_study_with_one_trial_per_ray_trial(
     assert set(names) <= set(optuna.get_all_study_names(url))
 
 
+@pytest.mark.e2e
 def test_a_resumed_searcher_continues_its_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = _searcher(url, "launch-1")
@@ -112,6 +114,7 @@ def test_a_resumed_searcher_continues_its_study(tmp_path: Path) -> None:
     assert trials[2].intermediate_values == {1: 0.2, 2: 0.7}
 
 
+@pytest.mark.e2e
 def test_launches_opening_a_fresh_storage_together_all_get_it(tmp_path: Path) -> None:
     url, errors = f"sqlite:///{tmp_path / 'optuna.db'}", []
     start = threading.Barrier(3)

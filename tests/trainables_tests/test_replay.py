@@ -109,6 +109,7 @@ def replay(t: CurveTable, folder: Path, *, scheduler: str, samples: int, seed: i
     ]
 
 
+@pytest.mark.e2e
 def test_a_replayed_search_reports_the_tables_curves_exactly(ray_cluster: Path) -> None:
     rng = np.random.default_rng(0)
     lrs = list(np.exp(rng.uniform(np.log(1e-4), np.log(1e-1), 6)))
@@ -124,6 +125,7 @@ def test_a_replayed_search_reports_the_tables_curves_exactly(ray_cluster: Path) 
         assert rows == [row] * len(expected) and values == expected, (config, row, values)
 
 
+@pytest.mark.e2e
 def test_asha_stops_the_clearly_worse_trials_at_the_grace_period(ray_cluster: Path) -> None:
     lrs = list(np.geomspace(1e-4, 1e-1, 8))
     archs = ["good", "bad"] * 4

@@ -19,6 +19,8 @@ from medtune.engine.evaluate import load_system
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import Workspace, free_port, runs_of
 
+pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+
 FAILING_GRID = """
 task: classification
 metric: val/balanced_acc

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, TRIAL_TAG
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 SAMPLES = 3
 
 
