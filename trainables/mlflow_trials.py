@@ -29,7 +29,6 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from ray import tune
 from medtune.data.cocoio import write_json_atomic
 from medtune.tracking.provenance import run_name, trial_inputs
 from medtune.tracking.redact import redact_uri
-from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, fail_fast, open_client, transient
+from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, exception_chain, fail_fast, open_client, transient
 from trainables.sampling import flat_config
 
 ERROR_TAG_LIMIT = 4000  # MLflow tag values are capped (8000 chars in sqlite); keep the tail
@@ -413,7 +412,7 @@ def server_error(err: BaseException) -> bool:
     """Whether ``err`` (or an exception it was raised from) is a remote store's 5xx answer that
     ``medtune.tracking.store.transient`` does not retry: a 500 (MLflow's client gives up at once on it inside
     ``fail_fast``: urllib3's ``RetryError``), or an error answer whose MLflow code means a 5xx."""
-    for current in _chain(err):
+    for current in exception_chain(err):
         if isinstance(current, requests.exceptions.RetryError):  # urllib3 gave up on a retried error status
             return True
         if isinstance(current, RestException) and current.get_http_status_code() >= 500:
@@ -421,16 +420,6 @@ def server_error(err: BaseException) -> bool:
         if isinstance(current, MlflowException) and " failed with error code 5" in current.message:  # non-JSON body
             return True
     return False
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and the exceptions it was raised from, once each."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 def _error_text(trial: Any) -> str:

@@ -130,7 +130,7 @@ def transient(err: BaseException) -> bool:
     which it also gives every other sqlite error), a remote store's 408/429/502/503/504, and a connection
     refused, reset or timed out (MLflow's REST client re-raises those as a plain ``MlflowException``).
     """
-    for current in _chain(err):
+    for current in exception_chain(err):
         if isinstance(current, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)):
             return "is locked" in str(current)
         local = isinstance(current.__cause__, sqlalchemy.exc.OperationalError)  # judged by its cause, next
@@ -141,7 +141,7 @@ def transient(err: BaseException) -> bool:
     return False
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
     """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__``), once each."""
     seen: set[int] = set()
     current: BaseException | None = err
@@ -153,7 +153,7 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 
 def _retried_by_mlflow(err: BaseException) -> bool:
     """A remote store's error that MLflow's REST client already retried (about 4 minutes; not in ``fail_fast``)."""
-    local = any(isinstance(e, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)) for e in _chain(err))
+    local = any(isinstance(e, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)) for e in exception_chain(err))
     return not local and os.environ.get(_HTTP_RETRIES) != "0"
 
 
