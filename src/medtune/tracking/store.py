@@ -153,7 +153,9 @@ def exception_chain(err: BaseException) -> Iterator[BaseException]:
 
 def _retried_by_mlflow(err: BaseException) -> bool:
     """A remote store's error that MLflow's REST client already retried (about 4 minutes; not in ``fail_fast``)."""
-    local = any(isinstance(e, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)) for e in exception_chain(err))
+    local = any(
+        isinstance(e, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)) for e in exception_chain(err)
+    )
     return not local and os.environ.get(_HTTP_RETRIES) != "0"
 
 
