@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from medtune.tracking.redact import redact_uri
 from medtune.tracking.store import TrackingError
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
@@ -49,8 +50,8 @@ def storage_root(text: str | Path) -> str:
     parts = urllib.parse.urlsplit(text)
     if not parts.netloc:
         raise TrackingError(f"--storage-path {text}: expected {name}://<bucket>/<prefix>")
-    if "@" in parts.netloc:  # user-info: pyarrow would take it as the key and secret, and the launch records the path
-        bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    bare = redact_uri(text)  # the one user-info rule (an AWS secret's unescaped '/' included)
+    if bare != text:  # user-info: pyarrow would take it as the key and secret, and the launch records the path
         raise TrackingError(
             f"--storage-path {bare}: credentials in the URI are refused (the path is recorded with the launch); "
             "give them in the environment (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the client's config files"
