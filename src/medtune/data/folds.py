@@ -114,14 +114,22 @@ class FoldPlan:
 
 
 def plan_folds(
-    dataset: Dataset, folds: int, *, seed: int, cache_root: Path, near: duplicates.Setting = duplicates.Setting()
+    dataset: Dataset,
+    folds: int,
+    *,
+    seed: int,
+    cache_root: Path,
+    near: duplicates.Setting = duplicates.Setting(),
+    pool: tuple[str, ...] = POOL,
 ) -> FoldPlan:
-    """The folds of ``dataset``'s train+val images (computed once, then read from ``cache_root/folds``).
+    """The folds of ``dataset``'s ``pool`` splits (train+val; all three for nested cross-validation's outer
+    folds, ``medtune.data.outer``), computed once, then read from ``cache_root/folds``.
 
     The cache key holds everything the plan depends on: the dataset's content (its COCO files, so
-    the split's ``group_by``, and its images), K, the seed and the whole duplicate setting ``near``.
+    the split's ``group_by``, and its images), K, the seed, the pooled splits and the whole duplicate
+    setting ``near``.
     """
-    what = f"{PLAN_VERSION}|{dataset.fingerprint}|{folds}|{seed}|{near!r}"
+    what = f"{PLAN_VERSION}|{dataset.fingerprint}|{folds}|{seed}|{near!r}" + ("" if pool == POOL else f"|{pool}")
     path = Path(cache_root) / "folds" / f"{dataset.name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.json"
     if path.is_file():
         raw = json.loads(path.read_text())
@@ -135,20 +143,20 @@ def plan_folds(
             raw["unbalanced"],
             tuple(raw["suspicious"]),
         )
-    plan = _plan(dataset, folds, seed, near)
+    plan = _plan(dataset, folds, seed, near, pool)
     path.parent.mkdir(parents=True, exist_ok=True)
     cached = ("pool_ids", "fold_of", "duplicate_groups", "class_counts", "unbalanced", "suspicious")
     cocoio.write_json_atomic(path, {name: getattr(plan, name) for name in cached})
     return plan
 
 
-def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting) -> FoldPlan:
+def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting, pool: tuple[str, ...]) -> FoldPlan:
     where = dataset.coco_files["train"]
-    pooled, group_by = _pool(dataset)
+    pooled, group_by = _pool(dataset, pool)
     pool_ids = [img["id"] for img in pooled["images"]]
     units = split.units_of(where, pooled, group_by)
-    files = {s: dataset.coco_files[s] for s in POOL}
-    found = duplicates.split_grouping(files, {s: dataset.images_dirs[s] for s in POOL}, near)
+    files = {s: dataset.coco_files[s] for s in pool}
+    found = duplicates.split_grouping(files, {s: dataset.images_dirs[s] for s in pool}, near)
     groups = [[{**img, "id": int(str(img["id"]).split(":", 1)[1])} for img in group] for group in found.groups]
     units = split.merge_units(units, groups)
     if len(units) < folds:
@@ -176,22 +184,25 @@ def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting) -> 
     )
 
 
-def _pool(dataset: Dataset) -> tuple[dict, str | None]:
-    """The train and val splits as one COCO dict (train's images first), and the ``group_by`` field the
-    split recorded (``info.split.group_by``; None if none); raises ``DataError`` on an id in both."""
-    cocos = {s: cocoio.load_coco(dataset.coco_files[s]) for s in POOL}
+def _pool(dataset: Dataset, pool: tuple[str, ...] = POOL) -> tuple[dict, str | None]:
+    """The ``pool`` splits as one COCO dict (in ``pool`` order: train's images first), and the ``group_by``
+    field the split recorded (``info.split.group_by``; None if none); raises ``DataError`` on an id in two."""
+    cocos = {s: cocoio.load_coco(dataset.coco_files[s]) for s in pool}
     pooled = {
-        "images": cocos["train"]["images"] + cocos["val"]["images"],
-        "annotations": cocos["train"]["annotations"] + cocos["val"]["annotations"],
-        "categories": cocos["train"]["categories"],
+        "images": [img for s in pool for img in cocos[s]["images"]],
+        "annotations": [ann for s in pool for ann in cocos[s]["annotations"]],
+        "categories": cocos[pool[0]]["categories"],
     }
-    both = set(img["id"] for img in cocos["train"]["images"]) & set(img["id"] for img in cocos["val"]["images"])
-    if both:
-        raise DataError(
-            f"{dataset.coco_files['val']}: image id {min(both)} is also in {dataset.coco_files['train']}; "
-            "cross-validation pools train and val and needs ids unique across them"
-        )
-    recorded = (cocos["train"].get("info") or {}).get("split")  # written by ``split``; a name elsewhere
+    seen: dict[object, str] = {}
+    for s in pool:
+        for img in cocos[s]["images"]:
+            if img["id"] in seen and seen[img["id"]] != s:
+                raise DataError(
+                    f"{dataset.coco_files[s]}: image id {img['id']} is also in {dataset.coco_files[seen[img['id']]]}; "
+                    f"cross-validation pools {'+'.join(pool)} and needs ids unique across them"
+                )
+            seen[img["id"]] = s
+    recorded = (cocos[pool[0]].get("info") or {}).get("split")  # written by ``split``; a name elsewhere
     return pooled, recorded.get("group_by") if isinstance(recorded, dict) else None
 
 
