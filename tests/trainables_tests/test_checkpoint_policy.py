@@ -16,7 +16,7 @@ from medtune.engine.trainer import make_trainer
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import build_one
 from trainables.checkpoint_policy import CheckpointPolicy
-from trainables.mlflow_trials import PendingWrites
+from trainables.spool import PendingWrites
 
 CONFIG = {  # a shuffled loader and augmentation: random draws in every epoch
     "model.name": "resnet18",

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG, TrackingError
 from tests.helpers import PROJECT_DIR
 from trainables import launch
-from trainables.mlflow_trials import SERVER_TRIES, PendingWrites, pending_writes
+from trainables.spool import SERVER_TRIES, PendingWrites, pending_writes
 from trainables.storage import PROBE, check_reachable, storage_root
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"

@@ -219,7 +219,7 @@ def test_a_tracking_server_away_mid_search_costs_nothing_and_sees_no_secret(
 
 
 def test_writes_wait_for_a_store_that_is_away(tmp_path: Path) -> None:
-    from trainables.mlflow_trials import PendingWrites, pending_writes
+    from trainables.spool import PendingWrites, pending_writes
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store = MlflowClient(uri)
