@@ -12,8 +12,9 @@ import torch
 
 from medtune.data.cache import build_cache, load_cache, save_tensors
 from medtune.data.coco import DataError, resolve_dataset
-from medtune.data.cocoio import atomic_file, segmentation_mask
+from medtune.data.cocoio import atomic_file
 from medtune.data.datasets import CachedDataModule, CachedDataset, build_transform
+from medtune.data.masks import segmentation_mask
 
 
 def test_resolve_folder(synth_dir: Path, tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_annotations_of_an_image_are_united_by_the_one_decoder() -> None:
     rle = mask_utils.encode(block)
     rle["counts"] = rle["counts"].decode()  # as JSON stores compressed RLE
     union = _mask([square, rle, [[0, 0, 1, 1]]], 6, 8)  # the last polygon has 2 points: skipped
-    # The cache's mask is the OR of cocoio.segmentation_mask over the annotations, as uint8.
+    # The cache's mask is the OR of masks.segmentation_mask over the annotations, as uint8.
     expected = segmentation_mask(square, 6, 8) | segmentation_mask(rle, 6, 8)
     assert union.dtype == np.uint8 and (union == expected).all()
     assert union.sum() == segmentation_mask(square, 6, 8).sum() + 6 and union[4:6, 5:8].all()
@@ -215,7 +216,7 @@ def test_rle_sized_like_its_entry_but_not_its_file_is_one_line(tmp_path: Path) -
 def test_compressed_rle_decoder_agrees_with_pycocotools() -> None:
     from pycocotools import mask as mask_utils
 
-    from medtune.data.cocoio import mask_problem
+    from medtune.data.masks import mask_problem
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -16,6 +16,7 @@ from PIL import Image
 from medtune.data import cocoio
 from medtune.data.__main__ import COMMANDS, main
 from medtune.data.check import check_coco
+from medtune.data.masks import segmentation_mask
 from medtune.data.tools.defects import inject_defects
 from medtune.data.tools.synth import generate
 
@@ -372,7 +373,7 @@ def write_masks(synthetic: Path, folder: Path) -> dict[str, np.ndarray]:
     masks = {}
     by_image = {a["image_id"]: a for a in coco["annotations"]}
     for k, img in enumerate(coco["images"]):
-        mask = cocoio.segmentation_mask(by_image[img["id"]]["segmentation"], img["height"], img["width"])
+        mask = segmentation_mask(by_image[img["id"]]["segmentation"], img["height"], img["width"])
         masks[img["file_name"]] = mask if k else np.zeros_like(mask)
         Image.fromarray(masks[img["file_name"]].astype(np.uint8) * 255).save(
             folder / f"{Path(img['file_name']).stem}_mask.png"
@@ -407,7 +408,7 @@ def test_import_masks_round_trip(synthetic: Path, tmp_path: Path) -> None:
     # categories are the sorted label names
     assert list(rebuilt_names.values()) == sorted(set(truth.values()))
     for img, ann in zip(rebuilt["images"], rebuilt["annotations"]):
-        mask = cocoio.segmentation_mask(ann["segmentation"], img["height"], img["width"])
+        mask = segmentation_mask(ann["segmentation"], img["height"], img["width"])
         original = masks[img["file_name"]]
         iou = (mask & original).sum() / max((mask | original).sum(), 1)
         # pycocotools redraws the imported polygons as the mask they came from
@@ -456,7 +457,7 @@ def test_mask_polygons_follow_pixel_edges() -> None:
     xs, ys = polygon[0::2], polygon[1::2]
     # the outline sits a quarter pixel inside the block's outer edges (x 2..5, y 1..4)
     assert (min(xs), max(xs), min(ys), max(ys)) == (2.25, 4.75, 1.25, 3.75)
-    assert (cocoio.segmentation_mask([polygon], 6, 7) == mask).all()
+    assert (segmentation_mask([polygon], 6, 7) == mask).all()
 
 
 # ---------------------------------------------------------------- defects, imports

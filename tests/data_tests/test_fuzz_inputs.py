@@ -376,7 +376,8 @@ def one_line_naming(err: Exception, path: Path) -> None:
 def mask_cases_end_in_a_cache_or_one_line(folder: Path, case: tuple) -> None:
     """Run in the capped subprocess: the check, the cache build (also past a failed check) and the decoder."""
     from medtune.data.cache import build_cache, cache_ok
-    from medtune.data.cocoio import DataError, segmentation_mask
+    from medtune.data.cocoio import DataError
+    from medtune.data.masks import segmentation_mask
 
     segmentation, json_size = case
     coco = valid_coco()

@@ -30,8 +30,9 @@ import torch
 from PIL import Image
 
 from medtune.data.coco import Dataset, Records, load_records
-from medtune.data.cocoio import DataError, atomic_file, segmentation_mask
+from medtune.data.cocoio import DataError, atomic_file
 from medtune.data.imageio import read_image
+from medtune.data.masks import segmentation_mask
 from medtune.data.streamed import Stream, save_streamed
 
 CACHE_VERSION = "2"  # 2: images decoded by imageio.read_image (EXIF, 16-bit, DICOM); key covers image bytes
@@ -47,7 +48,7 @@ def cache_path(dataset: Dataset, split: str, size: int, cache_root: Path) -> Pat
 
 
 def _mask(segmentations: list, height: int, width: int, ids: list | None = None) -> np.ndarray:
-    """uint8 (height, width) union of an image's annotations (``cocoio.segmentation_mask`` each).
+    """uint8 (height, width) union of an image's annotations (``masks.segmentation_mask`` each).
 
     A segmentation the decoder refuses raises :class:`DataError` naming its annotation id (``ids``).
     """

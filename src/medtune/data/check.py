@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import cocoio, duplicates
+from medtune.data import cocoio, duplicates, masks
 from medtune.data.imageio import read_image
 from medtune.data.problems import KINDS, Problem, Report, print_report
 from medtune.data.tools.fix import fix_coco, removed_path
@@ -206,7 +206,7 @@ def _check_annotations(report: Report, images: dict, categories: set) -> set:
 
 def _segmentation_problems(ann: dict, img: dict | None) -> list[tuple[str, str]]:
     seg = ann.get("segmentation", [])
-    problem = cocoio.mask_problem(seg, (img["height"], img["width"]) if img else None)  # what pycocotools may see
+    problem = masks.mask_problem(seg, (img["height"], img["width"]) if img else None)  # what pycocotools may see
     if problem is not None:
         return [("malformed_entry", problem)]
     if isinstance(seg, dict):
@@ -218,7 +218,7 @@ def _segmentation_problems(ann: dict, img: dict | None) -> list[tuple[str, str]]
     for k, poly in enumerate(seg):
         if len(poly) < 6 or len(poly) % 2:
             found.append(("degenerate_polygon", f"polygon {k} has {len(poly)} coordinates (needs an even count >= 6)"))
-        elif cocoio.polygon_area(poly) == 0:
+        elif masks.polygon_area(poly) == 0:
             found.append(("degenerate_polygon", f"polygon {k} has zero area"))
         elif img is not None:
             xs, ys = poly[0::2], poly[1::2]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data.cocoio import DataError, escapes, images_dir_for, load_coco, mask_problem
+from medtune.data.cocoio import DataError, escapes, images_dir_for, load_coco
+from medtune.data.masks import mask_problem
 
 SPLITS = ("train", "val", "test")
 
@@ -144,7 +145,7 @@ def _split_single_file(path: Path, *, cache_root: Path, seed: int) -> Path:
 def load_records(dataset: Dataset, split: str) -> Records:
     """Read one split's images, label sets and segmentations, validating references and segmentations.
 
-    A segmentation pycocotools must not see (``cocoio.mask_problem``, against the JSON's height and
+    A segmentation pycocotools must not see (``masks.mask_problem``, against the JSON's height and
     width) raises :class:`DataError` naming the file and annotation, before any mask is decoded.
     """
     path = dataset.coco_files[split]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data import cocoio, duplicates
+from medtune.data import cocoio, duplicates, masks
 from medtune.data.imageio import image_size
 
 
@@ -89,7 +89,7 @@ def _area(ann: dict) -> float:
         return float(ann["area"])
     seg = ann.get("segmentation")
     if isinstance(seg, list):
-        return sum(cocoio.polygon_area(p) for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0)
+        return sum(masks.polygon_area(p) for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0)
     return 0.0
 
 
