@@ -36,6 +36,7 @@ from medtune.tracking.leaderboard import counts, format_table, leaderboard
 from medtune.tracking.provenance import standard_tags
 from medtune.tracking.redact import redact_uri
 from medtune.tracking.store import (
+    PARENT_TAG,
     TRIAL_TAG,
     TrackingError,
     experiment_id,
@@ -64,6 +65,24 @@ def code_runtime_env() -> dict:
 
 INTERRUPTED = 130  # the exit code of a search that ended before its trials did (as for SIGINT)
 STUDY_TAGS = ("optuna_storage", "optuna_study")  # the parent run's record of where its Optuna study lives
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A nested launch's stage (an outer fold, the refit): its search's parent run is a child run of the
+    nested launch's run, named ``name`` and tagged ``tags``, instead of a launch of its own."""
+
+    launch_run_id: str
+    name: str
+    tags: dict[str, str]
+
+    def find(self, client: MlflowClient, exp_id: str):
+        """The stage's run under the launch, or None (the newest, if a failed start left two)."""
+        runs = [r for r in trial_runs(client, exp_id, self.launch_run_id) if self._mine(r)]
+        return max(runs, key=lambda r: r.info.start_time, default=None)
+
+    def _mine(self, run) -> bool:
+        return all(run.data.tags.get(key) == value for key, value in self.tags.items())
 
 
 class RayStartError(RuntimeError):
@@ -106,6 +125,9 @@ def ray_session(address: str | None = None, *, phases: Phases | None = None, ver
     warnings and errors, the routine lines being silenced in the trials (``medtune.engine.quiet``).
     """
     phases = phases if phases is not None else Phases()
+    if ray.is_initialized():  # a nested launch's stage: the launch's Ray session, started once for all stages
+        yield
+        return
     # Ray's new output engine prints its experiment box and a TensorBoard hint even at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     level = "INFO" if verbose else "WARNING"
@@ -169,12 +191,19 @@ def new_location(storage_path: str, cache_dir: Path, experiment: str, *, now: fl
     raise TrackingError(f"{loc.driver.parent}: {NAME_TRIES} launches of '{experiment}' in one second; start it again")
 
 
-def _parent(client: MlflowClient, prepared: Prepared, options: LaunchOptions) -> tuple[str, Location]:
-    """The parent run and where its search is kept: a new launch, or the one ``--resume`` continues."""
+def _parent(
+    client: MlflowClient, prepared: Prepared, options: LaunchOptions, stage: Stage | None = None
+) -> tuple[str, Location]:
+    """The parent run and where its search is kept: a new launch (or nested stage), or the one ``--resume``
+    continues."""
     if not options.resume:
         loc = new_location(options.storage_path, options.cache_dir, prepared.experiment, now=time.time())
-        return start_parent_run(client, prepared, options, redact_uri(loc.ray), loc.name), loc
-    run = latest_launch(client, experiment_id(client, prepared.experiment, create=False))
+        if stage is None:
+            return start_parent_run(client, prepared, options, redact_uri(loc.ray), loc.name), loc
+        tags = {**stage.tags, PARENT_TAG: stage.launch_run_id}
+        return start_parent_run(client, prepared, options, redact_uri(loc.ray), stage.name, stage=tags), loc
+    exp_id = experiment_id(client, prepared.experiment, create=False)
+    run = stage.find(client, exp_id) if stage else latest_launch(client, exp_id)
     loc = location(run.data.tags["ray_path"], options.cache_dir)
     if not can_restore(loc.ray):
         raise TrackingError(
@@ -194,6 +223,7 @@ def run(
     default_data: Path,
     policy: SearchPolicy = SearchPolicy(),
     phases: Phases | None = None,
+    stage: Stage | None = None,
 ) -> int:
     """The whole launch; returns the process exit code.
 
@@ -202,6 +232,7 @@ def run(
         default_data: the dataset used when ``options.data`` is None (generated if absent).
         policy: the search's sampler, scheduler, checkpoints and trainable [what users run].
         phases: filled with each phase's wall-clock time [a fresh one, printed only].
+        stage: a nested launch's stage this search is (``trainables.nested``) [a launch of its own].
     """
     phases = phases if phases is not None else Phases()
     options = dataclasses.replace(options, storage_path=storage_root(options.storage_path))
@@ -216,7 +247,7 @@ def run(
         prepared = prepare(options, default_data=default_data)
     client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
-        parent_run_id, loc = _parent(client, prepared, options)
+        parent_run_id, loc = _parent(client, prepared, options, stage)
         storage = _study(client, prepared, options, parent_run_id, loc)
     scratch = cleanup.new_scratch(loc.name)
     try:

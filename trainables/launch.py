@@ -62,6 +62,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "costs K times the compute per trial; overrides the space's cv.folds",
     )
     p.add_argument(
+        "--outer-folds",
+        type=int,
+        help="nested cross-validation: cut all images into K outer folds (K >= 2; 0 turns a space's off) and run "
+        "the whole search once per fold on the others; every image is predicted by a model chosen without it "
+        "(costs K searches, plus the refit); overrides the space's cv.outer_folds",
+    )
+    p.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="with --outer-folds: estimate only; skip the final search on the dataset's own splits (nothing registered)",
+    )
+    p.add_argument(
         "--accept-unbalanced-folds",
         action="store_true",
         help="run a cross-validation whose folds groups keep unbalanced (a fold over 1.5x its share of images, "
@@ -162,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
 
         local_cluster_env(args.address)
     from medtune.prepare.inputs import USER_ERRORS
+    from trainables import nested
     from trainables.driver import INTERRUPTED, RayStartError, run
 
     command = redact_text(shlex.join(sys.argv[1:] if argv is None else argv))  # no URI's password on the terminal
     resume = f"continue with: python launch.py {command} --resume"
     try:
         options = options_from(args)
-        code = run(options, default_data=project.project_dir() / DEFAULT_DATA)
+        launch = nested.run_nested if nested.wanted(options) else run
+        code = launch(options, default_data=project.project_dir() / DEFAULT_DATA)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

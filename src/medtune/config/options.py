@@ -25,6 +25,10 @@ class LaunchOptions:
     max_epochs: int | None = None  # overrides the space's budget
     repeats: int | None = None  # seeds the winner is trained with; overrides the space's budget
     folds: int | None = None  # cross-validation folds (>= 2; 0 turns a space's cv off); overrides ``cv.folds``
+    outer_folds: int | None = (
+        None  # nested cross-validation's outer folds (>= 2; 0: none); overrides ``cv.outer_folds``
+    )
+    refit: bool = True  # after a nested launch's outer folds, search the dataset's own splits and register that winner
     accept_unbalanced_folds: bool = False  # run folds that kept-whole groups unbalance (refused by default)
     accept_groups: bool = False  # near-duplicate groups over the bound constrain the folds too (Setting.accept_large)
     smoke: bool = False  # merge the space's smoke block

@@ -15,6 +15,7 @@ Schema (every key checked; errors name the file and the key)::
       train.weight_decay: {uniform: [0.0, 0.1]}
     budget: {num_samples: 8, max_epochs: 6, grace_period: 2, reduction_factor: 2, repeats: 3}
     cv: {folds: 5}                # optional: every trial trains 5 folds of train+val (medtune.folds)
+                                  # and/or outer_folds: 5, nested cross-validation (medtune.data.outer)
     smoke: {fixed: {...}, params: {...}, budget: {...}}       # merged over the above by --smoke
 
 Each key's rules, and the one-line ``SpaceError`` naming file and key, are in ``medtune.config.validate``.
@@ -56,6 +57,7 @@ class SearchSpace:
     budget: dict[str, int]
     search: str = "tpe"
     folds: int = 0  # cross-validation folds of train+val per trial (``cv.folds``); 0: train on train, select on val
+    outer_folds: int = 0  # nested cross-validation's outer folds over all images (``cv.outer_folds``); 0: none
     description: str = ""  # the file's header comment: the question the space asks (the experiment's description)
 
     def possible_values(self, key: str) -> tuple:
@@ -181,6 +183,7 @@ def _build(path: Path, raw: dict) -> SearchSpace:
         budget=validate.budget(path, validate.mapping(path, raw, "budget")),
         search=search,
         folds=validate.folds(path, validate.mapping(path, raw, "cv")),
+        outer_folds=validate.folds(path, validate.mapping(path, raw, "cv"), "outer_folds"),
     )
     validate.check_keys(space)
     validate.check_required_data(space)

@@ -138,14 +138,15 @@ def check_grid(path: Path, params: tuple[Param, ...]) -> None:
             raise SpaceError(f"{path}: key 'params.{p.name}': a grid search needs choice lists, got {p.kind}")
 
 
-def folds(path: Path, raw: dict) -> int:
-    """``cv.folds``: an integer >= 2 (absent ``cv``: 0, no cross-validation)."""
-    unknown = set(raw) - {"folds"}
+def folds(path: Path, raw: dict, key: str = "folds") -> int:
+    """``cv.folds`` (every trial cross-validated) or ``cv.outer_folds`` (nested cross-validation): an
+    integer >= 2 (absent: 0, none)."""
+    unknown = set(raw or {}) - {"folds", "outer_folds"}
     if unknown:
-        raise SpaceError(f"{path}: key 'cv.{first(unknown)}': unknown; valid: folds")
-    count = raw.get("folds", 0) if raw else 0
-    if raw and (not isinstance(count, int) or isinstance(count, bool) or count < 2):
-        raise SpaceError(f"{path}: key 'cv.folds': expected an integer >= 2, got {count!r}")
+        raise SpaceError(f"{path}: key 'cv.{first(unknown)}': unknown; valid: folds, outer_folds")
+    count = raw.get(key, 0) if raw else 0
+    if raw and key in raw and (not isinstance(count, int) or isinstance(count, bool) or count < 2):
+        raise SpaceError(f"{path}: key 'cv.{key}': expected an integer >= 2, got {count!r}")
     return count
 
 

@@ -58,6 +58,12 @@ def load_and_override(options: LaunchOptions) -> SearchSpace:
         if options.folds == 1 or options.folds < 0:
             raise SpaceError(f"--folds: expected an integer >= 2 (or 0: no cross-validation), got {options.folds}")
         space = dataclasses.replace(space, folds=options.folds)
+    if options.outer_folds is not None:
+        if options.outer_folds == 1 or options.outer_folds < 0:
+            raise SpaceError(
+                f"--outer-folds: expected an integer >= 2 (or 0: no nested cross-validation), got {options.outer_folds}"
+            )
+        space = dataclasses.replace(space, outer_folds=options.outer_folds)
     overrides = {"num_samples": options.num_samples, "max_epochs": options.max_epochs, "repeats": options.repeats}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     for key, value in overrides.items():
@@ -168,9 +174,19 @@ def check_balance(plan: FoldPlan, *, accept: bool) -> None:
     print(f"[launch] warning: {plan.unbalanced} (accepted: --accept-unbalanced-folds)", file=sys.stderr)
 
 
-def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOptions, ray_path: str, name: str) -> str:
+def start_parent_run(
+    client: MlflowClient,
+    prepared: Prepared,
+    options: LaunchOptions,
+    ray_path: str,
+    name: str,
+    *,
+    stage: dict[str, str] | None = None,
+) -> str:
     """Create the experiment (driver only) and the launch's parent run ``launch-<name>`` with its provenance;
     ``ray_path`` is Ray's experiment folder (a local folder or a bucket URI), what ``--resume`` restores.
+    ``stage``: the tags of a nested launch's stage (``trainables.nested``; its parent run among them): the
+    run is then that child run, named ``name``, and not a launch of its own.
 
     Besides medtune's own tags, the run carries MLflow's (user, source, git commit), the space file's
     header comment as its description (and the experiment's, unless it has one) and the dataset
@@ -182,7 +198,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
     tags = {
         **standard_tags(),
         **({MLFLOW_RUN_NOTE: space.description} if space.description else {}),
-        LAUNCH_TAG: "true",
+        **(stage or {LAUNCH_TAG: "true"}),
         "space": space.name,
         "task": space.task,
         "dataset": str(dataset.root),
@@ -203,7 +219,7 @@ def start_parent_run(client: MlflowClient, prepared: Prepared, options: LaunchOp
     if prepared.folds:
         tags["cv_folds_digest"] = prepared.folds.digest
         tags["cv_folds_unbalanced"] = str(bool(prepared.folds.unbalanced)).lower()  # true: accepted by the user
-    run = client.create_run(exp_id, run_name=f"launch-{name}", tags=tags)
+    run = client.create_run(exp_id, run_name=name if stage else f"launch-{name}", tags=tags)
     client.log_inputs(run.info.run_id, datasets=dataset_inputs(dataset, prepared.folds))
     params = {
         "metric": space.metric,

@@ -100,12 +100,14 @@ class CardInput:
     repeats: int = 1  # seeds the test interval rests on
     config: dict[str, object] = field(default_factory=dict)  # the winner's whole configuration
     augment: float = 0.0  # the data module's augmentation strength for that configuration (defaults included)
+    nested: str = ""  # the refit of a nested launch: its estimate of the procedure (``medtune.publish.nested``)
 
 
 def render(card: CardInput) -> str:
     """The card as markdown: data, preprocessing, search, test performance, lineage, limitations."""
     title = [f"# Model card: {card.name} version {card.version}", "", _summary(card)]
-    parts = [title, _data(card), _preprocessing(card), _search(card), _performance(card), _lineage(card)]
+    parts = [title, _data(card), _preprocessing(card), _search(card), *_nested(card), _performance(card)]
+    parts.append(_lineage(card))
     parts.append(["## Limitations", "", *(f"- {line}" for line in limitations(card))])
     return "\n\n".join("\n".join(part) for part in parts) + "\n"
 
@@ -226,6 +228,25 @@ def pretrained(config: dict[str, object]) -> dict[str, str]:
 
 def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _nested(card: CardInput) -> list[list[str]]:
+    """The refit of a nested launch: which model this is, and the number that describes its procedure."""
+    if not card.nested:
+        return []
+    return [
+        [
+            "## How well the procedure does (nested cross-validation)",
+            "",
+            f"Every image predicted once by the winner of a search that never saw it: {card.nested} "
+            "(95% bootstrap interval over the images). This estimates the search procedure that produced "
+            "this model, on images like these; it is the number to quote for it.",
+            "",
+            "This model is that procedure's refit: the same search run on the dataset's own train/val/test "
+            "splits (the launch's `refit` run). Its test-split numbers below rest on the test split alone, "
+            "and its test images were held-out images of the outer folds too.",
+        ]
+    ]
 
 
 def _performance(card: CardInput) -> list[str]:

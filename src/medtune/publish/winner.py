@@ -195,6 +195,7 @@ def card_input(
         repeats=int(run.data.params.get("repeats", "1")),
         config=dict(best.config),
         augment=float(build_datamodule(best.config, caches={}).augment),
+        nested=run.data.tags.get("nested_estimate", ""),
     )
 
 

@@ -105,6 +105,13 @@ def print_summary(launch: Launch) -> None:
     )
     if launch.selection:  # newer --smoke or --config launches were skipped, or there was nothing else
         print(f"note: {launch.selection}")
+    if launch.nested:  # a nested launch: its result first; what follows is its refit's search
+        print("\n".join(launch.nested))
+        print(
+            f"-- the refit: the same search on the dataset's own splits (run {launch.run_id}) --"
+            if launch.rows
+            else "-- no refit (--no-refit): nothing registered --"
+        )
     print(f"objective {launch.metric} ({launch.mode}); {len(launch.rows)} trials: {_counts_line(launch.rows)}")
     print(format_table(launch.rows, launch.metric))
     failed = [r for r in launch.rows if r.status == "failed"]

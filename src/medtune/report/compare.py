@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from medtune.report import cv, html
+from medtune.report import cv, html, nested
 from medtune.report.load import PREDICTIONS, latest, load_predictions
 from medtune.report.plots import save
 from medtune.report.verdicts import fold_verdicts, verdicts
@@ -63,6 +63,7 @@ class Entry:
     objective: str = ""  # the search's metric, e.g. ``val/balanced_acc`` (param ``metric``)
     fold_models: int = 0  # K when the test predictions are the ensemble of K fold models, else 0
     selection: str = ""  # why this launch and not a newer one (``load.latest``)
+    nested: bool = False  # a nested launch: every image predicted out of sample (``medtune.report.nested``)
 
 
 @dataclass
@@ -85,11 +86,16 @@ def open_entries(client: MlflowClient, experiments: list[str]) -> list[Entry]:
             for n, r, _ in parents
         )
         raise CompareError(f"cannot compare: the latest launches are on different datasets ({which})")
+    try:
+        nested.check_alike(client, [(name, run) for name, run, _ in parents])
+    except TrackingError as err:
+        raise CompareError(str(err)) from None
     return [_entry(client, name, run, selection) for name, run, selection in parents]
 
 
 def _entry(client: MlflowClient, name: str, run: Run, selection: str = "") -> Entry:
-    preds = load_predictions(client, run.info.run_id)
+    is_nested = nested.is_nested(run)
+    preds = nested.predictions(client, run) if is_nested else load_predictions(client, run.info.run_id)
     kind = "" if preds is None else str(preds.get("report_kind", ""))
     if kind not in ("classification", "multilabel"):
         raise CompareError(
@@ -110,10 +116,11 @@ def _entry(client: MlflowClient, name: str, run: Run, selection: str = "") -> En
         image_ids=preds.get("image_ids"),
         saliency_iou=float(run.data.metrics.get(SALIENCY, math.nan)),
         saliency=_per_image_saliency(preds, len(probs)),
-        folds=cv.read_fold_scores(client, name, run),
+        folds=nested.outer_scores(client, name, run) if is_nested else cv.read_fold_scores(client, name, run),
         objective=run.data.params.get("metric", ""),
-        fold_models=_fold_models(run.data.params, preds),
+        fold_models=0 if is_nested else _fold_models(run.data.params, preds),
         selection=selection,
+        nested=is_nested,
     )
 
 
@@ -215,6 +222,11 @@ def _aligned_text(header: list[str], rows: list[list[str]]) -> str:
 def _rests_on(entry: Entry) -> str:
     """What an experiment's numbers rest on, e.g. ``over 3 seeds and 60 test images``."""
     seeds = len(entry.probs_seeds)
+    if entry.nested:
+        return (
+            f"over {seeds} seed{'s' if seeds > 1 else ''} and all {len(entry.labels)} images, each predicted by the "
+            "winner of an outer fold's search that never saw it"
+        )
     ensemble = f" (the ensemble of {entry.fold_models} fold models)" if entry.fold_models else ""
     return f"over {seeds} seed{'s' if seeds > 1 else ''}{ensemble} and {len(entry.labels)} test images"
 

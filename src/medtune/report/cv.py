@@ -122,6 +122,7 @@ class FoldScores:
     scores: dict[str, np.ndarray]  # fold metric name (e.g. ``val/balanced_acc``) -> [K]
     metric: str  # the search's objective
     mode: str
+    nested: bool = False  # a nested launch's outer folds (``medtune.report.nested``): scores that chose nothing
 
     @property
     def folds(self) -> int:
@@ -283,8 +284,17 @@ OPTIMISM = (
 
 
 def method(result: FoldComparison) -> str:
-    """What the fold-wise tests rest on, and why their scores are optimistic (:data:`OPTIMISM`)."""
+    """What the fold-wise tests rest on, and why their scores are optimistic (:data:`OPTIMISM`), unless they
+    are a nested launch's outer folds, scored on images their searches never saw."""
     first = result.entries[0]
+    if first.nested:
+        return (
+            f"fold-wise: each experiment's outer-fold winners scored on the same {first.folds} outer folds of all "
+            f"{first.sizes.pool} images (outer_folds_digest {first.digest}; {_fold_sizes(first.sizes)}); each fold's "
+            "search ran on the other folds' images, so these scores chose nothing; diff: against "
+            f"{first.experiment}, fold by fold, corrected resampled t-test (Nadeau and Bengio 2003; n_test/n_train "
+            f"{first.sizes.ratio:.3f}), 95% interval"
+        )
     return (
         f"fold-wise: each experiment's winner scored on the same {first.folds} folds of {first.sizes.pool} "
         f"pooled train+val images (cv_folds_digest {first.digest}; {_fold_sizes(first.sizes)}); diff: against "

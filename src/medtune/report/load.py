@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import yaml
@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtune.config.spaces import merge
+from medtune.report import nested
 from medtune.report.cv import FoldScores, read_fold_scores
 from medtune.tracking.leaderboard import Row, leaderboard
 from medtune.tracking.store import LAUNCH_TAG, TrackingError, experiment_id, read_artifact, trial_runs
@@ -61,6 +62,7 @@ class Launch:
     predictions: dict[str, np.ndarray] | None
     folds: FoldScores | str | None = None
     selection: str = ""  # why this launch and not the newest one ("" when it is the newest, or asked for)
+    nested: tuple[str, ...] = ()  # a nested launch's result in words (this Launch is then its refit's search)
 
     @property
     def metric(self) -> str:
@@ -107,6 +109,31 @@ def open_launch(client: MlflowClient, experiment: str, launch: str | None = None
     """
     exp_id = experiment_id(client, experiment, create=False)
     parent, selection = _parent(client, exp_id, experiment, launch)
+    if nested.is_nested(parent):  # the nested result, then its refit's search (none with --no-refit)
+        lines = tuple(nested.summary(client, parent))
+        refit = nested.refit_run(client, parent)
+        if refit is None:
+            return Launch(
+                experiment,
+                parent.info.run_id,
+                dict(parent.data.tags),
+                dict(parent.data.params),
+                {},
+                [],
+                {},
+                {},
+                {},
+                None,
+                None,
+                selection,
+                lines,
+            )
+        return replace(_read(client, experiment, exp_id, refit, selection), nested=lines)
+    return _read(client, experiment, exp_id, parent, selection)
+
+
+def _read(client: MlflowClient, experiment: str, exp_id: str, parent: Run, selection: str) -> Launch:
+    """The launch whose parent run is ``parent``: its trials, curves, space, predictions and folds."""
     run_id, params = parent.info.run_id, dict(parent.data.params)
     metric, mode = params.get("metric", ""), params.get("mode", "max")
     rows = leaderboard(client, exp_id, run_id, metric, mode)

@@ -259,9 +259,11 @@ def _figure(report: Report, key: str, title: str, caption: str) -> str:
 
 def _page(launch: Launch, report: Report) -> str:
     best = launch.best
+    nested = [html.heading("Nested cross-validation"), *[html.note(line) for line in launch.nested]]
     parts = [
         _summary(launch),
-        html.heading("Leaderboard"),
+        *(nested if launch.nested else []),
+        html.heading("Leaderboard" + (" of the refit's search" if launch.nested else "")),
         html.leaderboard_table(launch.rows, launch.metric, best.run_id if best else None),
         html.note("stopped (ASHA): ended early by the scheduler; its objective is the best over the epochs it ran."),
         _best(launch),
