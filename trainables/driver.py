@@ -48,11 +48,12 @@ from medtune.tracking.store import (
 )
 from trainables import cleanup
 from trainables.console import Console
-from trainables.mlflow_trials import MLflowTrials, PendingWrites, pending_writes, spool_file, use_tracking_uri
+from trainables.mlflow_trials import MLflowTrials, use_tracking_uri
 from trainables.optuna_search import dashboard_command, study_storage
 from trainables.phases import Phases
 from trainables.sampling import flat_config
 from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
+from trainables.spool import PendingWrites, pending_writes, spool_file
 from trainables.storage import Location, check_reachable, join, location, storage_root
 from trainables.trial import CHECKPOINT_FILE, TrialContext, hand_over
 

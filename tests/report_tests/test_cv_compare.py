@@ -146,8 +146,13 @@ def test_compare_prints_the_fold_table_next_to_the_bootstrap(store: tuple[str, P
     # The test-split bootstrap is still there, resting on the ensemble of the 5 fold models.
     assert "a over 1 seed (the ensemble of 5 fold models) and 40 test images" in text
     assert "b vs a, balanced_acc: " in text
-    # The fold table: each experiment's mean +- sd over 5 folds of 100 pooled images, then the t-test.
-    rows = {line.split()[0]: line.split() for line in text.splitlines() if " +- " in line}
+    # The fold table (one for every fold metric, the metric first): each experiment's mean +- sd over 5
+    # folds of 100 pooled images, then the t-test.
+    rows = {
+        line.split()[1]: line.split()[1:]
+        for line in text.splitlines()
+        if " +- " in line and line.startswith("val/balanced_acc ")
+    }
     assert rows["a"][2:7] == ["5", "100", "0.800", "+-", "0.016"]
     assert rows["b"][4:] == ["0.826", "+-", "0.038", "+0.026", "[-0.017,", "+0.069]", "1.68", "4", "0.168"]
     assert (

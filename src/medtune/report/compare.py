@@ -210,8 +210,8 @@ def format_text(result: Comparison) -> str:
     lines = [*notes, _aligned_text(*table_rows(result)), _method(result), *verdicts(result)]
     if isinstance(result.folds, str):
         return "\n".join(lines + ([result.folds] if result.folds else []))
-    tables = [_aligned_text(*cv.fold_rows(result.folds, name)) for name in result.folds.tests]
-    return "\n\n".join(["\n".join(lines), *tables, "\n".join([cv.method(result.folds), *fold_verdicts(result.folds)])])
+    table = _aligned_text(*fold_table(result.folds))
+    return "\n\n".join(["\n".join(lines), table, "\n".join([cv.method(result.folds), *fold_verdicts(result.folds)])])
 
 
 def _aligned_text(header: list[str], rows: list[list[str]]) -> str:
@@ -246,45 +246,55 @@ def _method(result: Comparison) -> str:
     )
 
 
-def bar_chart(result: Comparison, path: Path) -> Path:
-    """Grouped bars: one group per metric, one bar per experiment, with bootstrap 95% error bars."""
-    names, count = list(METRICS), len(result.entries)
-    width = 0.8 / count
-    fig = Figure(figsize=(2 + 1.8 * len(names), 4))
+def forest_plot(result: Comparison, path: Path) -> Path:
+    """The paired differences against the first experiment: one row per metric and experiment, the
+    difference with its 95% interval, and the zero line (what a reader needs first: which side of 0)."""
+    first, rows = result.entries[0], []
+    for name in reversed(list(result.diffs)):
+        for i, entry in enumerate(result.entries[1:], start=1):
+            rows.append((f"{name}: {entry.experiment}", result.diffs[name][i]))
+    fig = Figure(figsize=(7.5, 1.2 + 0.38 * len(rows)))
     ax = fig.add_subplot()
-    for i, entry in enumerate(result.entries):
-        intervals = [result.values[n][i] for n in names]
-        heights = [iv.value for iv in intervals]
-        errors = np.array([[max(0.0, iv.value - iv.low), max(0.0, iv.high - iv.value)] for iv in intervals]).T
-        xs = np.arange(len(names)) + (i - (count - 1) / 2) * width
-        label = f"{entry.experiment} ({len(entry.probs_seeds)} seeds)"
-        ax.bar(xs, heights, width, yerr=np.nan_to_num(errors), capsize=3, label=label)
-    ax.set_xticks(range(len(names)), names)
+    for y, (_, diff) in enumerate(rows):
+        low, high = diff.low, diff.high
+        if math.isfinite(low) and math.isfinite(high):
+            ax.plot([low, high], [y, y], color="tab:blue", linewidth=2)
+        ax.plot([diff.value], [y], "o", color="tab:blue")
+    ax.axvline(0.0, color="0.3", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    rests = _rests_on(first)
     ax.set(
-        ylim=(0, 1.05),
-        ylabel="test split",
-        title=f"best trial of each experiment ({len(result.entries[0].labels)} test images)",
+        xlabel=f"difference vs {first.experiment} (95% paired bootstrap interval)", title=f"paired differences {rests}"
     )
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.title.set_fontsize(8)
+    fig.tight_layout()
     return save(fig, path)
+
+
+def fold_table(folds: cv.FoldComparison) -> tuple[list[str], list[list[str]]]:
+    """Every fold metric's rows (``cv.fold_rows``) in one table, the metric in the first column."""
+    header, rows = [], []
+    for name in folds.tests:
+        head, part = cv.fold_rows(folds, name)
+        header = ["metric", *[h.replace(f"{name} ", "") for h in head]]
+        rows += [[name, *row] for row in part]
+    return header, rows
 
 
 def write_page(result: Comparison, out: Path) -> Path:
     """``out/compare.html`` with the table and the embedded bar chart (``out/compare.png``)."""
     out.mkdir(parents=True, exist_ok=True)
-    chart = bar_chart(result, out / "compare.png")
+    chart = forest_plot(result, out / "compare.png")
     header, rows = table_rows(result)
     entry = result.entries[0]
+    said, lead = verdicts(result), len(result.entries)  # the primary metric's line, then one verdict per experiment
     parts = [
+        *[html.note(line) for line in said[:lead]],  # first: the primary metric's verdicts
+        html.image(chart, "paired differences"),
         html.note(f"dataset {entry.dataset} (fingerprint {entry.fingerprint})"),
         html.table(header, rows),
         html.note(_method(result)),
-        *[html.note(line) for line in verdicts(result)],
-        html.image(chart, "metrics per experiment"),
-        html.note(
-            "Error bars: 95% bootstrap interval of each value over its seeds and the test images (not paired); "
-            "use the table's diff intervals to compare."
-        ),
+        *[html.note(line) for line in said[lead:]],
         *_fold_parts(result.folds),
     ]
     page = out / "compare.html"
@@ -296,6 +306,8 @@ def _fold_parts(folds: cv.FoldComparison | str) -> list[str]:
     """The page's fold-wise section: a table per fold metric, the method and verdicts (or why it is absent)."""
     if isinstance(folds, str):
         return [html.note(folds)] if folds else []
-    tables = [html.table(*cv.fold_rows(folds, name)) for name in folds.tests]
     notes = [html.note(line) for line in [cv.method(folds), *fold_verdicts(folds)]]
-    return [html.heading("Fold-wise: the same cross-validation folds"), *tables, *notes]
+    title = (
+        "Fold-wise: the same outer folds" if folds.entries[0].nested else "Fold-wise: the same cross-validation folds"
+    )
+    return [html.heading(title), html.table(*fold_table(folds)), *notes]

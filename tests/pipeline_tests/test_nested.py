@@ -1,0 +1,197 @@
+"""Nested cross-validation end to end (``launch.py --outer-folds``, then ``analyze.py``), real Ray, MLflow, registry.
+
+Two nested launches on the same 2 outer folds of the session's 48-image synthetic set: ``nested``
+(inner 2-fold cross-validation, then the refit) and ``nested_resume`` (an inner val split, no refit),
+interrupted with SIGINT inside its second outer fold and resumed. Every image must be predicted once,
+by the winner of a search whose datasets never held it; the runs must nest launch -> outer fold ->
+trial; the resume must skip the finished fold and finish the other; ``--compare`` must pair all 48.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from medtune.data.coco import SPLITS, resolve_dataset
+from medtune.publish.nested import OUTER_TAG, STAGE_TAG
+from medtune.report import nested as report_nested
+from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, read_artifact
+from tests.helpers import tail
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+# A tiny classifier and one searched key: the test is about the nesting, not the model.
+SPACE = """# nested test space
+task: classification
+metric: val/balanced_acc
+mode: max
+fixed: {data.image_size: 32, data.batch_size: 8, loss.name: ce, model.name: mobilenet_v3_small, train.saliency_metric: false}
+params:
+  train.lr: {loguniform: [3.0e-4, 3.0e-3]}
+budget: {num_samples: 2, max_epochs: 1, grace_period: 1, reduction_factor: 2}
+"""
+
+
+def _space(workspace, name: str, text: str = SPACE) -> str:
+    path = workspace.root / f"{name}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def _launch_run(runs: list):
+    (launch,) = [r for r in runs if r.data.tags.get(LAUNCH_TAG) == "true"]
+    return launch
+
+
+def _outer_runs(runs: list, launch_id: str) -> dict[int, object]:
+    stages = [r for r in runs if r.data.tags.get(PARENT_TAG) == launch_id and r.data.tags.get(STAGE_TAG) == "outer"]
+    return {int(r.data.tags[OUTER_TAG]): r for r in stages}
+
+
+def _pooled(client: MlflowClient, launch_id: str) -> dict[str, np.ndarray]:
+    arrays = report_nested.predictions(client, client.get_run(launch_id))
+    assert arrays is not None, "the nested launch logged no outer_predictions.npz"
+    return arrays
+
+
+def _all_ids(data: Path) -> list[int]:
+    dataset = resolve_dataset(data, cache_root=data.parent / "unused")
+    return sorted(int(img["id"]) for s in SPLITS for img in json.loads(dataset.coco_files[s].read_text())["images"])
+
+
+def _check_out_of_sample(client: MlflowClient, runs: list, launch_id: str, data: Path) -> None:
+    """Every image predicted exactly once, by the outer fold whose search's splits never held it."""
+    arrays = _pooled(client, launch_id)
+    assert sorted(arrays["image_ids"].tolist()) == _all_ids(data)
+    outer = _outer_runs(runs, launch_id)
+    assert sorted(outer) == [0, 1]
+    for k, run in outer.items():
+        predicted = set(arrays["image_ids"][arrays["outer_fold"] == k].tolist())
+        fold_data = Path(run.data.tags["dataset"])  # the outer fold's dataset folder, as its search used it
+        seen = {
+            img["id"] for s in ("train", "val") for img in json.loads((fold_data / f"{s}.json").read_text())["images"]
+        }
+        tested = {img["id"] for img in json.loads((fold_data / "test.json").read_text())["images"]}
+        assert predicted and not predicted & seen, f"outer fold {k} predicted images its search trained on"
+        assert predicted == tested
+        trials = [r for r in runs if r.data.tags.get(PARENT_TAG) == run.info.run_id]
+        assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)  # launch -> outer fold -> trial
+
+
+@pytest.fixture(scope="module")
+def nested(workspace, synth_dir: Path):
+    """``--outer-folds 2 --folds 2`` with the refit: the launch's output, and its runs."""
+    space = _space(workspace, "nested")
+    result = workspace.launch("--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--folds", "2")
+    assert result.returncode == 0, tail(result)
+    return result, _runs(MlflowClient(workspace.tracking_uri), "nested")
+
+
+@pytest.fixture(scope="module")
+def resumed(workspace, synth_dir: Path, nested):
+    """``--outer-folds 2`` without the refit, SIGINT once outer fold 1's search runs, then ``--resume``."""
+    space = _space(
+        workspace, "nested_resume", SPACE.replace("max_epochs: 1, grace_period: 1", "max_epochs: 3, grace_period: 3")
+    )
+    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--no-refit", "--max-concurrent", "1"]
+    client = MlflowClient(workspace.tracking_uri)
+    log = workspace.root / "nested_resume.log"
+    proc = workspace.start_launch(*args, log=log)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        runs = _runs(client, "nested_resume")
+        stages = {r.data.tags.get(OUTER_TAG): r for r in runs if r.data.tags.get(STAGE_TAG) == "outer"}
+        second = stages.get("1")
+        if second and any(r.data.tags.get(PARENT_TAG) == second.info.run_id for r in runs):
+            break  # outer fold 0 finished, a trial of fold 1 has started
+        if proc.poll() is not None:
+            pytest.fail(
+                f"the launch ended (exit {proc.returncode}) before outer fold 1 started:\n{log.read_text()[-4000:]}"
+            )
+        time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"outer fold 1 did not start within 400 s:\n{log.read_text()[-4000:]}")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=300)
+    interrupted = (proc.returncode, log.read_text(), _runs(client, "nested_resume"))
+    result = workspace.launch(*args, "--resume")
+    assert result.returncode == 0, tail(result)
+    return interrupted, result, _runs(client, "nested_resume")
+
+
+def test_every_image_is_predicted_once_by_a_search_that_never_saw_it(workspace, nested, synth_dir: Path) -> None:
+    result, runs = nested
+    client = MlflowClient(workspace.tracking_uri)
+    launch = _launch_run(runs)
+    assert launch.info.status == "FINISHED" and launch.data.tags["nested_outer_folds"] == "2"
+    _check_out_of_sample(client, runs, launch.info.run_id, synth_dir)
+    # The pooled metrics over all 48 images, with their intervals, on the run and the terminal.
+    metrics = launch.data.metrics
+    assert metrics["nested/balanced_acc_low"] <= metrics["nested/balanced_acc"] <= metrics["nested/balanced_acc_high"]
+    assert {f"outer/fold{k}/test/balanced_acc" for k in (0, 1)} <= set(metrics)
+    assert "2 outer folds over 48 images" in result.stdout and "bootstrap over 48 images" in result.stdout
+    winners = json.loads(_text(client, launch.info.run_id, "outer_winners.json"))
+    assert [w["fold"] for w in winners] == [0, 1] and all("train.lr" in w["config"] for w in winners)
+
+
+def _text(client: MlflowClient, run_id: str, path: str) -> str:
+    data = read_artifact(client, run_id, path)
+    assert data is not None, f"run {run_id} has no {path}"
+    return data.decode()
+
+
+def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace, nested) -> None:
+    _, runs = nested
+    client = MlflowClient(workspace.tracking_uri)
+    launch = _launch_run(runs)
+    (refit,) = [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]
+    assert refit.data.tags[PARENT_TAG] == launch.info.run_id and refit.info.status == "FINISHED"
+    assert refit.data.tags["nested_estimate"].endswith("over 48 images in 2 outer folds")
+    card = _text(client, refit.info.run_id, "model_card.md")
+    assert (
+        "How well the procedure does (nested cross-validation)" in card and refit.data.tags["nested_estimate"] in card
+    )
+
+
+def test_resume_after_sigint_continues_at_the_unfinished_outer_fold(workspace, resumed, synth_dir: Path) -> None:
+    (code, output, before), result, runs = resumed
+    assert code == 130, output[-3000:]
+    launch_before = _launch_run(before)
+    assert launch_before.info.status == "KILLED"
+    finished_before = _outer_runs(before, launch_before.info.run_id)[0]
+    assert finished_before.info.status == "FINISHED"
+    assert "outer-0: finished before; skipped" in result.stderr and "outer-1: resuming its search" in result.stderr
+    launch = _launch_run(runs)
+    assert launch.info.run_id == launch_before.info.run_id and launch.info.status == "FINISHED"
+    outer = _outer_runs(runs, launch.info.run_id)
+    assert outer[0].info.run_id == finished_before.info.run_id  # fold 0 not searched again
+    _check_out_of_sample(MlflowClient(workspace.tracking_uri), runs, launch.info.run_id, synth_dir)
+    assert not [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]  # --no-refit
+
+
+def test_compare_pairs_every_image_of_two_nested_launches(workspace, nested, resumed) -> None:
+    result = workspace.analyze("--compare", "nested", "nested_resume")
+    assert result.returncode == 0, tail(result)
+    assert "all 48 images, each predicted by the winner of an outer fold's search that never saw it" in result.stdout
+    assert "these scores chose nothing" in result.stdout  # the fold-wise test on the outer folds
+    assert "optimistic" not in result.stdout
+
+
+def test_analyze_reports_the_nested_result_then_the_refit(workspace, nested) -> None:
+    result = workspace.analyze("--experiment", "nested")
+    assert result.returncode == 0, tail(result)
+    assert "== nested cross-validation of nested: 2 outer folds over 48 images" in result.stdout
+    assert "-- the refit: the same search on the dataset's own splits" in result.stdout
