@@ -85,10 +85,13 @@ def run_nested(
     experiment = options.experiment or space.name
     launch_id = _launch_run(client, options, space, plan, dataset, experiment, tracking_uri)
     base = dataclasses.replace(options, outer_folds=0, experiment=experiment, tracking_uri=tracking_uri)
+    # Outer folds' winners are logged on their runs; only segmenters are registered (the champion of each outer
+    # fold's dataset is what a nested masked launch uses), and the refit, the model to use.
+    outer = dataclasses.replace(base, register=build.task_spec(space.task).model_kind == "segmentation")
     with ray_session(options.address, phases=phases, verbose=options.verbose):
         for k, folder in enumerate(folders):
             stage = Stage(launch_id, f"outer-{k}", {nested.STAGE_TAG: "outer", nested.OUTER_TAG: str(k)})
-            code = _stage(client, stage, dataclasses.replace(base, data=folder), default_data, policy, phases)
+            code = _stage(client, stage, dataclasses.replace(outer, data=folder), default_data, policy, phases)
             if code != 0:
                 return _stopped(client, launch_id, code)
         estimate = _publish(client, launch_id, space, plan, experiment)

@@ -160,6 +160,9 @@ def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace,
     (refit,) = [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]
     assert refit.data.tags[PARENT_TAG] == launch.info.run_id and refit.info.status == "FINISHED"
     assert refit.data.tags["nested_estimate"].endswith("over 48 images in 2 outer folds")
+    # Only the refit is registered: the outer folds' classifiers are logged on their runs, not in the registry.
+    names = [m.name for m in client.search_registered_models()]
+    assert [n for n in names if n.startswith("nested-")] and not [n for n in names if "outer" in n], names
     card = _text(client, refit.info.run_id, "model_card.md")
     assert (
         "How well the procedure does (nested cross-validation)" in card and refit.data.tags["nested_estimate"] in card

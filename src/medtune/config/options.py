@@ -28,6 +28,7 @@ class LaunchOptions:
     outer_folds: int | None = (
         None  # nested cross-validation's outer folds (>= 2; 0: none); overrides ``cv.outer_folds``
     )
+    register: bool = True  # register (and maybe promote) the winner; a nested launch's outer classifiers are not
     refit: bool = True  # after a nested launch's outer folds, search the dataset's own splits and register that winner
     accept_unbalanced_folds: bool = False  # run folds that kept-whole groups unbalance (refused by default)
     accept_groups: bool = False  # near-duplicate groups over the bound constrain the folds too (Setting.accept_large)

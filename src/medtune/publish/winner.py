@@ -48,7 +48,7 @@ def publish_winner(
     space, size_caches = prepared.space, prepared.caches
     size = int(best.config["data.image_size"])
     dataset, seg = prepared.dataset, prepared.segmenter
-    name = registered_name(space.name, space.task, dataset.name, dataset.fingerprint)  # every task's winner
+    name = registered_name(space.name, space.task, dataset.name, dataset.fingerprint) if options.register else None
     version_tags = portable_tags(dataset)
     if seg:  # the segmenter whose masks it was trained on (masked tasks)
         version_tags.update(segmenter_version=f"{seg.name}/{seg.version}", segmenter_foreign=str(seg.foreign).lower())
