@@ -30,6 +30,7 @@ from medtune.config.options import LaunchOptions
 from medtune.data.coco import SPLITS
 from medtune.engine.quiet import quiet_driver
 from medtune.prepare.inputs import Prepared, prepare, start_parent_run
+from medtune.publish.nested import NESTED_TAG
 from medtune.publish.single import BestTrial
 from medtune.publish.winner import publish_winner
 from medtune.tracking.leaderboard import counts, format_table, leaderboard
@@ -205,6 +206,11 @@ def _parent(
         return start_parent_run(client, prepared, options, redact_uri(loc.ray), stage.name, stage=tags), loc
     exp_id = experiment_id(client, prepared.experiment, create=False)
     run = stage.find(client, exp_id) if stage else latest_launch(client, exp_id)
+    if "ray_path" not in run.data.tags:  # a nested launch: its stages hold the searches
+        folds = run.data.tags.get(NESTED_TAG, "K")
+        raise TrackingError(
+            f"--resume: the latest launch of '{prepared.experiment}' is nested; resume it with --outer-folds {folds}"
+        )
     loc = location(run.data.tags["ray_path"], options.cache_dir)
     if not can_restore(loc.ray):
         raise TrackingError(

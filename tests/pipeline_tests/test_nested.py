@@ -183,6 +183,12 @@ def test_resume_after_sigint_continues_at_the_unfinished_outer_fold(workspace, r
     assert outer[0].info.run_id == finished_before.info.run_id  # fold 0 not searched again
     _check_out_of_sample(MlflowClient(workspace.tracking_uri), runs, launch.info.run_id, synth_dir)
     assert not [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]  # --no-refit
+    # --resume without --outer-folds: one line saying how, not a traceback.
+    plain = workspace.launch(
+        "--space", str(workspace.root / "nested_resume.yaml"), "--data", str(synth_dir), "--resume"
+    )
+    assert plain.returncode == 2, tail(plain)
+    assert "is nested; resume it with --outer-folds 2" in plain.stderr and "Traceback" not in plain.stderr
 
 
 def test_compare_pairs_every_image_of_two_nested_launches(workspace, nested, resumed) -> None:
