@@ -15,18 +15,14 @@ runs the code stored with the model: ``medtune.serving.trust.load_pyfunc(uri)`` 
 
 Images reach the network exactly as in training: letterboxed by ``medtune.data.cache.letterbox`` at the
 model's size, then (masked classifiers) masked by the recorded segmenter's probabilities as the mask
-cache computed them (``segmenter_masks.predict_probs``), then normalised and masked by the data
+cache computed them (``medtune.serving.segmenter.predict_probs``), then normalised and masked by the data
 module's own ``CachedDataset`` with its test transform. A segmenter's probabilities are cut out of the
 letterbox and resized (bilinear) back to the image's size before thresholding.
 """
 
 import dataclasses
 import json
-import os
-import pickle
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +37,7 @@ from torch.nn import functional as F
 
 from medtune.data.cache import letterbox
 from medtune.data.datasets import IMAGENET_MEAN, IMAGENET_STD, CachedDataset, build_transform
+from medtune.serving.network import load_network
 
 FACTS_FILE = "medtune_model.json"
 FORMAT = 1  # of the facts file; a reader refuses another
@@ -163,48 +160,6 @@ def network_inputs(images: torch.Tensor, probs: torch.Tensor | None, facts: Mode
         return torch.stack([data[i]["image"] for i in range(n)])
 
 
-class NetworkError(ValueError):
-    """A network file that does not load with weights only, as one line."""
-
-
-@contextmanager
-def weights_only() -> Iterator[None]:
-    """Every ``torch.load`` inside runs with ``weights_only=True``.
-
-    ``torch.export.load`` unpickles pickled weights, constants and old-format archives with
-    ``weights_only=False`` (after a failed safe load, too): a crafted archive would run its code.
-    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` is torch's own switch that overrides those calls.
-    """
-    saved = {
-        key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    }
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
-
-
-def load_network(file: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The exported network in ``file`` on ``device``, loaded with weights only (:class:`NetworkError` if it cannot)."""
-    try:
-        with weights_only():
-            program = torch.export.load(str(file))
-    except pickle.UnpicklingError:  # torch's message is a paragraph on how to load it unsafely
-        raise NetworkError(f"{Path(file).name}: holds pickled objects: refused, it loads with weights only") from None
-    except Exception as err:  # noqa: BLE001 - format and graph errors: all "not a plain network"
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NetworkError(
-            f"{Path(file).name}: not a torch.export network that loads with weights only ({why[:200]})"
-        ) from None
-    if torch.device(device).type != "cpu":
-        program = torch.export.passes.move_to_device_pass(program, torch.device(device))
-    return program.module()
-
-
 class MedtuneModel(mlflow.pyfunc.PythonModel):
     """The pyfunc of every logged medtune model (see the module docstring); holds no state until loaded."""
 
@@ -216,7 +171,7 @@ class MedtuneModel(mlflow.pyfunc.PythonModel):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.segmenter = None
         if self.facts.segmenter is not None:
-            from medtune.engine.segmenter_masks import load_segmenter
+            from medtune.serving.segmenter import load_segmenter
             from medtune.serving.trust import trusted
 
             # Checked as this model was (medtune.serving.trust), with the caller's --trust-model-code.
@@ -235,7 +190,7 @@ class MedtuneModel(mlflow.pyfunc.PythonModel):
             chunk = [rgb(image) for image in images[start : start + batch_size]]
             probs = None
             if self.segmenter is not None:  # as the mask cache did: at the segmenter's size, resized to ours
-                from medtune.engine.segmenter_masks import predict_probs
+                from medtune.serving.segmenter import predict_probs
 
                 seg_images = letterboxed(chunk, facts.segmenter.image_size)
                 probs = predict_probs(self.segmenter, seg_images, out_size=facts.image_size)
