@@ -19,7 +19,7 @@ makes every model logged before the edit need ``--trust-model-code``.
 Anything else (another medtune's code, a changed file, a model that is not medtune's) is refused in
 one line naming the model, unless the user, having read the model's source, passes
 ``--trust-model-code``. Trusted or not, the network itself is loaded with weights only
-(``medtune.serving.model.load_network``).
+(``medtune.serving.network.load_network``).
 """
 
 from __future__ import annotations
