@@ -168,7 +168,7 @@ def main() -> None:
             else f"random arm seeded s + {offset}, ASHA+TPE seeded s (independent arms: NOT the documented measurement)"
         )
     )
-    from trainables.driver import ray_session
+    from trainables.ray_session import ray_session
     from trainables.trial import TrialContext
 
     size, samples, epochs = (32, 4, 3) if args.quick else (64, 8, 8)

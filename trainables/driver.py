@@ -8,138 +8,42 @@ Each phase's wall-clock time is printed at the end and recorded in the ``Phases`
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
-import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow.fs
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis, ResultGrid, Tuner
 
-import medtune
-import trainables
 from medtune.config.options import LaunchOptions
 from medtune.data.coco import SPLITS
 from medtune.engine.quiet import quiet_driver
-from medtune.prepare.inputs import Prepared, prepare, start_parent_run
-from medtune.publish.nested import NESTED_TAG
-from medtune.publish.single import BestTrial
-from medtune.publish.winner import publish_winner
-from medtune.tracking.leaderboard import counts, format_table, leaderboard
+from medtune.prepare.inputs import Prepared, prepare
 from medtune.tracking.provenance import standard_tags
 from medtune.tracking.redact import redact_uri
 from medtune.tracking.store import (
-    PARENT_TAG,
-    TRIAL_TAG,
     TrackingError,
     experiment_id,
-    latest_launch,
     open_client,
-    retrying,
     transient,
     trial_runs,
 )
 from trainables import cleanup
 from trainables.console import Console
 from trainables.mlflow_trials import MLflowTrials, use_tracking_uri
-from trainables.optuna_search import dashboard_command, study_storage
+from trainables.optuna_search import dashboard_command
+from trainables.parent import Stage, parent_run, study
 from trainables.phases import Phases
-from trainables.sampling import flat_config
-from trainables.search import Resources, SearchPolicy, can_restore, make_tuner, restore_tuner
+from trainables.ray_session import ray_session
+from trainables.search import Resources, SearchPolicy, make_tuner, restore_tuner
 from trainables.spool import PendingWrites, pending_writes, spool_file
-from trainables.storage import Location, check_reachable, join, location, storage_root
-from trainables.trial import CHECKPOINT_FILE, TrialContext, hand_over
-
-
-def code_runtime_env() -> dict:
-    """Ship the code to every worker through Ray (``py_modules``), not through a shared folder or
-    PYTHONPATH: the nodes of a real cluster need not see this checkout."""
-    return {"py_modules": [medtune, trainables]}
-
+from trainables.storage import Location, check_reachable, storage_root
+from trainables.trial import TrialContext, hand_over
+from trainables.winner import finish
 
 INTERRUPTED = 130  # the exit code of a search that ended before its trials did (as for SIGINT)
-STUDY_TAGS = ("optuna_storage", "optuna_study")  # the parent run's record of where its Optuna study lives
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """A nested launch's stage (an outer fold, the refit): its search's parent run is a child run of the
-    nested launch's run, named ``name`` and tagged ``tags``, instead of a launch of its own."""
-
-    launch_run_id: str
-    name: str
-    tags: dict[str, str]
-
-    def find(self, client: MlflowClient, exp_id: str):
-        """The stage's run under the launch, or None (the newest, if a failed start left two)."""
-        runs = [r for r in trial_runs(client, exp_id, self.launch_run_id) if self._mine(r)]
-        return max(runs, key=lambda r: r.info.start_time, default=None)
-
-    def _mine(self, run) -> bool:
-        return all(run.data.tags.get(key) == value for key, value in self.tags.items())
-
-
-class RayStartError(RuntimeError):
-    """Ray could not start its local node: one line for the terminal, not Ray's traceback."""
-
-
-STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when its node does not register in 30 s
-
-
-def _init(address: str | None, level: str) -> None:
-    """``ray.init`` with the code shipped to workers; a local node that did not come up in Ray's fixed 30 s
-    (a machine busy with other work) is shut down and started once more before giving up in one line."""
-    for attempt in (1, 2):
-        try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=True,
-                logging_level=getattr(logging, level),
-                logging_config=ray.LoggingConfig(log_level=level),  # trials' loggers too (checkpoint notices)
-                runtime_env=code_runtime_env(),
-            )
-            return
-        except Exception as err:  # Ray raises a bare Exception for this
-            if STARTUP_TIMEOUT not in str(err):
-                raise
-            ray.shutdown()
-            if attempt == 2:
-                raise RayStartError(
-                    "Ray's node did not start within its 30 s, twice: the machine is too busy (see `uptime`)"
-                ) from err
-            print(f"[launch] Ray's node {STARTUP_TIMEOUT} (a busy machine?); starting it once more", file=sys.stderr)
-
-
-@contextmanager
-def ray_session(address: str | None = None, *, phases: Phases | None = None, verbose: bool = False) -> Iterator[None]:
-    """Ray started (or joined at ``address``) with the code shipped to workers, shut down after.
-
-    Trials' own output reaches the terminal (once per distinct line, ``RAY_DEDUP_LOGS``): their
-    warnings and errors, the routine lines being silenced in the trials (``medtune.engine.quiet``).
-    """
-    phases = phases if phases is not None else Phases()
-    if ray.is_initialized():  # a nested launch's stage: the launch's Ray session, started once for all stages
-        yield
-        return
-    # Ray's new output engine prints its experiment box and a TensorBoard hint even at verbose=0.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
-    level = "INFO" if verbose else "WARNING"
-    with phases.time("ray_init"):
-        _init(address, level)
-    try:
-        yield
-    finally:
-        with phases.time("ray_shutdown"):
-            ray.shutdown()
 
 
 def _context(prepared: Prepared, options: LaunchOptions, scratch: Path) -> TrialContext:
@@ -169,59 +73,6 @@ def _context(prepared: Prepared, options: LaunchOptions, scratch: Path) -> Trial
 def _resources(options: LaunchOptions) -> Resources:
     gpus = options.gpus_per_trial if options.gpus_per_trial is not None else float(torch.cuda.is_available())
     return Resources(options.cpus_per_trial, gpus, options.max_concurrent, options.max_failures)
-
-
-NAME_TRIES = 100  # launches of one experiment started in the same second that get a folder of their own
-
-
-def new_location(storage_path: str, cache_dir: Path, experiment: str, *, now: float) -> Location:
-    """A new launch's folders, named ``<experiment>-<date>-<time>`` at ``now`` (``-2``, ``-3``, ... after
-    launches of the experiment started in the same second). The driver's folder is created exclusively
-    (no ``exist_ok``): two launches never share a Ray folder, spool, scratch folder or Optuna study, and
-    the first to finish never deletes the other's checkpoints. (Launches on two machines writing into one
-    bucket at the same second are told apart only by their driver folders, on their own disks.)
-    """
-    stamp = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
-    for n in range(1, NAME_TRIES + 1):
-        loc = location(join(storage_path, stamp if n == 1 else f"{stamp}-{n}"), cache_dir)
-        loc.driver.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            loc.driver.mkdir()
-        except FileExistsError:
-            continue
-        return loc
-    raise TrackingError(f"{loc.driver.parent}: {NAME_TRIES} launches of '{experiment}' in one second; start it again")
-
-
-def _parent(
-    client: MlflowClient, prepared: Prepared, options: LaunchOptions, stage: Stage | None = None
-) -> tuple[str, Location]:
-    """The parent run and where its search is kept: a new launch (or nested stage), or the one ``--resume``
-    continues."""
-    if not options.resume:
-        loc = new_location(options.storage_path, options.cache_dir, prepared.experiment, now=time.time())
-        if stage is None:
-            return start_parent_run(client, prepared, options, redact_uri(loc.ray), loc.name), loc
-        tags = {**stage.tags, PARENT_TAG: stage.launch_run_id}
-        return start_parent_run(client, prepared, options, redact_uri(loc.ray), stage.name, stage=tags), loc
-    exp_id = experiment_id(client, prepared.experiment, create=False)
-    run = stage.find(client, exp_id) if stage else latest_launch(client, exp_id)
-    if "ray_path" not in run.data.tags:  # a nested launch: its stages hold the searches
-        folds = run.data.tags.get(NESTED_TAG, "K")
-        raise TrackingError(
-            f"--resume: the latest launch of '{prepared.experiment}' is nested; resume it with --outer-folds {folds}"
-        )
-    loc = location(run.data.tags["ray_path"], options.cache_dir)
-    if not can_restore(loc.ray):
-        raise TrackingError(
-            f"--resume: the latest launch of '{prepared.experiment}' has no restorable search at {loc.ray}"
-        )
-    if run.info.status == "FINISHED":  # its checkpoints are gone (trainables.cleanup); nothing is left to run
-        raise TrackingError(
-            f"--resume: the latest launch of '{prepared.experiment}' finished; start a new one without --resume"
-        )
-    client.update_run(run.info.run_id, "RUNNING")
-    return run.info.run_id, loc
 
 
 def run(
@@ -254,8 +105,8 @@ def run(
         prepared = prepare(options, default_data=default_data)
     client = open_client(prepared.tracking_uri)  # the first opener creates the store, under a lock
     with phases.time("parent_run"):
-        parent_run_id, loc = _parent(client, prepared, options, stage)
-        storage = _study(client, prepared, options, parent_run_id, loc)
+        parent_run_id, loc = parent_run(client, prepared, options, stage)
+        storage = study(client, prepared, options, parent_run_id, loc)
     scratch = cleanup.new_scratch(loc.name)
     try:
         return _search(client, prepared, options, policy, phases, parent_run_id, loc, storage, scratch)
@@ -298,7 +149,7 @@ def _search(
     else:
         try:
             with phases.time("finish"):
-                code = _finish(client, prepared, options, parent_run_id, grid, scratch)
+                code = finish(client, prepared, options, parent_run_id, grid, scratch)
         except BaseException as err:  # testing, retraining or logging the winner failed: never leave RUNNING
             if transient(err):  # ... unless the store went away: then nothing can be closed there
                 raise TrackingError(_unreachable(prepared, "while the winner was published")) from None
@@ -327,21 +178,6 @@ def _finished_search(client: MlflowClient, prepared: Prepared, parent_run_id: st
 
 
 OUTAGE_WAIT_S = 60.0  # how long a resumed launch tries to send its spool before it says the store is away
-
-
-def _study(
-    client: MlflowClient, prepared: Prepared, options: LaunchOptions, parent_run_id: str, loc: Location
-) -> str | None:
-    """The Optuna storage keeping the launch's study (named ``loc.name``), recorded on the parent run;
-    None for a grid (no searcher) and for a resumed launch that recorded none (its study is in memory)."""
-    if options.resume:  # the restored searcher reattaches to the study its launch recorded
-        return client.get_run(parent_run_id).data.tags.get(STUDY_TAGS[0])
-    if prepared.space.search == "grid":
-        return None
-    storage = study_storage(prepared.tracking_uri, loc.driver.parent)
-    for tag, value in zip(STUDY_TAGS, (storage, loc.name)):
-        client.set_tag(parent_run_id, tag, value)
-    return storage
 
 
 def _unreachable(prepared: Prepared, what: str) -> str:
@@ -428,55 +264,3 @@ def _close_runs(client: MlflowClient, parent_run_id: str, prepared: Prepared, st
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
     client.set_terminated(parent_run_id, status)
-
-
-def _best_trial(
-    client: MlflowClient, prepared: Prepared, parent_run_id: str, grid: ResultGrid, scratch: Path
-) -> BestTrial | None:
-    """The trial with the best checkpoint score over all its epochs (failed trials excluded); a checkpoint
-    in a bucket is downloaded into the launch's scratch folder, which the launch removes."""
-    space = prepared.space
-    sign = 1.0 if space.mode == "max" else -1.0
-    best = None  # (signed score, result, checkpoint, score, reported metrics)
-    for result in grid:
-        for checkpoint, metrics in (result.best_checkpoints or []) if result.error is None else []:
-            score = float(metrics.get(space.metric, math.nan))
-            if math.isfinite(score) and (best is None or sign * score > best[0]):
-                best = (sign * score, result, checkpoint, score, metrics)
-    if best is None:
-        return None
-    _, result, checkpoint, score, metrics = best
-    trial_id = result.metrics["trial_id"]
-    exp_id = experiment_id(client, prepared.experiment, create=False)
-    run_id = next(
-        r.info.run_id for r in trial_runs(client, exp_id, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id
-    )
-    # Read in place: to_directory() without a folder would copy it into a checkpoint_tmp_* folder of /tmp
-    # that nobody deletes (128 MiB per resnet18 fold); the launch deletes the original once the winner is logged.
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        folder = Path(checkpoint.path)
-    else:
-        folder = Path(checkpoint.to_directory(str(scratch / "winner")))
-    local = folder if prepared.folds else folder / CHECKPOINT_FILE  # cross-validated: the folder of fold files
-    return BestTrial(run_id, flat_config(result.config), local, score, dict(metrics))
-
-
-def _finish(
-    client: MlflowClient,
-    prepared: Prepared,
-    options: LaunchOptions,
-    parent_run_id: str,
-    grid: ResultGrid,
-    scratch: Path,
-) -> int:
-    space = prepared.space
-    best = _best_trial(client, prepared, parent_run_id, grid, scratch)
-    exp_id = experiment_id(client, prepared.experiment, create=False)
-    rows = leaderboard(client, exp_id, parent_run_id, space.metric, space.mode)
-    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
-    print(f"\n== {prepared.experiment}: {len(rows)} trials ({tally}) ==\n{format_table(rows, space.metric)}")
-    if best is None:
-        retrying(lambda: client.set_terminated(parent_run_id, "FAILED"))
-        raise TrackingError(f"every trial of '{prepared.experiment}' failed; see the errors above and in mlflow ui")
-    publish_winner(client, prepared, options, parent_run_id, best)
-    return 0

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         local_cluster_env(args.address)
     from medtune.prepare.inputs import USER_ERRORS
     from trainables import nested
-    from trainables.driver import INTERRUPTED, RayStartError, run
+    from trainables.driver import INTERRUPTED, run
+    from trainables.ray_session import RayStartError
 
     command = redact_text(shlex.join(sys.argv[1:] if argv is None else argv))  # no URI's password on the terminal
     resume = f"continue with: python launch.py {command} --resume"

@@ -44,9 +44,11 @@ from medtune.tracking.store import (
     open_client,
     retrying,
 )
-from trainables.driver import INTERRUPTED, Stage, ray_session
+from trainables.driver import INTERRUPTED
 from trainables.driver import run as run_search
+from trainables.parent import Stage
 from trainables.phases import Phases
+from trainables.ray_session import ray_session
 from trainables.search import SearchPolicy, can_restore
 
 

@@ -35,7 +35,7 @@ WRITES = (
 def store_goes_away(method: str, nth: int, *, answer_lost: bool) -> None:
     """From the start of publishing, the ``nth`` call of ``MlflowClient.<method>`` fails as a store that went
     away (after the write reached the store when ``answer_lost``)."""
-    import trainables.driver as driver
+    import trainables.winner as driver
 
     calls = {"armed": False, "n": 0}
     real_method = getattr(MlflowClient, method)
@@ -101,7 +101,7 @@ def test_store_away_at_each_publish_step_then_resume_publishes_once(
 
     for method, nth, lost in STEPS:
         with monkeypatch.context() as patch:
-            import trainables.driver as driver
+            import trainables.winner as driver
 
             patch.setattr(MlflowClient, method, getattr(MlflowClient, method))  # restored after the step
             patch.setattr(driver, "publish_winner", driver.publish_winner)

@@ -69,7 +69,7 @@ assert "ray" not in sys.modules, "importing launch.py imported Ray"
 local_cluster_env(None)
 import ray
 import psutil  # Ray's vendored copy
-from trainables.driver import ray_session
+from trainables.ray_session import ray_session
 
 with ray_session():
     ray.get([ray.remote(lambda: os.getpid()).remote() for _ in range(2)])
@@ -169,7 +169,7 @@ def test_two_launches_creating_one_experiment_at_once_both_get_it(tmp_path: Path
 
 
 def test_two_launches_of_one_experiment_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
-    from trainables.driver import new_location
+    from trainables.parent import new_location
 
     now = 1_780_000_000.0  # one instant for all three launches
     locs = [new_location(str(tmp_path / "runs"), tmp_path / "cache", "exp", now=now) for _ in range(3)]
