@@ -20,15 +20,24 @@ before (``medtune.engine.trainer.EpochSeed`` seeds each epoch from the seed and 
 checkpoint holds weights, optimizer, scheduler and early-stopping state), and the driver's MLflow
 logger skips epochs a run already has (``mlflow_trials``): no epoch is logged twice. The policy's
 own state (the best so far) travels in the checkpoint.
+
+What is kept of a checkpoint once it is neither the latest nor of a running trial: its
+``WEIGHTS_KEYS`` (``trainables.cleanup.CheckpointPruner``); ``resumable`` tells the two kinds apart.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+# What a checkpoint keeps once no resume can need it (``trainables.cleanup.weights_only``): the weights,
+# all that publishing reads (``medtune.engine.evaluate.load_system``), and the epoch they are from.
+# The optimizer's state goes (AdamW: two tensors per weight, 2/3 of a full checkpoint), and with it
+# the schedulers', loops' and callbacks' state, which only a resume reads.
+WEIGHTS_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
 EVERY_S = 300.0  # launch.py --checkpoint-minutes 5: the most a kill costs a running trial, in seconds
 
 
@@ -72,3 +81,15 @@ class CheckpointPolicy:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.best = state.get("best")
+
+
+def resumable(files: Iterable[Path]) -> bool:
+    """Whether the checkpoint ``files`` hold the training state that a resume restores.
+
+    A trial's latest checkpoint always does while the trial runs. When the trial ends, the launch
+    keeps its weights only (``trainables.cleanup.CheckpointPruner``), at once; a launch killed before
+    its next snapshot recorded the end resumes that trial, which then has nothing left to do.
+    """
+    import torch  # here: the driver's policy needs no torch
+
+    return all("optimizer_states" in torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files)

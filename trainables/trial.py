@@ -40,9 +40,9 @@ from medtune.data.cache import load_cache
 from medtune.data.folds import FoldPlan
 from medtune.data.shared import from_arrays, nbytes, to_arrays
 from medtune.engine.build import build_datamodule, build_system
-from medtune.engine.crossval import FoldRecipe, rounds_done, train_folds
+from medtune.engine.crossval import FOLD_FILE, FoldRecipe, rounds_done, train_folds
 from medtune.engine.trainer import make_trainer
-from trainables.checkpoint_policy import EVERY_S, CheckpointPolicy
+from trainables.checkpoint_policy import EVERY_S, CheckpointPolicy, resumable
 from trainables.sampling import flat_config
 
 CHECKPOINT_FILE = "checkpoint"
@@ -261,6 +261,8 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
         trainer.fit(system, datamodule=data)
         return
     with checkpoint.as_directory() as folder:
+        if not resumable([Path(folder) / CHECKPOINT_FILE]):
+            return  # it had finished: see ``resumable``
         trainer.fit(system, datamodule=data, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
 
 
@@ -291,6 +293,8 @@ def run_folds(config: dict, context: TrialContext) -> None:
         if checkpoint is not None:
             with checkpoint.as_directory() as saved:
                 shutil.copytree(saved, work, dirs_exist_ok=True)
+        if not resumable(sorted(Path(work).glob(FOLD_FILE.format(k="*")))):
+            return  # it had finished: see ``resumable``
         if (Path(work) / POLICY_FILE).is_file():
             policy.load_state_dict(json.loads((Path(work) / POLICY_FILE).read_text()))
         start = rounds_done(Path(work))
