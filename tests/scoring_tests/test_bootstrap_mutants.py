@@ -127,12 +127,12 @@ def test_seeds_that_disagree_widen_the_interval_and_identical_seeds_do_not() -> 
     right, wrong = np.eye(2)[labels], np.eye(2)[1 - labels]
     # Seed A right on every image, seed B wrong on every one: each resample scores the share of A
     # among the two seeds it draws, 0, 0.5 or 1 (a quarter of the resamples draw B twice): [0, 1].
-    (interval,), _ = seed_bootstrap(labels, [np.stack([right, wrong])], METRICS["acc"])
+    (interval,), _ = seed_bootstrap(labels, [np.stack([right, wrong])], METRICS["acc"], resamples=200)
     assert (interval.value, interval.low, interval.high) == (0.5, 0.0, 1.0)
     # Identical seeds: exactly the image-only bootstrap's interval (the image draws come first).
     probs = np.random.default_rng(4).dirichlet([1, 1], 10)
-    (three,), _ = seed_bootstrap(labels, [np.stack([probs] * 3)], METRICS["auroc"])
-    (one,), _ = seed_bootstrap(labels, [probs[None]], METRICS["auroc"])
+    (three,), _ = seed_bootstrap(labels, [np.stack([probs] * 3)], METRICS["auroc"], resamples=200)
+    (one,), _ = seed_bootstrap(labels, [probs[None]], METRICS["auroc"], resamples=200)
     assert (three.low, three.high) == (one.low, one.high) and one.low < one.high
 
 
@@ -144,7 +144,7 @@ def test_paired_bootstrap_passes_resamples_seed_and_level_on() -> None:
     paired = paired_bootstrap(labels, [a, b], METRICS["auroc"], **kwargs)
     assert paired == seed_bootstrap(labels, [a[None], b[None]], METRICS["auroc"], **kwargs)
     # ... and each of them matters: the default resamples, seed or level give other intervals.
-    for changed in ({"resamples": 1000}, {"seed": 0}, {"level": 0.95}):
+    for changed in ({"resamples": 100}, {"seed": 0}, {"level": 0.95}):
         assert paired_bootstrap(labels, [a, b], METRICS["auroc"], **{**kwargs, **changed}) != paired
 
 
