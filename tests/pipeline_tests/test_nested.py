@@ -1,18 +1,20 @@
 """Nested cross-validation end to end (``launch.py --outer-folds``, then ``analyze.py``), real Ray, MLflow, registry.
 
 Two nested launches on the same 2 outer folds of the session's 48-image synthetic set: ``nested``
-(inner 2-fold cross-validation, then the refit) and ``nested_resume`` (an inner val split, no refit),
-interrupted with SIGINT inside its second outer fold and resumed. Every image must be predicted once,
+(inner 2-fold cross-validation, then the refit), interrupted with SIGINT inside its second outer fold
+and resumed, and ``nested_b`` (one trial per outer fold, an inner val split, no refit). Every image must be predicted once,
 by the winner of a search whose datasets never held it; the runs must nest launch -> outer fold ->
 trial; the resume must skip the finished fold and finish the other; ``--compare`` must pair all 48.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from medtune.data.coco import SPLITS, resolve_dataset
 from medtune.publish.nested import OUTER_TAG, STAGE_TAG
 from medtune.report import nested as report_nested
+from medtune.report.cli import main as analyze_main
 from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, read_artifact
 from tests.helpers import tail
 
@@ -90,32 +93,17 @@ def _check_out_of_sample(client: MlflowClient, runs: list, launch_id: str, data:
         assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)  # launch -> outer fold -> trial
 
 
-@pytest.fixture(scope="module")
-def nested(workspace, synth_dir: Path):
-    """``--outer-folds 2 --folds 2`` with the refit: the launch's output, and its runs."""
-    space = _space(workspace, "nested")
-    result = workspace.launch("--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--folds", "2")
-    assert result.returncode == 0, tail(result)
-    return result, _runs(MlflowClient(workspace.tracking_uri), "nested")
-
-
-@pytest.fixture(scope="module")
-def resumed(workspace, synth_dir: Path, nested):
-    """``--outer-folds 2`` without the refit, SIGINT once outer fold 1's search runs, then ``--resume``."""
-    space = _space(
-        workspace, "nested_resume", SPACE.replace("max_epochs: 1, grace_period: 1", "max_epochs: 3, grace_period: 3")
-    )
-    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--no-refit", "--max-concurrent", "1"]
-    client = MlflowClient(workspace.tracking_uri)
-    log = workspace.root / "nested_resume.log"
+def _interrupt_in_outer_fold_1(workspace, client: MlflowClient, experiment: str, args: list[str]) -> tuple:
+    """Start the launch, SIGINT it once a trial of outer fold 1 has started; its exit code, output and runs."""
+    log = workspace.root / f"{experiment}.log"
     proc = workspace.start_launch(*args, log=log)
     deadline = time.time() + 400
     while time.time() < deadline:
-        runs = _runs(client, "nested_resume")
+        runs = _runs(client, experiment)
         stages = {r.data.tags.get(OUTER_TAG): r for r in runs if r.data.tags.get(STAGE_TAG) == "outer"}
         second = stages.get("1")
         if second and any(r.data.tags.get(PARENT_TAG) == second.info.run_id for r in runs):
-            break  # outer fold 0 finished, a trial of fold 1 has started
+            break  # outer fold 0 finished, the first trial of fold 1 has started (one at a time: one more to go)
         if proc.poll() is not None:
             pytest.fail(
                 f"the launch ended (exit {proc.returncode}) before outer fold 1 started:\n{log.read_text()[-4000:]}"
@@ -126,14 +114,50 @@ def resumed(workspace, synth_dir: Path, nested):
         pytest.fail(f"outer fold 1 did not start within 400 s:\n{log.read_text()[-4000:]}")
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=300)
-    interrupted = (proc.returncode, log.read_text(), _runs(client, "nested_resume"))
+    return proc.returncode, log.read_text(), _runs(client, experiment)
+
+
+@pytest.fixture(scope="module")
+def nested(workspace, synth_dir: Path):
+    """``--outer-folds 2 --folds 2`` with the refit, one trial at a time, interrupted (SIGINT) once outer
+    fold 1's search runs, then ``--resume``d: what the interrupted launch left, the resume's output, the runs."""
+    space = _space(workspace, "nested")
+    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--folds", "2", "--max-concurrent", "1"]
+    client = MlflowClient(workspace.tracking_uri)
+    interrupted = _interrupt_in_outer_fold_1(workspace, client, "nested", args)
     result = workspace.launch(*args, "--resume")
     assert result.returncode == 0, tail(result)
-    return interrupted, result, _runs(client, "nested_resume")
+    return interrupted, result, _runs(client, "nested")
+
+
+@pytest.fixture(scope="module")
+def nested_b(workspace, synth_dir: Path, nested):
+    """A second nested launch on the same outer folds (same data, K and seed): one trial per outer fold, an
+    inner val split, no refit."""
+    space = _space(workspace, "nested_b")
+    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--no-refit", "--num-samples", "1"]
+    result = workspace.launch(*args)
+    assert result.returncode == 0, tail(result)
+    return args, _runs(MlflowClient(workspace.tracking_uri), "nested_b")
+
+
+def _analyze(workspace, *argv: str) -> str:
+    """``analyze.py`` in this process (its imports paid once): its standard output; exit 0 asserted."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = analyze_main([*argv, "--tracking-uri", workspace.tracking_uri, "--out", str(workspace.root / "report")])
+    assert code == 0, err.getvalue()[-3000:]
+    return out.getvalue()
+
+
+def _text(client: MlflowClient, run_id: str, path: str) -> str:
+    data = read_artifact(client, run_id, path)
+    assert data is not None, f"run {run_id} has no {path}"
+    return data.decode()
 
 
 def test_every_image_is_predicted_once_by_a_search_that_never_saw_it(workspace, nested, synth_dir: Path) -> None:
-    result, runs = nested
+    _, result, runs = nested
     client = MlflowClient(workspace.tracking_uri)
     launch = _launch_run(runs)
     assert launch.info.status == "FINISHED" and launch.data.tags["nested_outer_folds"] == "2"
@@ -147,14 +171,8 @@ def test_every_image_is_predicted_once_by_a_search_that_never_saw_it(workspace, 
     assert [w["fold"] for w in winners] == [0, 1] and all("train.lr" in w["config"] for w in winners)
 
 
-def _text(client: MlflowClient, run_id: str, path: str) -> str:
-    data = read_artifact(client, run_id, path)
-    assert data is not None, f"run {run_id} has no {path}"
-    return data.decode()
-
-
 def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace, nested) -> None:
-    _, runs = nested
+    _, _, runs = nested
     client = MlflowClient(workspace.tracking_uri)
     launch = _launch_run(runs)
     (refit,) = [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]
@@ -169,8 +187,8 @@ def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace,
     )
 
 
-def test_resume_after_sigint_continues_at_the_unfinished_outer_fold(workspace, resumed, synth_dir: Path) -> None:
-    (code, output, before), result, runs = resumed
+def test_resume_after_sigint_continues_at_the_unfinished_outer_fold(workspace, nested) -> None:
+    (code, output, before), result, runs = nested
     assert code == 130, output[-3000:]
     launch_before = _launch_run(before)
     assert launch_before.info.status == "KILLED"
@@ -179,28 +197,25 @@ def test_resume_after_sigint_continues_at_the_unfinished_outer_fold(workspace, r
     assert "outer-0: finished before; skipped" in result.stderr and "outer-1: resuming its search" in result.stderr
     launch = _launch_run(runs)
     assert launch.info.run_id == launch_before.info.run_id and launch.info.status == "FINISHED"
-    outer = _outer_runs(runs, launch.info.run_id)
-    assert outer[0].info.run_id == finished_before.info.run_id  # fold 0 not searched again
-    _check_out_of_sample(MlflowClient(workspace.tracking_uri), runs, launch.info.run_id, synth_dir)
+    assert _outer_runs(runs, launch.info.run_id)[0].info.run_id == finished_before.info.run_id  # not searched again
+
+
+def test_resume_of_a_nested_launch_without_outer_folds_says_how(workspace, nested_b, synth_dir: Path) -> None:
+    _, runs = nested_b
     assert not [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]  # --no-refit
-    # --resume without --outer-folds: one line saying how, not a traceback.
-    plain = workspace.launch(
-        "--space", str(workspace.root / "nested_resume.yaml"), "--data", str(synth_dir), "--resume"
-    )
+    plain = workspace.launch("--space", str(workspace.root / "nested_b.yaml"), "--data", str(synth_dir), "--resume")
     assert plain.returncode == 2, tail(plain)
     assert "is nested; resume it with --outer-folds 2" in plain.stderr and "Traceback" not in plain.stderr
 
 
-def test_compare_pairs_every_image_of_two_nested_launches(workspace, nested, resumed) -> None:
-    result = workspace.analyze("--compare", "nested", "nested_resume")
-    assert result.returncode == 0, tail(result)
-    assert "all 48 images, each predicted by the winner of an outer fold's search that never saw it" in result.stdout
-    assert "these scores chose nothing" in result.stdout  # the fold-wise test on the outer folds
-    assert "optimistic" not in result.stdout
+def test_compare_pairs_every_image_of_two_nested_launches(workspace, nested, nested_b) -> None:
+    text = _analyze(workspace, "--compare", "nested", "nested_b")
+    assert "all 48 images, each predicted by the winner of an outer fold's search that never saw it" in text
+    assert "these scores chose nothing" in text  # the fold-wise test on the outer folds
+    assert "optimistic" not in text
 
 
 def test_analyze_reports_the_nested_result_then_the_refit(workspace, nested) -> None:
-    result = workspace.analyze("--experiment", "nested")
-    assert result.returncode == 0, tail(result)
-    assert "== nested cross-validation of nested: 2 outer folds over 48 images" in result.stdout
-    assert "-- the refit: the same search on the dataset's own splits" in result.stdout
+    text = _analyze(workspace, "--experiment", "nested")
+    assert "== nested cross-validation of nested: 2 outer folds over 48 images" in text
+    assert "-- the refit: the same search on the dataset's own splits" in text
