@@ -43,8 +43,11 @@ def predictions(client: MlflowClient, run: Run) -> dict[str, np.ndarray] | None:
 def outer_scores(client: MlflowClient, experiment: str, run: Run) -> FoldScores | str:
     """The outer folds' test scores as :class:`FoldScores` (``nested``: they chose nothing), or why unreadable."""
     where = f"nested launch {run.info.run_id[:8]} of '{experiment}'"
+    data = read_artifact(client, run.info.run_id, OUTER_FILE)
+    if data is None:  # parse_sizes would name the ordinary launch's folds.json
+        return f"{where} has no {OUTER_FILE} (the launch stopped before logging its outer folds)"
     try:
-        sizes = parse_sizes(read_artifact(client, run.info.run_id, OUTER_FILE), where)
+        sizes = parse_sizes(data, where)
     except FoldsError as err:
         return str(err)
     k = len(sizes.held_out)
