@@ -30,7 +30,7 @@ from medtune.data.coco import resolve_dataset
 from medtune.data.folds import FoldPlan
 from medtune.data.outer import describe, outer_dataset, plan_outer
 from medtune.engine import build
-from medtune.prepare.inputs import check_balance, check_dataset, load_and_override
+from medtune.prepare.inputs import check_balance, checked_dataset, load_and_override
 from medtune.publish import nested
 from medtune.tracking.provenance import code_version, standard_tags
 from medtune.tracking.redact import redact_uri
@@ -65,14 +65,7 @@ def run_nested(
     space = load_and_override(options)
     if options.config is not None:
         raise SpaceError("--outer-folds: nested cross-validation estimates a search; --config trains one configuration")
-    data = options.data or default_data
-    if options.data is None and not (default_data / "train.json").is_file():
-        from medtune.data.tools.synth import generate
-
-        print(f"[launch] generating the embedded synthetic dataset in {default_data}")
-        generate(default_data)
-    dataset = resolve_dataset(data, cache_root=options.cache_dir, seed=options.seed)
-    check_dataset(dataset)
+    dataset = checked_dataset(options, default_data)
     near = duplicates.Setting(accept_large=options.accept_groups)
     plan = plan_outer(dataset, space.outer_folds, seed=options.seed, cache_root=options.cache_dir, near=near)
     print(f"[launch] {describe(plan)}")

@@ -114,9 +114,9 @@ def image_sizes(space: SearchSpace) -> list[int]:
     return sorted({int(s) for s in sizes})
 
 
-def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
-    """Validate the space and dataset, build caches, resolve the segmenter; writes no MLflow record."""
-    space = load_and_override(options)
+def checked_dataset(options: LaunchOptions, default_data: Path) -> Dataset:
+    """``--data`` (or ``default_data``, the embedded synthetic set generated on first use) resolved and
+    structurally checked (``check_dataset``)."""
     data = options.data or default_data
     if options.data is None and not (default_data / "train.json").is_file():
         from medtune.data.tools.synth import generate
@@ -125,6 +125,13 @@ def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
         generate(default_data)
     dataset = resolve_dataset(data, cache_root=options.cache_dir, seed=options.seed)
     check_dataset(dataset)
+    return dataset
+
+
+def prepare(options: LaunchOptions, *, default_data: Path) -> Prepared:
+    """Validate the space and dataset, build caches, resolve the segmenter; writes no MLflow record."""
+    space = load_and_override(options)
+    dataset = checked_dataset(options, default_data)
     spec = build.task_spec(space.task)
     if spec.model_kind == "classification" and spec.single_label:  # one class per image, or say which not
         for split in SPLITS:
