@@ -211,6 +211,7 @@ def test_resume_of_a_nested_launch_without_outer_folds_says_how(workspace, neste
 def test_compare_pairs_every_image_of_two_nested_launches(workspace, nested, nested_b) -> None:
     text = _analyze(workspace, "--compare", "nested", "nested_b")
     assert "all 48 images, each predicted by the winner of an outer fold's search that never saw it" in text
+    assert "metrics re-computed from outer_predictions.npz" in text
     assert "these scores chose nothing" in text  # the fold-wise test on the outer folds
     assert "optimistic" not in text
 

@@ -237,7 +237,7 @@ def _method(result: Comparison) -> str:
     return (
         f"values: mean over each experiment's seeds ({each}). diff: against {first.experiment}, 95% two-level "
         f"bootstrap interval (test images paired, seeds drawn per experiment; {RESAMPLES} resamples, seed {SEED}); "
-        f"metrics re-computed from {PREDICTIONS}"
+        f"metrics re-computed from {nested.PREDICTIONS if first.nested else PREDICTIONS}"
         + (
             "; saliency_iou: the search winner's (one seed), over the test images with a lesion"
             if "saliency_iou" in result.values
