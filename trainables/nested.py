@@ -16,8 +16,13 @@ where it stopped. All stages share one Ray session.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -83,20 +88,55 @@ def run_nested(
     # Outer folds' winners are logged on their runs; only segmenters are registered (the champion of each outer
     # fold's dataset is what a nested masked launch uses), and the refit, the model to use.
     outer = dataclasses.replace(base, register=build.task_spec(space.task).model_kind == "segmentation")
-    with ray_session(options.address, phases=phases, verbose=options.verbose):
+    with ray_session(options.address, phases=phases, verbose=options.verbose), stop_between_stages() as stopped:
         for k, folder in enumerate(folders):
             stage = Stage(launch_id, f"outer-{k}", {nested.STAGE_TAG: "outer", nested.OUTER_TAG: str(k)})
             code = _stage(client, stage, dataclasses.replace(outer, data=folder), default_data, policy, phases)
-            if code != 0:
-                return _stopped(client, launch_id, code)
+            if code != 0 or stopped.is_set():
+                return _stopped(client, launch_id, code or INTERRUPTED)
         estimate = _publish(client, launch_id, space, plan, experiment)
         if options.refit:
             tags = {nested.STAGE_TAG: "refit", "nested_estimate": estimate}
             code = _stage(client, Stage(launch_id, "refit", tags), base, default_data, policy, phases)
-            if code != 0:
-                return _stopped(client, launch_id, code)
+            if code != 0 or stopped.is_set():
+                return _stopped(client, launch_id, code or INTERRUPTED)
     retrying(lambda: client.set_terminated(launch_id, "FINISHED"))
     return 0
+
+
+@contextmanager
+def stop_between_stages() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) during a nested launch stops it at the end of the current step, never in the middle of
+    one, and the launch then ends as interrupted (``--resume`` goes on from there).
+
+    Ray Tune stops a search gracefully on SIGINT, but only while it runs, and a search whose trials had all
+    ended anyway returns as complete: the launch would go on with the next outer fold. Here SIGINT sets
+    the returned event and sends SIGUSR1, Tune's other stop signal (``TUNE_DISABLE_SIGINT_HANDLER`` keeps
+    Tune's hands off SIGINT); outside a search SIGUSR1 does nothing and the current step (preparing,
+    publishing) ends first. A second Ctrl-C interrupts at once (``KeyboardInterrupt``).
+    """
+    stopped = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        stopped.set()
+        print("[launch] Ctrl-C: stopping after the current step (again: at once)", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stopped
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
 
 
 def _launch_run(client, options, space: SearchSpace, plan: FoldPlan, dataset, experiment: str, uri: str) -> str:

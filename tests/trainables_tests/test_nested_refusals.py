@@ -62,3 +62,22 @@ def test_nested_is_asked_by_the_flag_or_the_space(tmp_path: Path) -> None:
     space.write_text(text + "cv: {outer_folds: 1}\n")
     with pytest.raises(SpaceError, match="key 'cv.outer_folds': expected an integer >= 2, got 1"):
         wanted(LaunchOptions(space=str(space)))
+
+
+def test_ctrl_c_in_a_nested_launch_stops_after_the_current_step_and_twice_at_once() -> None:
+    import os
+    import signal
+    import time
+
+    from trainables.nested import stop_between_stages
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_between_stages() as stopped:
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune leaves SIGINT to the nested launch
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: noted, the step goes on (SIGUSR1 does nothing here)
+        time.sleep(0.1)
+        assert stopped.is_set()
+        with pytest.raises(KeyboardInterrupt):  # the second: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
