@@ -56,6 +56,12 @@ def test_flags_default_to_the_default_setting_and_say_their_ranges() -> None:
     ):
         assert words in text, text
     assert "--no-near" not in " ".join(parser().format_help().split())
+    # an opt-out flag given without help text has none
+    bare = argparse.ArgumentParser(prog="tool")
+    duplicates.add_arguments(bare, off_flag="--no-near")
+    assert " ".join(bare.format_help().split()).endswith(
+        "by default they are reported as suspicious and not used --no-near"
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "1", "0.0", "1.0", " 0.25"])
@@ -141,9 +147,9 @@ def test_candidates_keep_each_images_best_k_over_blocks() -> None:
 
 
 def test_union_groups_keep_keys_order_and_halve_paths() -> None:
-    keys = list("abcdefgh")
-    groups = duplicates.union_groups(keys, [(6, 5), (5, 1), (3, 7), (7, 4), (0, 7), (2, 2)])
-    assert groups == [["a", "d", "e", "h"], ["b", "f", "g"]]
+    keys = list("abcdefghij")
+    groups = duplicates.union_groups(keys, [(6, 5), (5, 1), (3, 7), (7, 4), (9, 8), (0, 7), (2, 2)])
+    assert groups == [["a", "d", "e", "h"], ["b", "f", "g"], ["i", "j"]]
     assert duplicates.union_groups(keys, []) == []
 
 
@@ -324,18 +330,31 @@ def test_group_lines() -> None:
     ]
     # 0: every group; the default shows up to 20
     assert len(duplicates.group_lines(groups, label="near", max_report=0)) == 4
-    assert len(duplicates.group_lines(groups * 7, label="near")) == 1 + 20 + 1
+    assert len(duplicates.group_lines(groups * 8, label="near")) == 1 + 20 + 1
+    assert duplicates.group_lines(groups, label="near", max_report=1)[2] == "  ... and 2 more groups"
 
 
 def test_suspicious_lines() -> None:
-    groups = [entries(12), entries(3, 20), entries(11, 40)]
+    groups = [entries(12), entries(3, 20), entries(11, 40), entries(4, 60)]
     lines = duplicates.suspicious_lines(groups, 600, max_report=2)
     assert lines == [
         "suspicious near-duplicate group of 12 images (over 12 of 600; not used for splits or folds, "
         "--accept-groups uses it): 0.png, 1.png, 2.png, ...",
         "suspicious near-duplicate group of 3 images (over 12 of 600; not used for splits or folds, "
         "--accept-groups uses it): 20.png, 21.png, 22.png",
-        "  ... and 1 more suspicious groups",
+        "  ... and 2 more suspicious groups",
     ]
-    assert len(duplicates.suspicious_lines(groups, 600, max_report=0)) == 3
-    assert len(duplicates.suspicious_lines(groups * 7, 600)) == 20 + 1
+    assert duplicates.suspicious_lines(groups, 600, max_report=0)[3].endswith("): 60.png, 61.png, 62.png, ...")
+    assert len(duplicates.suspicious_lines(groups * 6, 600)) == 20 + 1
+    assert duplicates.suspicious_lines(groups, 600, max_report=1)[1] == "  ... and 3 more suspicious groups"
+
+
+def test_groups_grow_from_the_best_pairs_first() -> None:
+    # white-noise thumbnails mixed so that A~B at 0.99, A~C at 0.95, B~C at 0.94 (C: a look-alike of both)
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(3, similarity.THUMB, similarity.THUMB))
+    thumbs = [p[0], p[0] + 0.1425 * p[1], p[0] + 0.3287 * p[2]]
+    bits = np.zeros(16, np.uint8)
+    prints = {k: Fingerprint(bits, (100 + 20 * t).astype(np.float32)) for k, t in zip("ABC", thumbs)}
+    # best first: A and B join; C is 0.045 below their level, so it stays out (weakest first would chain all three)
+    assert duplicates.near_groups(prints, Setting(127, 0.9)) == [["A", "B"]]

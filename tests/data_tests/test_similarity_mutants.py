@@ -119,8 +119,9 @@ def test_coordinates_follow_rotation_scale_and_crop() -> None:
         # the warp rotates counter-clockwise in (x, y), scales each axis about the crop's centre, then shifts
         assert np.allclose(x[k], ex, atol=1e-4) and np.allclose(y[k], ey, atol=1e-4)
     # a shift pushing samples past the border is clipped inside: every sample reads a real pixel
-    x, y = similarity._coordinates(np.array([[0.0, 1.0, 1.0, 20.0, -20.0]]))
-    assert x.max() == pytest.approx(THUMB - 1.001) and y.min() == 0.0 and x.min() > 0
+    x, y = similarity._coordinates(np.array([[0.0, 1.0, 1.0, 20.0, -20.0], [0.0, 1.0, 1.0, -20.0, 20.0]]))
+    assert x[0].max() == pytest.approx(THUMB - 1.001) and y[0].min() == 0.0 and x[0].min() > 1
+    assert x[1].min() == 0.0 and y[1].max() == pytest.approx(THUMB - 1.001) and y[1].min() > 1
 
 
 def test_bilinear_neighbours_and_weights() -> None:
@@ -154,12 +155,15 @@ def test_content_weights_are_the_documented_ramp(n: int) -> None:
     # 0 under 10% of the typical spread (the frame), 1 over 30%, linear between
     assert weights.dtype == np.float32 and np.allclose(weights, expected, atol=1e-5)
     assert (weights[:6] == 0).all() and (weights[10:] > 0).mean() > 0.9
+    # only ratios of spreads count: thumbnails scaled to 0-1 weigh the same
+    assert np.allclose(similarity.content_weights(thumbs / 255), expected, atol=1e-5)
 
 
 def test_flat_sets_weigh_one() -> None:
     thumbs = np.full((30, THUMB, THUMB), 7.0, np.float32)
     # no pixel varies: no frame can be told from content, so all weigh 1
-    assert np.array_equal(similarity.content_weights(thumbs), np.ones((THUMB, THUMB)))
+    flat = similarity.content_weights(thumbs)
+    assert flat.dtype == np.float32 and np.array_equal(flat, np.ones((THUMB, THUMB)))
 
 
 def test_unit_rows_give_weighted_correlations() -> None:
@@ -169,6 +173,10 @@ def test_unit_rows_give_weighted_correlations() -> None:
     for i, j in ((0, 1), (1, 2), (0, 0)):
         # dot products of the unit rows are the weighted NCCs of the rows
         assert unit[i] @ unit[j] == pytest.approx(weighted_ncc(rows[i], rows[j], weight), abs=1e-5)
+    small = similarity._unit_rows(rows, weight / 100)  # weights summing to under 1: the same correlations
+    assert small[0] @ small[1] == pytest.approx(unit[0] @ unit[1], abs=1e-5)
+    tiny = similarity._unit_rows(rows[:2] / 1000)  # norms under 1 are normalised too
+    assert np.allclose(np.linalg.norm(tiny, axis=1), 1, atol=1e-5)
     plain = similarity._unit_rows(rows)
     assert plain[0] @ plain[1] == pytest.approx(np.corrcoef(rows[0], rows[1])[0, 1], abs=1e-5)
     # a flat row stays zero instead of dividing by zero
@@ -252,6 +260,7 @@ def test_grid_scores_equal_the_reference(weighted: bool) -> None:
     weights = random_weights() if weighted else None
     pairs = [(0, 1), (2, 3), (3, 2), (4, 19), (7, 7)] + [(i, 23 - i) for i in range(5, 12)]  # 18 images
     found = similarity.pair_similarity(thumbs, pairs, weights=weights, refine_from=2.0)
+    assert found.dtype == np.float64
     full = np.ones((THUMB, THUMB)) if weights is None else weights
     expected = [1.0 if i == j else reference_grid(thumbs[i], thumbs[j], full) for i, j in pairs]
     # the best of 2 x 243 grid warps, either image onto the other, over more pairs than one BLOCK of images
@@ -263,11 +272,11 @@ def test_scores_equal_the_reference_at_any_warp() -> None:
     weights = random_weights(2)
     prepared = similarity.ThumbSet(thumbs, weights)
     rng = np.random.default_rng(3)
-    n = similarity.CHUNK + 37  # two chunks
+    n = 2 * similarity.CHUNK + 37  # three chunks
     params = np.c_[rng.uniform(-0.08, 0.08, n), rng.uniform(0.88, 1.0, (n, 2)), rng.uniform(0, 3.5, (n, 2))]
     warped, target = rng.integers(0, 4, n), rng.integers(0, 4, n)
     found = prepared._scores(warped, target, params)
-    for r in (0, 1, 500, similarity.CHUNK - 1, similarity.CHUNK, n - 1):
+    for r in (0, 1, 500, similarity.CHUNK - 1, similarity.CHUNK, 2 * similarity.CHUNK + 1, n - 1):
         expected = reference_score(thumbs[warped[r]], thumbs[target[r]], weights, params[r])
         assert found[r] == pytest.approx(expected, abs=2e-4), r
 
@@ -305,14 +314,20 @@ def reference_search(a: np.ndarray, b: np.ndarray) -> float:
 def test_local_search_is_the_documented_pattern_search() -> None:
     original = smooth_thumbs(1, seed=11)[0]
     # off-grid warps: between grid angles, crop factors and positions, some needing negative moves
-    warps = [(np.deg2rad(1.4), 0.93, 0.97, 1.0, 0.4), (np.deg2rad(-1.6), 0.97, 0.92, 0.3, 1.9)]
+    warps = [
+        (np.deg2rad(1.4), 0.93, 0.97, 1.0, 0.4),
+        (np.deg2rad(-1.6), 0.97, 0.92, 0.3, 1.9),
+        (np.deg2rad(-0.7), 0.91, 0.94, 2.3, 0.5),
+    ]
     thumbs = np.stack([original] + [sampled_copy(original, w) for w in warps])
     thumbs[1:, :MARGIN] = thumbs[1:, -MARGIN:] = 0  # the copies' margins are blank: outside the correlation
-    found = similarity.pair_similarity(thumbs, [(0, 1), (0, 2)], refine_from=0.0)
-    grid = similarity.pair_similarity(thumbs, [(0, 1), (0, 2)], refine_from=2.0)
-    expected = [reference_search(thumbs[0], thumbs[k]) for k in (1, 2)]
-    # the search reaches what the written-out search reaches, well above the grid's best
-    assert np.allclose(found, expected, atol=2e-4), (found, expected)
+    pairs = [(0, k) for k in range(1, len(thumbs))]
+    found = similarity.pair_similarity(thumbs, pairs, refine_from=0.0)
+    grid = similarity.pair_similarity(thumbs, pairs, refine_from=2.0)
+    expected = [reference_search(thumbs[0], thumbs[k]) for _, k in pairs]
+    # the search reaches what the written-out search reaches (to 1e-8 here; a step 0.5% off: 3e-6),
+    # well above the grid's best
+    assert np.allclose(found, expected, rtol=0, atol=5e-7), np.array(found) - expected
     assert (found > grid + 0.003).all() and (found > 0.99).all(), (found, grid)
 
 
