@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from medtune.config.spaces import load_space
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import SharedLaunch, Workspace, runs_of
-from trainables.parent import STUDY_TAGS
 from trainables.optuna_search import AshaAwareOptunaSearch, open_storage, study_storage
+from trainables.parent import STUDY_TAGS
 from trainables.sampling import DefineByRun
 
 METRIC = "val/balanced_acc"
