@@ -25,7 +25,7 @@ def _folds(synth_dir: Path, cache: Path):
 
 def test_a_masked_nested_launch_needs_a_segmenter_per_outer_fold(synth_dir: Path, tmp_path: Path) -> None:
     plan, folders = _folds(synth_dir, tmp_path / "cache")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}", registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     options = LaunchOptions(space="masked_cls", data=synth_dir, cache_dir=tmp_path / "cache")
     with pytest.raises(
         TrackingError, match=r"outer fold 0 \(data-outer0of2\) has no segmenter trained without its images"
@@ -43,7 +43,7 @@ def test_a_masked_nested_launch_needs_a_segmenter_per_outer_fold(synth_dir: Path
 
 def test_one_segmenter_for_every_outer_fold_is_refused(synth_dir: Path, tmp_path: Path) -> None:
     plan, folders = _folds(synth_dir, tmp_path / "cache")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}", registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     options = LaunchOptions(space="masked_cls", segmenter="models:/seg-x/1", cache_dir=tmp_path / "cache")
     with pytest.raises(SpaceError, match="--outer-folds with --segmenter"):
         _check_segmenters(client, options, plan, folders)
