@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def run(
         storage = study(client, prepared, options, parent_run_id, loc)
     scratch = cleanup.new_scratch(loc.name)
     try:
-        return _search(client, prepared, options, policy, phases, parent_run_id, loc, storage, scratch)
+        stopped = stage.stopped if stage else None
+        return _search(client, prepared, options, policy, phases, parent_run_id, loc, storage, scratch, stopped)
     finally:  # also on a failure or Ctrl-C: the trials' temporary copies go (their checkpoints stay for --resume)
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -124,8 +126,10 @@ def _search(
     loc: Location,
     storage: str | None,
     scratch: Path,
+    stopped: threading.Event | None = None,
 ) -> int:
-    """Run (or resume) the search and publish its winner; the exit code.
+    """Run (or resume) the search and publish its winner; the exit code (``INTERRUPTED`` also when ``stopped``
+    was set: a nested launch's Ctrl-C).
 
     A ``--resume`` of a launch whose search had finished (its publishing stopped by a store that went
     away) starts no Ray: it sends the trial writes kept in the spool, then publishes from Ray's results
@@ -143,7 +147,7 @@ def _search(
         raise
     if unsent := pending_writes(spool_file(loc.driver)):  # the store stayed away: nothing to close or publish there
         raise TrackingError(_unreachable(prepared, f"({unsent} trial writes kept in {spool_file(loc.driver)})"))
-    if not _complete(grid, prepared.space.budget["num_samples"]):
+    if not _complete(grid, prepared.space.budget["num_samples"]) or (stopped is not None and stopped.is_set()):
         _close_runs(client, parent_run_id, prepared, "KILLED")
         code = INTERRUPTED
     else:

@@ -90,14 +90,14 @@ def run_nested(
     outer = dataclasses.replace(base, register=build.task_spec(space.task).model_kind == "segmentation")
     with ray_session(options.address, phases=phases, verbose=options.verbose), stop_between_stages() as stopped:
         for k, folder in enumerate(folders):
-            stage = Stage(launch_id, f"outer-{k}", {nested.STAGE_TAG: "outer", nested.OUTER_TAG: str(k)})
+            stage = Stage(launch_id, f"outer-{k}", {nested.STAGE_TAG: "outer", nested.OUTER_TAG: str(k)}, stopped)
             code = _stage(client, stage, dataclasses.replace(outer, data=folder), default_data, policy, phases)
             if code != 0 or stopped.is_set():
                 return _stopped(client, launch_id, code or INTERRUPTED)
         estimate = _publish(client, launch_id, space, plan, experiment)
         if options.refit:
             tags = {nested.STAGE_TAG: "refit", "nested_estimate": estimate}
-            code = _stage(client, Stage(launch_id, "refit", tags), base, default_data, policy, phases)
+            code = _stage(client, Stage(launch_id, "refit", tags, stopped), base, default_data, policy, phases)
             if code != 0 or stopped.is_set():
                 return _stopped(client, launch_id, code or INTERRUPTED)
     retrying(lambda: client.set_terminated(launch_id, "FINISHED"))

@@ -7,6 +7,7 @@ The parent run records where its search is kept (Ray's folder, ``ray_path``) and
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class Stage:
     launch_run_id: str
     name: str
     tags: dict[str, str]
+    # Set on Ctrl-C (``trainables.nested.stop_between_stages``): the stage's search then ends as interrupted,
+    # even when Ray Tune counts a trial it stopped mid-way as ended.
+    stopped: threading.Event | None = dataclasses.field(default=None, compare=False)
 
     def find(self, client: MlflowClient, exp_id: str):
         """The stage's run under the launch, or None (the newest, if a failed start left two)."""

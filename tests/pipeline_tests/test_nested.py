@@ -95,7 +95,7 @@ def _check_out_of_sample(client: MlflowClient, runs: list, launch_id: str, data:
         assert predicted and not predicted & seen, f"outer fold {k} predicted images its search trained on"
         assert predicted == tested
         trials = [r for r in runs if r.data.tags.get(PARENT_TAG) == run.info.run_id]
-        assert len(trials) == 1 and trials[0].info.status == "FINISHED"  # launch -> outer fold -> trial
+        assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)  # launch -> outer fold -> trial
 
 
 def _interrupt_in_outer_fold_1(workspace, client: MlflowClient, experiment: str, args: list[str]) -> tuple:
@@ -108,7 +108,7 @@ def _interrupt_in_outer_fold_1(workspace, client: MlflowClient, experiment: str,
         stages = {r.data.tags.get(OUTER_TAG): r for r in runs if r.data.tags.get(STAGE_TAG) == "outer"}
         second = stages.get("1")
         if second and any(r.data.tags.get(PARENT_TAG) == second.info.run_id for r in runs):
-            break  # outer fold 0 finished, fold 1's trial has started
+            break  # outer fold 0 finished, the first of fold 1's two trials has started (one at a time)
         if proc.poll() is not None:
             pytest.fail(
                 f"the launch ended (exit {proc.returncode}) before outer fold 1 started:\n{log.read_text()[-4000:]}"
@@ -124,10 +124,10 @@ def _interrupt_in_outer_fold_1(workspace, client: MlflowClient, experiment: str,
 
 @pytest.fixture(scope="module")
 def nested(workspace, synth_dir: Path):
-    """``--outer-folds 2 --folds 2`` with the refit, one trial per search, interrupted (SIGINT) once outer
+    """``--outer-folds 2 --folds 2`` with the refit, two trials per search one at a time, interrupted (SIGINT) once outer
     fold 1's search runs, then ``--resume``d: what the interrupted launch left, the resume's output, the runs."""
     space = _space(workspace, "nested")
-    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--folds", "2", "--num-samples", "1"]
+    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--folds", "2", "--max-concurrent", "1"]
     client = _client(workspace)
     interrupted = _interrupt_in_outer_fold_1(workspace, client, "nested", args)
     result = workspace.launch(*args, "--resume")
