@@ -27,7 +27,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from medtune.scoring.bootstrap import METRICS, Interval, _interval, seed_bootstrap
-from medtune.tracking.store import read_artifact, retrying
+from medtune.tracking.store import read_arrays, retrying
 
 OUTER_TAG = "outer_fold"  # on an outer fold's run: its index
 STAGE_TAG = "nested_stage"  # on a nested launch's child runs: "outer" or "refit"
@@ -52,14 +52,9 @@ class OuterFold:
 
 def read_fold(client: MlflowClient, run, k: int, searched: list[str]) -> OuterFold:
     """Outer fold ``k`` from its finished run ``run``; raises ``RuntimeError`` if it logged no predictions."""
-    raw = retrying(lambda: read_artifact(client, run.info.run_id, "test_predictions.npz"))
-    if raw is None:
+    arrays = retrying(lambda: read_arrays(client, run.info.run_id, "test_predictions.npz"))
+    if arrays is None:
         raise RuntimeError(f"outer fold {k} (run {run.info.run_id}) logged no test_predictions.npz")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "p.npz"
-        path.write_bytes(raw)
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
     metrics = run.data.metrics
     test = {key: value for key, value in metrics.items() if key.startswith("test/")}
     config = {key: run.data.params[f"best.{key}"] for key in searched if f"best.{key}" in run.data.params}

@@ -11,7 +11,6 @@ trained once, no search) started after it does not replace it. Those are read wh
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, replace
 
@@ -25,7 +24,7 @@ from medtune.config.spaces import merge
 from medtune.report import nested
 from medtune.report.cv import FoldScores, read_fold_scores
 from medtune.tracking.leaderboard import Row, leaderboard
-from medtune.tracking.store import LAUNCH_TAG, TrackingError, experiment_id, read_artifact, trial_runs
+from medtune.tracking.store import LAUNCH_TAG, TrackingError, experiment_id, read_arrays, read_artifact, trial_runs
 
 PREDICTIONS = "test_predictions.npz"  # logged on the parent run by src/medtune/publish.py
 SPACE_FILE = "search_space.yaml"  # the space file as launched (its smoke block not yet merged)
@@ -223,11 +222,7 @@ def _curve(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, fl
 
 def load_predictions(client: MlflowClient, run_id: str) -> dict[str, np.ndarray] | None:
     """The arrays of a parent run's ``test_predictions.npz``, or None if it was not logged."""
-    data = read_artifact(client, run_id, PREDICTIONS)
-    if data is None:
-        return None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    return read_arrays(client, run_id, PREDICTIONS)
 
 
 def _space(client: MlflowClient, run_id: str, *, smoke: bool) -> dict:

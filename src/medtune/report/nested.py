@@ -12,7 +12,6 @@ numbers rest on other images and describe other things (a procedure vs one model
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
@@ -21,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from medtune.publish.nested import DIGEST_TAG, NESTED_TAG, PREDICTIONS, STAGE_TAG, TEXT
 from medtune.report.cv import FoldScores, FoldsError, parse_sizes
-from medtune.tracking.store import TrackingError, read_artifact, trial_runs
+from medtune.tracking.store import TrackingError, read_arrays, read_artifact, trial_runs
 
 OUTER_FILE = "outer_folds.json"
 OUTER_METRIC = re.compile(r"^outer/fold(\d+)/(test/.+)$")
@@ -33,11 +32,7 @@ def is_nested(run: Run) -> bool:
 
 def predictions(client: MlflowClient, run: Run) -> dict[str, np.ndarray] | None:
     """The pooled ``outer_predictions.npz`` of a nested launch, or None when its outer folds did not all finish."""
-    data = read_artifact(client, run.info.run_id, PREDICTIONS)
-    if data is None:
-        return None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    return read_arrays(client, run.info.run_id, PREDICTIONS)
 
 
 def outer_scores(client: MlflowClient, experiment: str, run: Run) -> FoldScores | str:

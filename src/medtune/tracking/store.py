@@ -8,6 +8,7 @@ the alias ``champion`` points at the best version for that dataset.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import sqlite3
@@ -18,6 +19,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import requests
 import sqlalchemy.exc
 from filelock import FileLock, Timeout
@@ -254,3 +256,12 @@ def read_artifact(client: MlflowClient, run_id: str, path: str) -> bytes | None:
         return None
     with tempfile.TemporaryDirectory() as folder:
         return Path(client.download_artifacts(run_id, path, folder)).read_bytes()
+
+
+def read_arrays(client: MlflowClient, run_id: str, path: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a run's ``.npz`` artifact (pickled objects refused), or None when the run has no such artifact."""
+    data = read_artifact(client, run_id, path)
+    if data is None:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
