@@ -75,8 +75,8 @@ def main() -> int:
         return 2
     TRIAL_LOG, SAVE_CHECKPOINTS = out + ".trials.jsonl", "--no-checkpoint" not in flags
     times = {"spawn": float(os.environ.get("BENCH_SPAWN", T_MAIN)), "main": T_MAIN}
-    import launch
     from medtune.prepare.inputs import USER_ERRORS
+    from trainables import launch
     from trainables.driver import run
     from trainables.phases import Phases
     from trainables.search import SearchPolicy

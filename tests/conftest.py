@@ -15,6 +15,11 @@ import torch
 from tests.helpers import CLS_ARGS, OTHER_ARGS, SEG_ARGS, SharedLaunch, Workspace, tail
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# One intra-op thread per test process: two xdist processes and the launches they start share 2 cores, and
+# a second torch thread per process oversubscribes them (a test retraining a classifier 4 times took 9.0 s
+# with torch's default 2 threads beside two busy processes, 5.0 s with 1; in the suite, 48 s against 2.5 s
+# alone). Launched CLIs get OMP_NUM_THREADS=1 for the same reason (tests/helpers.py).
+torch.set_num_threads(1)
 
 
 SHARED_GROUP = "shared_launches"

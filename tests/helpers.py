@@ -49,7 +49,7 @@ OTHER_ARGS = (
 
 def build_one(task: str, config: dict, caches: dict, *, epochs: int = 2) -> tuple[pl.LightningModule, object]:
     """The task's system and DataModule on the session's caches (``task_caches``), as a trial builds them."""
-    system = build_system(task, config, num_classes=caches["num_classes"], epochs=epochs)
+    system = build_system(task, config, num_classes=caches["num_classes"], max_epochs=epochs)
     pred = caches["pred_masks"] if TASKS[task].needs_segmenter else None
     return system, build_datamodule(config, caches=caches["caches"], pred_masks=pred)
 
@@ -134,7 +134,10 @@ class Workspace:
 
     @staticmethod
     def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
+        # One torch thread in the launch's driver unless the caller says otherwise (tests/conftest.py says why);
+        # the trials set their own (--cpus-per-trial).
+        env = {"OMP_NUM_THREADS": "1", **os.environ}
+        return {**env, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
 
     def _run(self, argv: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -1,8 +1,9 @@
 """Nested cross-validation end to end (``launch.py --outer-folds``, then ``analyze.py``), real Ray, MLflow, registry.
 
 Two nested launches on the same 2 outer folds of the session's 48-image synthetic set: ``nested``
-(inner 2-fold cross-validation, then the refit), interrupted with SIGINT inside its second outer fold
-and resumed, and ``nested_b`` (one trial per outer fold, an inner val split, no refit). Every image must be predicted once,
+(inner 2-fold cross-validation, no refit), interrupted with SIGINT inside its second outer fold
+and resumed, and ``nested_b`` (one trial per outer fold, an inner val split, then the refit: the same
+one-trial search on the dataset's own splits). Every image must be predicted once,
 by the winner of a search whose datasets never held it; the runs must nest launch -> outer fold ->
 trial; the resume must skip the finished fold and finish the other; ``--compare`` must pair all 48.
 """
@@ -124,10 +125,11 @@ def _interrupt_in_outer_fold_1(workspace, client: MlflowClient, experiment: str,
 
 @pytest.fixture(scope="module")
 def nested(workspace, synth_dir: Path):
-    """``--outer-folds 2 --folds 2`` with the refit, two trials per search one at a time, interrupted (SIGINT) once outer
+    """``--outer-folds 2 --folds 2 --no-refit``, two trials per search one at a time, interrupted (SIGINT) once outer
     fold 1's search runs, then ``--resume``d: what the interrupted launch left, the resume's output, the runs."""
     space = _space(workspace, "nested")
     args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--folds", "2", "--max-concurrent", "1"]
+    args.append("--no-refit")  # the refit is nested_b's (one trial): here it would cost a third cross-validated search
     client = _client(workspace)
     interrupted = _interrupt_in_outer_fold_1(workspace, client, "nested", args)
     result = workspace.launch(*args, "--resume")
@@ -138,9 +140,9 @@ def nested(workspace, synth_dir: Path):
 @pytest.fixture(scope="module")
 def nested_b(workspace, synth_dir: Path, nested):
     """A second nested launch on the same outer folds (same data, K and seed): one trial per outer fold, an
-    inner val split, no refit."""
+    inner val split, then the refit (one trial on the dataset's own splits)."""
     space = _space(workspace, "nested_b")
-    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--no-refit", "--num-samples", "1"]
+    args = ["--space", space, "--data", str(synth_dir), "--outer-folds", "2", "--num-samples", "1"]
     result = workspace.launch(*args)
     assert result.returncode == 0, tail(result)
     return args, _runs(_client(workspace), "nested_b")
@@ -174,10 +176,11 @@ def test_every_image_is_predicted_once_by_a_search_that_never_saw_it(workspace, 
     assert "2 outer folds over 48 images" in result.stdout and "bootstrap over 48 images" in result.stdout
     winners = json.loads(_text(client, launch.info.run_id, "outer_winners.json"))
     assert [w["fold"] for w in winners] == [0, 1] and all("train.lr" in w["config"] for w in winners)
+    assert not [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]  # --no-refit
 
 
-def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace, nested) -> None:
-    _, _, runs = nested
+def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace, nested_b) -> None:
+    _, runs = nested_b
     client = _client(workspace)
     launch = _launch_run(runs)
     (refit,) = [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]
@@ -185,7 +188,7 @@ def test_the_refit_is_registered_with_the_nested_estimate_on_its_card(workspace,
     assert refit.data.tags["nested_estimate"].endswith("over 48 images in 2 outer folds")
     # Only the refit is registered: the outer folds' classifiers are logged on their runs, not in the registry.
     names = [m.name for m in client.search_registered_models()]
-    assert [n for n in names if n.startswith("nested-")] and not [n for n in names if "outer" in n], names
+    assert [n for n in names if n.startswith("nested_b-")] and not [n for n in names if "outer" in n], names
     card = _text(client, refit.info.run_id, "model_card.md")
     assert (
         "How well the procedure does (nested cross-validation)" in card and refit.data.tags["nested_estimate"] in card
@@ -206,8 +209,6 @@ def test_resume_after_sigint_continues_at_the_unfinished_outer_fold(workspace, n
 
 
 def test_resume_of_a_nested_launch_without_outer_folds_says_how(workspace, nested_b, synth_dir: Path) -> None:
-    _, runs = nested_b
-    assert not [r for r in runs if r.data.tags.get(STAGE_TAG) == "refit"]  # --no-refit
     plain = workspace.launch("--space", str(workspace.root / "nested_b.yaml"), "--data", str(synth_dir), "--resume")
     assert plain.returncode == 2, tail(plain)
     assert "is nested; resume it with --outer-folds 2" in plain.stderr and "Traceback" not in plain.stderr
@@ -221,7 +222,7 @@ def test_compare_pairs_every_image_of_two_nested_launches(workspace, nested, nes
     assert "optimistic" not in text
 
 
-def test_analyze_reports_the_nested_result_then_the_refit(workspace, nested) -> None:
-    text = _analyze(workspace, "--experiment", "nested")
-    assert "== nested cross-validation of nested: 2 outer folds over 48 images" in text
+def test_analyze_reports_the_nested_result_then_the_refit(workspace, nested_b) -> None:
+    text = _analyze(workspace, "--experiment", "nested_b")
+    assert "== nested cross-validation of nested_b: 2 outer folds over 48 images" in text
     assert "-- the refit: the same search on the dataset's own splits" in text
