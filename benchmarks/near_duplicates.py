@@ -19,9 +19,11 @@ lesion on skin, the hard case for look-alikes), the framed set (``framed_set.py`
 lesions, all inside one dermoscope's dark circular frame with burnt-in text, what chained 92
 distinct lesions into one group before the frame-aware, coherent grouping) and BUSI
 (``../shared/datasets/busi/images``, when present; ultrasound with its fan and text). BUSI has its
-own near duplicates (frames of one lesion); images joined at ``KNOWN_BITS`` (visually checked: same
-scene) count as one original, so they are not "distinct". Pairs of BUSI images above it that look
-like the same lesion still count as false: the false rate is an upper bound.
+own near duplicates (frames of one lesion): images joined at ``KNOWN_BITS`` (visually checked: same
+scene) and the groups in ``busi_same_scene.json`` (each checked by eye: one scene) count as one
+original, so they are not "distinct". ``--montages DIR`` writes, for every false group, a PNG of its
+originals side by side, so that a new false group can be checked by eye before anyone calls it a
+duplicate (and added to that file) or a detector error.
 ``--quick``: 300 images per set instead of 780; ``--grid``: also the pairwise grid of hash
 thresholds and similarities (slow on the framed set); ``--framed-only N``: only the framed set, N
 images (the timing for large sets).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import sys
 import time
@@ -46,6 +49,7 @@ from medtune.data import duplicates  # noqa: E402
 from medtune.data.similarity import coarse_rows, content_weights, pair_similarity  # noqa: E402
 
 BUSI = PROJECT_DIR.parent / "shared" / "datasets" / "busi" / "images"
+SAME_SCENE = Path(__file__).resolve().parent / "busi_same_scene.json"  # BUSI groups checked by eye: one scene
 KNOWN_BITS = 13  # BUSI pairs this close are one scene (histogram gap at 14-16 bits)
 TARGET = (0.95, 0.005, 2)  # recall at least, false-pair rate at most, largest false group at most
 THRESHOLDS = (28, 32, 36, 40)  # hash bits in the grid
@@ -86,6 +90,33 @@ def image_sets(n: int) -> dict[str, list[Image.Image]]:
         files = sorted(BUSI.glob("*.png"))
         sets["BUSI"] = [Image.open(f) for f in sorted(random.Random(0).sample(files, min(n, len(files))))]
     return sets
+
+
+def busi_scenes(names: list[str], label: np.ndarray) -> np.ndarray:
+    """``label`` with every group of ``busi_same_scene.json`` (file names) joined into one original."""
+    index = {name: i for i, name in enumerate(names)}
+    pairs = [(i, j) for i, j in zip(*np.triu_indices(len(label), 1)) if label[i] == label[j]]
+    for group in json.loads(SAME_SCENE.read_text())["groups"]:
+        present = [index[name] for name in group if name in index]
+        pairs += [(present[0], other) for other in present[1:]]
+    return labels(len(label), pairs)
+
+
+def write_montages(folder: Path, name: str, groups: list[list[int]], originals: list[Image.Image]) -> None:
+    """One PNG per false group: its originals (copies left out) side by side at 256 x 200, named by file."""
+    from PIL import ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(originals)
+    for number, group in enumerate(groups):
+        members = sorted({i % n for i in group})
+        sheet = Image.new("L", (260 * len(members), 220), 255)
+        draw = ImageDraw.Draw(sheet)
+        for k, i in enumerate(members):
+            sheet.paste(originals[i].convert("L").resize((256, 200)), (260 * k, 0))
+            draw.text((260 * k + 2, 202), Path(getattr(originals[i], "filename", "") or str(i)).name, fill=0)
+        sheet.save(folder / f"{name}-false-group-{number}.png")
+    print(f"{name}: {len(groups)} false group montage(s) in {folder}")
 
 
 def labels(n_images: int, pairs: list[tuple[int, int]]) -> np.ndarray:
@@ -131,7 +162,9 @@ def grid_rows(prints: list[duplicates.Fingerprint], origin: np.ndarray) -> list[
     return rows
 
 
-def run_set(name: str, originals: list[Image.Image], seed: int, *, grid: bool = False) -> bool:
+def run_set(
+    name: str, originals: list[Image.Image], seed: int, *, grid: bool = False, montages: Path | None = None
+) -> bool:
     """Print the defaults' result (and optionally the grid) for one image set; returns whether the targets are met."""
     rng = random.Random(seed)
     images = originals + [plant(im, rng) for im in originals]
@@ -140,7 +173,10 @@ def run_set(name: str, originals: list[Image.Image], seed: int, *, grid: bool = 
     fingerprinting = time.time() - started
     n = len(originals)
     known = labels(n, duplicates.near_pairs(np.stack([p.bits for p in prints[:n]]), KNOWN_BITS))
-    known = known if name == "BUSI" else np.arange(n)
+    if name == "BUSI":
+        known = busi_scenes([Path(im.filename).name for im in originals], known)
+    else:
+        known = np.arange(n)
     origin = np.concatenate([known, known])
     started, cpu = time.time(), time.process_time()
     setting = duplicates.Setting()
@@ -151,9 +187,13 @@ def run_set(name: str, originals: list[Image.Image], seed: int, *, grid: bool = 
         label[group] = group[0]
     recall, grouped, _ = measure(label, origin, [])
     false = false_groups(found.groups + found.suspicious, origin)
+    if montages is not None:
+        mixed = [g for g in found.groups + found.suspicious if len(set(origin[g])) > 1]
+        write_montages(montages, name, mixed, originals)
     per_1000 = (fingerprinting + grouping) / (2 * n) * 1000
     print(
-        f"\n{name}: {n} images ({len(set(known))} originals after joining known duplicates at <= {KNOWN_BITS} bits) "
+        f"\n{name}: {n} images ({len(set(known))} originals after joining known duplicates: <= {KNOWN_BITS} bits"
+        f"{', and the scenes of ' + SAME_SCENE.name if name == 'BUSI' else ''}) "
         f"+ {n} planted copies, seed {seed}; fingerprints {fingerprinting:.1f}s, grouping {grouping:.1f}s "
         f"({cpu:.1f}s of CPU), "
         f"{per_1000:.1f}s per 1,000 images, {load()}"
@@ -179,13 +219,16 @@ def main() -> int:
     parser.add_argument("--grid", action="store_true", help="also print the pairwise grid of thresholds")
     parser.add_argument("--framed-only", type=int, metavar="N", help="only the framed set, N images (timing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the planted copies' transforms")
+    parser.add_argument("--montages", type=Path, metavar="DIR", help="write a PNG of every false group's originals")
     args = parser.parse_args()
     if args.framed_only:
         from framed_set import framed_set
 
         return 0 if run_set("framed", framed_set(args.framed_only), args.seed) else 1
     sets = image_sets(300 if args.quick else 780)
-    results = [run_set(name, images, args.seed, grid=args.grid) for name, images in sets.items()]
+    results = [
+        run_set(name, images, args.seed, grid=args.grid, montages=args.montages) for name, images in sets.items()
+    ]
     return 0 if all(results) else 1
 
 
