@@ -174,7 +174,7 @@ def precision_fit(batches: list[dict], k: int, s: Sizes, precision: str) -> tupl
     warnings.filterwarnings("ignore", ".*no `val_dataloader`")  # (a) times training steps only
     pl.seed_everything(0, verbose=False)
     clock, gpu = EpochClock(), torch.cuda.is_available()
-    system = build_system("classification", config(s), num_classes=k, epochs=2)
+    system = build_system("classification", config(s), num_classes=k, max_epochs=2)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     trainer = make_trainer(max_epochs=2, precision=precision, callbacks=[clock])

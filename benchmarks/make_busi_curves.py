@@ -69,7 +69,7 @@ def train_curve(space, config: dict, caches: dict, num_classes: int, *, epochs: 
 
     pl.seed_everything(seed, workers=True, verbose=False)
     config = {**config, "data.num_workers": 0}
-    system = build_system(space.task, config, num_classes=num_classes, epochs=epochs, train_cache=caches["train"])
+    system = build_system(space.task, config, num_classes=num_classes, max_epochs=epochs, train_cache=caches["train"])
     data = build_datamodule(config, caches=caches, num_classes=num_classes)
     record = Record()
     make_trainer(max_epochs=epochs, callbacks=[record], seed=seed).fit(system, datamodule=data)

@@ -66,7 +66,7 @@ def train_step(num_classes: int) -> Callable[[dict], None]:
     """A plain training step of the classifier (what a trial does per batch), shared by every mode."""
     from medtune.engine.build import build_system
 
-    system = build_system("classification", CONFIG, num_classes=num_classes, epochs=1)
+    system = build_system("classification", CONFIG, num_classes=num_classes, max_epochs=1)
     opt = torch.optim.AdamW(system.model.parameters(), lr=1e-3)
 
     def step(batch: dict) -> None:

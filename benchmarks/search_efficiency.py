@@ -168,21 +168,14 @@ def main() -> None:
             else f"random arm seeded s + {offset}, ASHA+TPE seeded s (independent arms: NOT the documented measurement)"
         )
     )
+    from medtune.engine.recipe import Recipe
     from trainables.ray_session import ray_session
     from trainables.trial import TrialContext
 
     size, samples, epochs = (32, 4, 3) if args.quick else (64, 8, 8)
     _, caches, k = synth_caches(size=size)
-    context = TrialContext(
-        task="segmentation",
-        caches={size: caches},
-        pred_masks=None,
-        num_classes=k,
-        max_epochs=epochs,
-        seed=0,
-        threads=1,
-        precision="32-true",
-    )
+    recipe = Recipe(task="segmentation", config={}, caches={}, pred_masks=None, num_classes=k, max_epochs=epochs)
+    context = TrialContext(recipe=recipe, caches={size: caches}, pred_masks=None, threads=1)
     curves: dict[str, list[Curve]] = {"random": [], "asha_tpe": []}
     fractions = []
     with ray_session():

@@ -43,7 +43,7 @@ def _system(num_classes: int, task: str = "classification", config: dict = CONFI
     from medtune.engine.build import build_system
 
     pl.seed_everything(0, verbose=False)
-    return build_system(task, config, num_classes=num_classes, epochs=1)
+    return build_system(task, config, num_classes=num_classes, max_epochs=1)
 
 
 def bare_loop(batches: list[dict], num_classes: int) -> float:

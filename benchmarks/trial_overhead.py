@@ -61,7 +61,7 @@ def bare(epochs: int) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, workers=True, verbose=False)
     _, caches, k = synth_caches()
-    system = build_system("classification", CONFIG, num_classes=k, epochs=epochs)
+    system = build_system("classification", CONFIG, num_classes=k, max_epochs=epochs)
     data = build_datamodule(CONFIG, caches=caches)
     trainer = make_trainer(max_epochs=epochs, precision="32-true", callbacks=[])
     t_fit = time.time()

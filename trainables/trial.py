@@ -26,7 +26,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ from ray.train._internal.session import get_session
 from medtune.data.cache import load_cache
 from medtune.data.folds import FoldPlan
 from medtune.data.shared import from_arrays, nbytes, to_arrays
-from medtune.engine.build import build_datamodule, build_system
-from medtune.engine.crossval import FOLD_FILE, FoldRecipe, rounds_done, train_folds
+from medtune.engine.crossval import FOLD_FILE, rounds_done, train_folds
+from medtune.engine.recipe import Recipe
 from medtune.engine.trainer import make_trainer
 from trainables.checkpoint_policy import EVERY_S, CheckpointPolicy, resumable
 from trainables.sampling import flat_config
@@ -154,32 +154,34 @@ class EpochReport(pl.Callback):
 class TrialContext:
     """Constants every trial receives from the driver, prepared once.
 
+    ``recipe`` is the launch-wide part of every trial's ``Recipe`` (task, classes, epoch budget, objective,
+    seed, precision; an empty configuration and no caches): each trial derives its own (``recipe_for``).
     ``caches`` and ``pred_masks`` hold, per image size and split, the ObjectRef of a cache the driver put
     into Ray's object store (``hand_over``); a cache file's absolute path also works, where every node
     reads the same disk (a benchmark on one machine).
     """
 
-    task: str
+    recipe: Recipe
     caches: dict[int, dict[str, Any]]  # image size -> split -> ObjectRef of the cache (or its file)
     pred_masks: dict[int, dict[str, Any]] | None  # image size -> split -> segmenter probabilities, the same way
-    num_classes: int
-    max_epochs: int
-    seed: int
     threads: int  # the trial's CPUs: torch threads, and DataLoader workers beyond the first (see run_trial)
-    precision: str  # Lightning precision, e.g. "32-true" or "16-mixed"
     folds: FoldPlan | None = None  # cross-validation: caches (and pred_masks) then hold "pool" and "test"
     # The launch's folder for temporary checkpoint copies: a trial stopped while reporting can leave
     # one behind, and the launch deletes this folder when it ends (trainables.cleanup).
     scratch: str | None = None
-    # When reports carry checkpoints (trainables.checkpoint_policy): the objective and its direction
-    # (a new best is written; "" writes every epoch), and the longest stretch without one.
-    metric: str = ""
-    mode: str = "max"
+    # The longest stretch without a checkpoint (trainables.checkpoint_policy); a new best by the recipe's
+    # metric and mode is always written ("" as metric: every epoch).
     checkpoint_every_s: float = EVERY_S
+
+    def recipe_for(self, config: dict) -> Recipe:
+        """The trial's recipe: ``config`` and the caches at its image size, opened from Ray's object store."""
+        size = int(config["data.image_size"])
+        masks = received(self.pred_masks[size]) if self.pred_masks else None
+        return replace(self.recipe, config=config, caches=received(self.caches[size]), pred_masks=masks)
 
     def checkpoint_policy(self) -> CheckpointPolicy:
         """A fresh policy for one trial (each trial decides on its own epochs)."""
-        return CheckpointPolicy(metric=self.metric, mode=self.mode, every_s=self.checkpoint_every_s)
+        return CheckpointPolicy(metric=self.recipe.metric, mode=self.recipe.mode, every_s=self.checkpoint_every_s)
 
 
 def made(folder: str | None) -> str | None:
@@ -222,9 +224,9 @@ def hand_over(
 
 def received(handed: dict[str, Any]) -> dict[str, Any]:
     """Split -> the open cache (``load_cache``'s dict, viewing the object store) for each ObjectRef in
-    ``handed``; a path is passed on as it is."""
+    ``handed``; a path is passed on as it is (no Ray call then: a benchmark or test outside Ray starts none)."""
     keys = [key for key, value in handed.items() if isinstance(value, ray.ObjectRef)]
-    got = dict(zip(keys, ray.get([handed[key] for key in keys])))
+    got = dict(zip(keys, ray.get([handed[key] for key in keys]))) if keys else {}
     return {key: from_arrays(got[key]) if key in got else value for key, value in handed.items()}
 
 
@@ -244,17 +246,12 @@ def run_trial(config: dict, context: TrialContext, *, report: EpochReport | None
     if context.folds is not None:
         run_folds(config, context)
         return
-    pl.seed_everything(context.seed, workers=True, verbose=False)
-    size = int(config["data.image_size"])
-    caches = received(context.caches[size])
-    pred_masks = received(context.pred_masks[size]) if context.pred_masks else None
-    system = build_system(
-        context.task, config, num_classes=context.num_classes, epochs=context.max_epochs, train_cache=caches["train"]
-    )
-    data = build_datamodule(config, caches=caches, pred_masks=pred_masks, num_classes=context.num_classes)
+    recipe = context.recipe_for(config)
+    system = recipe.system(seed=recipe.seed)
+    data = recipe.datamodule()
     callbacks = [report or EpochReport(scratch=context.scratch, policy=context.checkpoint_policy()), guard_training()]
     trainer = make_trainer(
-        max_epochs=context.max_epochs, precision=context.precision, callbacks=callbacks, seed=context.seed
+        max_epochs=recipe.max_epochs, precision=recipe.precision, callbacks=callbacks, seed=recipe.seed
     )
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -273,18 +270,7 @@ def run_folds(config: dict, context: TrialContext) -> None:
     and their sd, and, when the checkpoint policy wants it, the folder of fold checkpoints (with the
     policy's state in ``POLICY_FILE``); ``--resume`` continues from the latest one.
     """
-    size = int(config["data.image_size"])
-    recipe = FoldRecipe(
-        task=context.task,
-        config=config,
-        caches=received(context.caches[size]),
-        pred_masks=received(context.pred_masks[size]) if context.pred_masks else None,
-        num_classes=context.num_classes,
-        epochs=context.max_epochs,
-        plan=context.folds,
-        seed=context.seed,
-        precision=context.precision,
-    )
+    recipe = context.recipe_for(config)
     policy = context.checkpoint_policy()
     guard = guard_training()
 
@@ -302,11 +288,11 @@ def run_folds(config: dict, context: TrialContext) -> None:
         def report(metrics: dict[str, float], finished: bool, folder: Path) -> None:
             node = ray.get_runtime_context().get_node_id()
             facts = {"early_stopped": float(finished), "node_id": node, "start_epoch": start}
-            last = finished or rounds_done(folder) >= context.max_epochs
+            last = finished or rounds_done(folder) >= recipe.max_epochs
             if policy.reason(metrics, last=last) is None:
                 tune.report({**metrics, **facts})
                 return
             (folder / POLICY_FILE).write_text(json.dumps(policy.state_dict()))
             tune.report({**metrics, **facts}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-        train_folds(recipe, Path(work), report, callbacks=lambda: [guard])
+        train_folds(recipe, context.folds, Path(work), report, callbacks=lambda: [guard])

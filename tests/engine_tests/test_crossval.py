@@ -20,7 +20,8 @@ from medtune.data import cocoio
 from medtune.data.cache import build_cache
 from medtune.data.coco import resolve_dataset
 from medtune.data.folds import FoldPlan, plan_folds, pool_cache
-from medtune.engine.crossval import FoldRecipe, train_folds
+from medtune.engine.crossval import train_folds
+from medtune.engine.recipe import Recipe
 from medtune.report.cv import read_fold_scores
 from medtune.tracking.registry import champion, segmenter_name
 from tests.helpers import Workspace, runs_of
@@ -86,10 +87,10 @@ def test_lockstep_rounds_resume_exactly(synth_dir: Path, tmp_path: Path) -> None
         "loss.name": "bce_dice",
         "train.lr": 3e-3,
     }
-    recipe = FoldRecipe("segmentation", config, caches, None, dataset.num_classes, 2, plan, seed=0)
+    recipe = Recipe("segmentation", config, caches, None, dataset.num_classes, max_epochs=2, seed=0)
     whole: list[dict] = []
     (tmp_path / "a").mkdir()
-    train_folds(recipe, tmp_path / "a", lambda m, done, folder: whole.append(m))
+    train_folds(recipe, plan, tmp_path / "a", lambda m, done, folder: whole.append(m))
 
     resumed: list[dict] = []
 
@@ -100,8 +101,8 @@ def test_lockstep_rounds_resume_exactly(synth_dir: Path, tmp_path: Path) -> None
 
     (tmp_path / "b").mkdir()
     with pytest.raises(Kill):
-        train_folds(recipe, tmp_path / "b", die_after_first)
-    train_folds(recipe, tmp_path / "b", lambda m, done, folder: resumed.append(m))
+        train_folds(recipe, plan, tmp_path / "b", die_after_first)
+    train_folds(recipe, plan, tmp_path / "b", lambda m, done, folder: resumed.append(m))
     # One report per round, each with the fold means, every fold's score and their sd ...
     assert len(whole) == 2 and {"val/iou", "cv/fold0/val/iou", "cv/fold1/val/iou", "cv/sd/val/iou"} <= set(whole[0])
     assert whole[0]["val/iou"] == pytest.approx((whole[0]["cv/fold0/val/iou"] + whole[0]["cv/fold1/val/iou"]) / 2)

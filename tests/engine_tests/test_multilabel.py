@@ -97,23 +97,23 @@ def test_balanced_loss_weights_come_from_the_training_split(ml: dict) -> None:
     pos = np.array([sum(k in s for s in sets) for k in range(K)])
     config = {**CONFIG, "loss.pos_weight": "balanced"}
     system = build_system(
-        "multilabel_classification", config, num_classes=K, epochs=1, train_cache=ml["caches"]["train"]
+        "multilabel_classification", config, num_classes=K, max_epochs=1, train_cache=ml["caches"]["train"]
     )
     # pos_weight = negatives / positives per label, counted in train.json.
     assert system.loss.pos_weight.tolist() == pytest.approx(((len(sets) - pos) / pos).tolist())
     cls = {**CONFIG, "loss.name": "ce", "loss.class_weights": "balanced"}
-    system = build_system("classification", cls, num_classes=K, epochs=1, train_cache=ml["caches"]["train"])
+    system = build_system("classification", cls, num_classes=K, max_epochs=1, train_cache=ml["caches"]["train"])
     # class_weights = n / (K * count_k), n = labels counted.
     assert system.loss.class_weights.tolist() == pytest.approx((pos.sum() / (K * pos)).tolist())
     # "none" is no weighting; "balanced" without the training split says what is missing.
     assert (
         build_system(
-            "multilabel_classification", {**CONFIG, "loss.pos_weight": "none"}, num_classes=K, epochs=1
+            "multilabel_classification", {**CONFIG, "loss.pos_weight": "none"}, num_classes=K, max_epochs=1
         ).loss.pos_weight
         is None
     )
     with pytest.raises(ValueError, match="loss.pos_weight: 'balanced' needs the image labels of the training split"):
-        build_system("multilabel_classification", config, num_classes=K, epochs=1)
+        build_system("multilabel_classification", config, num_classes=K, max_epochs=1)
 
 
 def test_items_carry_multi_hot_targets(ml: dict) -> None:
@@ -131,7 +131,7 @@ def test_items_carry_multi_hot_targets(ml: dict) -> None:
 def test_one_training_step_with_balanced_weights_and_sampler(ml: dict) -> None:
     config = {**CONFIG, "loss.pos_weight": "balanced", "data.sampler": "least_sampled_first"}
     system = build_system(
-        "multilabel_classification", config, num_classes=K, epochs=1, train_cache=ml["caches"]["train"]
+        "multilabel_classification", config, num_classes=K, max_epochs=1, train_cache=ml["caches"]["train"]
     )
     data = build_datamodule(config, caches=ml["caches"], num_classes=K)
     trainer = pl.Trainer(

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medtune.engine.repeats import BestWeights, Recipe, full_budget, headline
+from medtune.engine.recipe import Recipe
+from medtune.engine.repeats import BestWeights, full_budget, headline, seed_predictions
 from medtune.engine.trainer import make_trainer
 from medtune.report.compare import Entry, compare, format_text, write_page
 from medtune.report.load import load_predictions
@@ -148,12 +149,13 @@ def test_seed_predictions_retrain_with_the_next_seeds(task_caches: dict) -> None
         task_caches["caches"],
         None,
         task_caches["num_classes"],
-        epochs=1,
+        max_epochs=1,
         metric="val/balanced_acc",
         mode="max",
+        seed=5,
     )
     first = np.full((9, task_caches["num_classes"]), 1 / task_caches["num_classes"], dtype=np.float32)
-    arrays = recipe.seed_predictions(first, seed=5, repeats=3)
+    arrays = seed_predictions(recipe, first, repeats=3)
     probs = arrays["probs_seeds"]
     # Index 0 is the winner's; the retrains use seeds 6 and 7, so their predictions differ.
     assert probs.shape == (3, 9, task_caches["num_classes"]) and list(arrays["seeds"]) == [5, 6, 7]
@@ -161,7 +163,7 @@ def test_seed_predictions_retrain_with_the_next_seeds(task_caches: dict) -> None
     assert np.allclose(probs.sum(-1), 1.0, atol=1e-4)
     # A winner that ASHA stopped early is left out: seed 5 is retrained from scratch like seed 6, and
     # training with seed 6 gives the same model as before (the seeds, not the order, decide it).
-    again = recipe.seed_predictions(None, seed=5, repeats=2)
+    again = seed_predictions(recipe, None, repeats=2)
     assert list(again["seeds"]) == [5, 6] and not np.allclose(again["probs_seeds"][0], first)
     assert np.allclose(again["probs_seeds"][1], probs[1], atol=1e-5)
 

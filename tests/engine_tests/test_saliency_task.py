@@ -46,7 +46,7 @@ def data(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def system(task: str, data: dict, **train: object) -> ClassificationTask:
     torch.manual_seed(0)
     config = {**CONFIG, **{f"train.{k}": v for k, v in train.items()}}
-    return build_system(task, config, num_classes=data["num_classes"], epochs=1)
+    return build_system(task, config, num_classes=data["num_classes"], max_epochs=1)
 
 
 def first_batch(data: dict, split: str = "train") -> dict:

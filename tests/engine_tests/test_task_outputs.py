@@ -90,7 +90,7 @@ def test_logged_image_iou_and_saved_predictions_agree(tmp_path: Path) -> None:
     cache = _lesion_cache(tmp_path / "test.pt")
     caches = {"train": cache, "val": cache, "test": cache}
     config = {"data.batch_size": 2, "data.augment": 0.0}  # two batches: the mean is per image, not per batch
-    system = SegmentationTask(_Bright(), SEG_LOSSES["bce"](), epochs=1)
+    system = SegmentationTask(_Bright(), SEG_LOSSES["bce"](), max_epochs=1)
     logged = make_trainer().test(system, datamodule=CachedDataModule(caches=caches, batch_size=2), verbose=False)[0]
     saved = evaluate.test_predictions(system, config, caches=caches)
     # Both empty -> 1; hallucinated lesion on a lesion-free image -> 0; 8 of 16 lesion pixels -> 0.5.
@@ -118,9 +118,12 @@ def test_crop_mode_saves_the_view_the_classifier_saw(task_caches: dict) -> None:
 def test_platform_args_come_from_the_system_class() -> None:
     config = {"model.name": "resnet18"}
     # Multi-label declares no CAM layer (a CAM explains one class); segmentation no class count.
-    assert build.platform_args(MultiLabelTask, config, num_classes=3, epochs=2) == {"epochs": 2, "num_classes": 3}
-    assert build.platform_args(SegmentationTask, config, num_classes=3, epochs=2) == {"epochs": 2}
-    single = build.platform_args(TASKS["classification"].system, config, num_classes=3, epochs=2)
+    assert build.platform_args(MultiLabelTask, config, num_classes=3, max_epochs=2) == {
+        "max_epochs": 2,
+        "num_classes": 3,
+    }
+    assert build.platform_args(SegmentationTask, config, num_classes=3, max_epochs=2) == {"max_epochs": 2}
+    single = build.platform_args(TASKS["classification"].system, config, num_classes=3, max_epochs=2)
     assert single["cam_layer"] == "layer4" and single["num_classes"] == 3
 
 
@@ -160,7 +163,7 @@ def test_published_pngs_and_report_share_the_renderer(tmp_path: Path) -> None:
 
 def test_report_draws_saved_segmentation_predictions(tmp_path: Path) -> None:
     cache = _lesion_cache(tmp_path / "test.pt")
-    system = SegmentationTask(_Bright(), SEG_LOSSES["bce"](), epochs=1)
+    system = SegmentationTask(_Bright(), SEG_LOSSES["bce"](), max_epochs=1)
     saved = _saved(evaluate.test_predictions(system, {"data.augment": 0.0}, caches={"test": cache}))
     pngs, notes = _prediction_plots(SimpleNamespace(experiment="e", tags={}, predictions=saved), tmp_path / "r")
     # The segmentation kind gets its overlay figure, and nothing is skipped.

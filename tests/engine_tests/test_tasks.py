@@ -119,7 +119,7 @@ class NaNModel(torch.nn.Module):
 
 def test_nan_loss_fails_with_a_message(task_caches: dict) -> None:
     config = {**BASE, **TASK_CONFIGS["segmentation"]}
-    system = build_system("segmentation", config, num_classes=3, epochs=1)
+    system = build_system("segmentation", config, num_classes=3, max_epochs=1)
     system.model = NaNModel()
     data = build_datamodule(config, caches=task_caches["caches"])
     trainer = pl.Trainer(

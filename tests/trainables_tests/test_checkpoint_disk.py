@@ -75,7 +75,7 @@ def test_best_keeps_weights_only_latest_keeps_the_state_and_resume_restores(task
     assert (best / "checkpoint").stat().st_size < 0.4 * full
     # Publishing reads the stripped best: the same weights as trained.
     system = load_system(
-        "classification", CONFIG, best / "checkpoint", num_classes=task_caches["num_classes"], epochs=EPOCHS
+        "classification", CONFIG, best / "checkpoint", num_classes=task_caches["num_classes"], max_epochs=EPOCHS
     )
     for (name, a), (_, b) in zip(trained.state_dict().items(), system.state_dict().items()):
         assert torch.equal(a, b), name

@@ -263,4 +263,4 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
     config = {"model.name": "unet", "model.width": 4, "model.depth": 2, "loss.name": "bce", "data.image_size": 32}
     # weights_only loading refuses arbitrary objects: one clear error naming the file.
     with pytest.raises(RuntimeError, match="refused to load checkpoint"):
-        load_system("segmentation", config, path, num_classes=1, epochs=1)
+        load_system("segmentation", config, path, num_classes=1, max_epochs=1)

@@ -30,7 +30,7 @@ from medtune.tasks.base import BaseTask
 GROUPS = ("model", "loss", "train", "data")
 DRIVER_DATA_ARGS = {"image_size"}  # used by the driver to build caches, not by the data module
 # set by the platform, never searched (cam_*: the HiResCAM layer of the backbone, from CLS_SPECS)
-PROVIDED = {"caches", "pred_masks", "num_classes", "epochs", "cam_layer", "cam_reshape", "subsets"}
+PROVIDED = {"caches", "pred_masks", "num_classes", "max_epochs", "cam_layer", "cam_reshape", "subsets"}
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -98,7 +98,9 @@ def build_part(task: str, group: str, config: dict, *, train_cache: str | None =
     return factory(**args, **{k: v for k, v in provided.items() if k in wanted})
 
 
-def build_system(task: str, config: dict, *, num_classes: int, epochs: int, train_cache: str | None = None) -> BaseTask:
+def build_system(
+    task: str, config: dict, *, num_classes: int, max_epochs: int, train_cache: CacheSource | None = None
+) -> BaseTask:
     """The Lightning system for one trial configuration.
 
     ``train_cache``: the training split's cache file, needed when a loss weight is ``balanced``.
@@ -106,11 +108,11 @@ def build_system(task: str, config: dict, *, num_classes: int, epochs: int, trai
     system = task_spec(task).system
     model = build_part(task, "model", config, num_classes=num_classes)
     loss = build_part(task, "loss", config, train_cache=train_cache, num_classes=num_classes)
-    provided = platform_args(system, config, num_classes=num_classes, epochs=epochs)
+    provided = platform_args(system, config, num_classes=num_classes, max_epochs=max_epochs)
     return system(model, loss, **provided, **group_args(config, "train"))
 
 
-def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epochs: int) -> dict:
+def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, max_epochs: int) -> dict:
     """The values of the platform-provided arguments ``system.platform_args`` declares.
 
     ``cam_layer``/``cam_reshape`` come from the backbone's ``CLS_SPECS`` entry (``model.name``), at the
@@ -120,7 +122,7 @@ def platform_args(system: type[BaseTask], config: dict, *, num_classes: int, epo
     unknown = wanted - PROVIDED
     if unknown:
         raise ValueError(f"{system.__name__}.platform_args: unknown {sorted(unknown)}; valid: {sorted(PROVIDED)}")
-    values: dict = {"num_classes": num_classes, "epochs": epochs}
+    values: dict = {"num_classes": num_classes, "max_epochs": max_epochs}
     if wanted & {"cam_layer", "cam_reshape"}:
         cam = lookup(CLS_SPECS, "classification model", config["model.name"])
         values.update(cam_layer=cam.cam_path(config.get("model.cam_block", "last")), cam_reshape=cam.cam_reshape)

@@ -22,66 +22,28 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 
-from medtune.data.cache import CacheSource
 from medtune.data.datasets import CachedDataModule
 from medtune.data.folds import FoldPlan
-from medtune.engine.build import build_datamodule, build_system
+from medtune.engine.recipe import POOL, Recipe
 from medtune.engine.trainer import make_trainer
-from medtune.tasks.base import BaseTask
 
 FOLD_FILE = "fold{k}.ckpt"
 STATE_FILE = "cv_state.json"
 PREFIX = "cv/"  # cv/fold{k}/<metric>, cv/sd/<metric> (and cv/mean/<metric> on the launch's run)
+FOLD_SPLITS = {"train": POOL, "val": POOL, "test": "test"}  # a fold's data module split -> the recipe's cache
 
 
-@dataclass(frozen=True)
-class FoldRecipe:
-    """What every fold of one configuration is built from.
+def fold_data(recipe: Recipe, plan: FoldPlan, k: int) -> CachedDataModule:
+    """Fold ``k`` of ``plan``: trains on the pool without its rows, validates on them; tests on the test split.
 
-    Args:
-        task: the space's task.
-        config: the trial's flat configuration.
-        caches: ``pool`` (train+val rows in ``plan`` order) and ``test`` caches at the config's size: files, or
-            (in a trial) the caches the driver handed over through Ray, already open (``medtune.data.shared``).
-        pred_masks: the same splits' segmenter probabilities (masked tasks), else None.
-        num_classes: classes in the dataset.
-        epochs: the space's ``max_epochs``.
-        plan: the folds.
-        seed: the launch's seed.
-        precision: Lightning precision on a GPU.
+    ``recipe.caches`` (and ``pred_masks``) hold ``pool`` (train+val rows in ``plan`` order) and ``test``.
     """
-
-    task: str
-    config: dict
-    caches: dict[str, CacheSource]
-    pred_masks: dict[str, CacheSource] | None
-    num_classes: int
-    epochs: int
-    plan: FoldPlan
-    seed: int
-    precision: str = "32-true"
-
-    def system(self) -> BaseTask:
-        # ``balanced`` loss weights come from the labels of the whole pool (a fold's are nearly the same).
-        return build_system(
-            self.task, self.config, num_classes=self.num_classes, epochs=self.epochs, train_cache=self.caches["pool"]
-        )
-
-    def data(self, k: int) -> CachedDataModule:
-        """Fold ``k``: trains on the pool without its rows, validates on them; tests on the test split."""
-        caches = {"train": self.caches["pool"], "val": self.caches["pool"], "test": self.caches["test"]}
-        masks = None
-        if self.pred_masks:
-            masks = {"train": self.pred_masks["pool"], "val": self.pred_masks["pool"], "test": self.pred_masks["test"]}
-        subsets = {"train": self.plan.train_indices(k), "val": self.plan.val_indices(k)}
-        return build_datamodule(
-            self.config, caches=caches, pred_masks=masks, num_classes=self.num_classes, subsets=subsets
-        )
+    subsets = {"train": plan.train_indices(k), "val": plan.val_indices(k)}
+    return recipe.datamodule(splits=FOLD_SPLITS, subsets=subsets)
 
 
 def summarise(per_fold: list[dict[str, float]]) -> dict[str, float]:
@@ -113,29 +75,32 @@ def _read_state(folder: Path, folds: int) -> dict:
 
 
 def train_folds(
-    recipe: FoldRecipe,
+    recipe: Recipe,
+    plan: FoldPlan,
     folder: Path,
     on_round: Callable[[dict[str, float], bool, Path], None],
     *,
     callbacks: Callable[[], list[pl.Callback]] = list,
 ) -> None:
-    """Train every fold of ``recipe`` to ``epochs`` in lockstep, calling ``on_round`` after each round.
+    """Train every fold of ``plan`` to ``recipe.max_epochs`` in lockstep, calling ``on_round`` after each round.
 
     Args:
-        recipe: the configuration and its folds.
+        recipe: the configuration, its caches (``pool`` and ``test``), budget, seed and precision.
+        plan: the folds.
         folder: holds the fold files and the state; resumed from where its state says (empty: from scratch).
         on_round: called with (``summarise`` of the round, whether every fold has stopped, ``folder``).
         callbacks: extra Lightning callbacks for each fold-epoch's Trainer (e.g. a timer).
     """
-    plan, state = recipe.plan, _read_state(folder, recipe.plan.folds)
-    for epoch in range(state["epoch"], recipe.epochs):
+    state = _read_state(folder, plan.folds)
+    for epoch in range(state["epoch"], recipe.max_epochs):
         for k in range(plan.folds):
             if state["done"][k]:
                 continue
-            pl.seed_everything(recipe.seed + 1000 * k + epoch, workers=True, verbose=False)
             file = folder / FOLD_FILE.format(k=k)
+            # ``balanced`` loss weights come from the labels of the whole pool (a fold's are nearly the same).
+            system = recipe.system(seed=recipe.seed + 1000 * k + epoch)
             trainer = make_trainer(max_epochs=epoch + 1, precision=recipe.precision, callbacks=callbacks())
-            trainer.fit(recipe.system(), datamodule=recipe.data(k), ckpt_path=str(file) if file.is_file() else None)
+            trainer.fit(system, datamodule=fold_data(recipe, plan, k), ckpt_path=str(file) if file.is_file() else None)
             state["metrics"][k] = {key: float(value) for key, value in trainer.callback_metrics.items()}
             state["done"][k] = bool(trainer.should_stop)
             trainer.save_checkpoint(file)

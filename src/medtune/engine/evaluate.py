@@ -8,20 +8,26 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medtune.data.cache import load_cache
+from medtune.data.cache import CacheSource, load_cache
 from medtune.engine.build import build_datamodule, build_system
 from medtune.engine.trainer import make_trainer
 from medtune.tasks.base import BaseTask
 
 
 def load_system(
-    task: str, config: dict, checkpoint_file: Path, *, num_classes: int, epochs: int, train_cache: str | None = None
+    task: str,
+    config: dict,
+    checkpoint_file: Path,
+    *,
+    num_classes: int,
+    max_epochs: int,
+    train_cache: CacheSource | None = None,
 ) -> BaseTask:
     """Rebuild the system from its config and load weights, refusing arbitrary pickles.
 
     ``train_cache`` (the training split's cache) is needed when a loss weight is ``balanced``.
     """
-    system = build_system(task, config, num_classes=num_classes, epochs=epochs, train_cache=train_cache)
+    system = build_system(task, config, num_classes=num_classes, max_epochs=max_epochs, train_cache=train_cache)
     try:
         state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means: do not trust this file

@@ -1,8 +1,8 @@
 """Train the search's winner again with more seeds, so its test score carries training variance.
 
 The search trains each configuration once, with the launch's seed; how much the winner's test
-score would move with another seed is then unknown. :meth:`Recipe.seed_predictions` retrains the
-winning configuration with seeds ``seed + 1, seed + 2, ...`` on the same split, each for the full
+score would move with another seed is then unknown. :func:`seed_predictions` retrains the winner's
+``medtune.engine.recipe.Recipe`` with seeds ``seed + 1, seed + 2, ...`` on the same split, each for the full
 ``max_epochs`` (no ASHA, which only the search needs; the task's own patience still applies, as in a
 trial), keeping the weights of its best validation epoch by the space's metric and mode: the
 selection the search's checkpoint made. Every seed's test probabilities then feed the two-level
@@ -20,14 +20,15 @@ Plain Lightning in the driver process, after the search: no Ray.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from medtune.engine.build import build_datamodule, build_system
 from medtune.engine.evaluate import test_predictions
+from medtune.engine.recipe import Recipe
 from medtune.engine.trainer import make_trainer
 from medtune.scoring.bootstrap import SeedScore
 from medtune.tasks.base import BaseTask
@@ -67,64 +68,40 @@ class BestWeights(pl.Callback):
         system.load_state_dict(self.state)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How the search trained the winner: its configuration, split, epochs and checkpoint selection.
+def train(recipe: Recipe, *, callbacks: Sequence[pl.Callback] = ()) -> BaseTask:
+    """Train ``recipe`` from scratch with ``recipe.seed`` for ``recipe.max_epochs``; the system holds the
+    weights of its best epoch by ``recipe.metric`` and ``recipe.mode`` (``BestWeights``), in eval mode.
+
+    ``callbacks``: extra Lightning callbacks for the Trainer (e.g. one that reads the initial weights).
+    """
+    system = recipe.system(seed=recipe.seed)
+    data = recipe.datamodule()
+    best = BestWeights(recipe.metric, recipe.mode)
+    trainer = make_trainer(max_epochs=recipe.max_epochs, precision=recipe.precision, callbacks=[best, *callbacks])
+    trainer.fit(system, datamodule=data)
+    best.restore(system)
+    return system.eval()
+
+
+def seed_predictions(recipe: Recipe, first: np.ndarray | None, *, repeats: int) -> dict[str, np.ndarray]:
+    """``probs_seeds`` [R, N, K] and ``seeds`` [R]: seed 0 is ``first``, or retrained when ``first`` is None.
 
     Args:
-        task: the space's task (``medtune.tasks.TASKS``).
-        config: the winner's flat configuration.
-        caches: split -> cache file at the winner's image size.
-        pred_masks: split -> segmenter probabilities (masked tasks), else None.
-        num_classes: classes in the dataset.
-        epochs: the space's ``max_epochs``.
-        metric: the space's metric, e.g. ``val/balanced_acc``.
-        mode: ``max`` or ``min``.
-        precision: Lightning precision on a GPU (the trials' ``--precision``).
+        recipe: how the search trained the winner; ``recipe.seed`` is the launch's, the retrains use
+            ``seed + 1`` ... ``seed + repeats - 1`` (``dataclasses.replace``).
+        first: the search's winner's test probabilities [N, K] (trained with ``recipe.seed``) when it
+            ran the full budget; None when ASHA stopped it, so ``recipe.seed`` is retrained like the others.
+        repeats: R, the number of seeds including the winner's.
     """
-
-    task: str
-    config: dict
-    caches: dict[str, str]
-    pred_masks: dict[str, str] | None
-    num_classes: int
-    epochs: int
-    metric: str
-    mode: str
-    precision: str = "32-true"
-
-    def train(self, seed: int) -> BaseTask:
-        """Train the configuration from scratch with ``seed``; the system holds its best epoch's weights."""
-        pl.seed_everything(seed, workers=True, verbose=False)
-        system = build_system(
-            self.task, self.config, num_classes=self.num_classes, epochs=self.epochs, train_cache=self.caches["train"]
+    seeds = [recipe.seed + r for r in range(repeats)]
+    probs = [] if first is None else [first]
+    for extra in seeds[len(probs) :]:
+        system = train(replace(recipe, seed=extra))
+        arrays = test_predictions(
+            system, recipe.config, caches=recipe.caches, pred_masks=recipe.pred_masks, max_overlays=0
         )
-        data = build_datamodule(
-            self.config, caches=self.caches, pred_masks=self.pred_masks, num_classes=self.num_classes
-        )
-        best = BestWeights(self.metric, self.mode)
-        trainer = make_trainer(max_epochs=self.epochs, precision=self.precision, callbacks=[best])
-        trainer.fit(system, datamodule=data)
-        best.restore(system)
-        return system.eval()
-
-    def seed_predictions(self, first: np.ndarray | None, *, seed: int, repeats: int) -> dict[str, np.ndarray]:
-        """``probs_seeds`` [R, N, K] and ``seeds`` [R]: seed 0 is ``first``, or retrained when ``first`` is None.
-
-        Args:
-            first: the search's winner's test probabilities [N, K] (trained with ``seed``) when it ran
-                the full budget; None when ASHA stopped it, so ``seed`` is retrained like the others.
-            seed: the launch's seed; the retrains use ``seed + 1`` ... ``seed + repeats - 1``.
-            repeats: R, the number of seeds including the winner's.
-        """
-        seeds = [seed + r for r in range(repeats)]
-        probs = [] if first is None else [first]
-        for extra in seeds[len(probs) :]:
-            arrays = test_predictions(
-                self.train(extra), self.config, caches=self.caches, pred_masks=self.pred_masks, max_overlays=0
-            )
-            probs.append(arrays["probs"])
-        return {"probs_seeds": np.stack(probs).astype(np.float32), "seeds": np.array(seeds)}
+        probs.append(arrays["probs"])
+    return {"probs_seeds": np.stack(probs).astype(np.float32), "seeds": np.array(seeds)}
 
 
 def full_budget(tags: dict[str, str]) -> bool:

@@ -5,7 +5,7 @@ Recorded on the launch's parent run (``analyze.py`` reads these names):
 * ``test/*``: the fold ensemble (mean of the K models' probabilities, ``medtune.engine.ensemble``), the
   model that is logged and registered (its champion candidate is the ensemble);
   ``test_fold{k}/*``: each fold model alone; for single-label classifiers ``test_seeds/*``: the
-  ensemble's 95% interval over the test images (``publish.log_seed_scores``, one model);
+  ensemble's 95% interval over the test images (``publish.evaluation.log_seed_scores``, one model);
 * ``cv/fold{k}/<val metric>``, ``cv/mean/<val metric>``, ``cv/sd/<val metric>``: the winner's
   held-out fold scores at its selected round (what the search ranked it by);
 * ``test_predictions.npz``: the ensemble's per-image test predictions, plus ``probs_folds`` [K, N, C]
@@ -29,23 +29,20 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
 from medtune.data.cache import load_cache
+from medtune.data.folds import FoldPlan
 from medtune.engine.build import task_spec
-from medtune.engine.crossval import FOLD_FILE, PREFIX, FoldRecipe
+from medtune.engine.crossval import FOLD_FILE, PREFIX, fold_data
 from medtune.engine.ensemble import ensemble_system
-from medtune.engine.evaluate import load_system, test_metrics, test_predictions
-from medtune.publish.single import (
-    BestTrial,
-    Lineage,
-    Published,
+from medtune.engine.evaluate import test_metrics, test_predictions
+from medtune.engine.recipe import Recipe
+from medtune.publish.evaluation import (
     log_cam_overlays,
-    log_model,
     log_predictions,
     log_seed_scores,
     log_winner,
-    model_facts,
-    register,
     saliency_ceiling,
 )
+from medtune.publish.single import BestTrial, Lineage, Published, log_model, model_facts, register
 from medtune.serving.model import ModelFacts
 from medtune.tasks.base import BaseTask
 from medtune.tracking.store import retrying
@@ -55,17 +52,19 @@ def publish_folds(
     client: MlflowClient,
     *,
     parent_run_id: str,
-    recipe: FoldRecipe,
+    recipe: Recipe,
+    plan: FoldPlan,
     best: BestTrial,
-    metric: str,
-    mode: str,
     register_as: str | None = None,
     version_tags: dict[str, str] | None = None,
     lineage: Lineage = Lineage(),
 ) -> Published:
-    """Evaluate the cross-validated winner (``best.checkpoint_file``: its folder of fold files); record it."""
-    folds = recipe.plan.folds
-    members = [_load(recipe, best.checkpoint_file / FOLD_FILE.format(k=k)) for k in range(folds)]
+    """Evaluate the cross-validated winner (``best.checkpoint_file``: its folder of fold files); record it.
+
+    ``recipe`` is how the search trained ``best`` (caches ``pool`` and ``test`` at its image size), ``plan`` its folds.
+    """
+    folds = plan.folds
+    members = [recipe.load(best.checkpoint_file / FOLD_FILE.format(k=k)) for k in range(folds)]
     test: dict[str, float] = {}
     fold_probs = []
     for k, member in enumerate(members):
@@ -82,7 +81,7 @@ def publish_folds(
         arrays["probs_folds"] = np.stack(fold_probs).astype(np.float32)
     test.update(saliency_ceiling(client, parent_run_id, arrays))
     log_predictions(client, parent_run_id, arrays)
-    _log_npz(client, parent_run_id, out_of_fold(recipe, members), "oof_predictions.npz")
+    _log_npz(client, parent_run_id, out_of_fold(recipe, plan, members), "oof_predictions.npz")
     if ensemble.has_cam:
         log_cam_overlays(client, parent_run_id, arrays)
     cv = fold_scores(best.metrics or {})
@@ -90,7 +89,7 @@ def publish_folds(
     scores = None
     if task_spec(recipe.task).single_label:  # the ensemble's interval over the test images (one model, no seeds)
         scores = log_seed_scores(client, parent_run_id, arrays["labels"], arrays["probs"][None])
-    log_winner(client, parent_run_id, best, metric, {**test, **cv}, test)
+    log_winner(client, parent_run_id, best, recipe.metric, {**test, **cv}, test)
     size = int(recipe.config["data.image_size"])
     facts = model_facts(recipe.task, recipe.config, ensemble, lineage)
     images = load_cache(recipe.caches["test"])["images"]
@@ -98,30 +97,19 @@ def publish_folds(
     if register_as is None:
         return Published(test, info.model_uri, seeds=scores, facts=facts)
     if task_spec(recipe.task).model_kind == "segmentation":  # masked tasks draw out-of-fold masks from these
-        _log_fold_models(client, parent_run_id, recipe, members, facts, images)
+        _log_fold_models(client, parent_run_id, plan, members, facts, images)
     tags = {
         "val_score": repr(best.val_score),
-        "metric": metric,
+        "metric": recipe.metric,
         "image_size": str(size),
         "run_id": best.run_id,
         "cv_folds": str(folds),
-        "cv_folds_digest": recipe.plan.digest,
+        "cv_folds_digest": plan.digest,
         "selection": f"{folds}-fold cross-validation",
         **(version_tags or {}),
     }
-    version, promoted = register(client, parent_run_id, register_as, info, tags, best, mode)
+    version, promoted = register(client, parent_run_id, register_as, info, tags, best, recipe.mode)
     return Published(test, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
-
-
-def _load(recipe: FoldRecipe, file: Path) -> BaseTask:
-    return load_system(
-        recipe.task,
-        recipe.config,
-        file,
-        num_classes=recipe.num_classes,
-        epochs=recipe.epochs,
-        train_cache=recipe.caches["pool"],
-    )
 
 
 def fold_scores(reported: dict) -> dict[str, float]:
@@ -132,13 +120,13 @@ def fold_scores(reported: dict) -> dict[str, float]:
     return out
 
 
-def out_of_fold(recipe: FoldRecipe, members: list[BaseTask]) -> dict[str, np.ndarray]:
+def out_of_fold(recipe: Recipe, plan: FoldPlan, members: list[BaseTask]) -> dict[str, np.ndarray]:
     """Every pooled image predicted by the fold model that held it out, with its ``fold`` and ``image_ids``."""
     parts: list[dict[str, np.ndarray]] = []
     for k, member in enumerate(members):
-        data = recipe.data(k)
+        data = fold_data(recipe, plan, k)
         arrays = member.predictions(DataLoader(data.dataset("val"), batch_size=data.batch_size), max_overlays=0)
-        ids = recipe.plan.val_image_ids(k)
+        ids = plan.val_image_ids(k)
         parts.append({**arrays, "image_ids": np.array(ids), "fold": np.full(len(ids), k)})
     joined = {}
     for key, value in parts[0].items():
@@ -156,7 +144,7 @@ def _log_npz(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray], n
 def _log_fold_models(
     client: MlflowClient,
     run_id: str,
-    recipe: FoldRecipe,
+    plan: FoldPlan,
     members: list[BaseTask],
     facts: ModelFacts,
     images: torch.Tensor,
@@ -165,5 +153,5 @@ def _log_fold_models(
     folds = []
     for k, member in enumerate(members):
         info = log_model(run_id, member, facts, images, name=f"fold{k}")
-        folds.append({"fold": k, "model_uri": info.model_uri, "val_image_ids": recipe.plan.val_image_ids(k)})
-    retrying(lambda: client.log_dict(run_id, {"digest": recipe.plan.digest, "folds": folds}, "fold_models.json"))
+        folds.append({"fold": k, "model_uri": info.model_uri, "val_image_ids": plan.val_image_ids(k)})
+    retrying(lambda: client.log_dict(run_id, {"digest": plan.digest, "folds": folds}, "fold_models.json"))

@@ -1,6 +1,7 @@
 """After the search: test the best trial (and its retrains with more seeds), log the model (a
 ``medtune.serving.model.MedtuneModel`` pyfunc that carries what prediction needs), register it and promote it
-to champion if it beats the current one.
+to champion if it beats the current one. What the test evaluation records on the runs (scores, predictions,
+the seed interval) is ``medtune.publish.evaluation``'s.
 
 Registered names: segmenters ``seg-<dataset>-<fingerprint>`` (``tracking.segmenter_name``), other
 models ``<space>-<dataset>-<fingerprint>`` (:func:`registered_name`), each with its own champion.
@@ -11,26 +12,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas
 import PIL
 import pytorch_lightning
 import torch
 import torchvision
-from mlflow.entities import LoggedModelOutput, Metric
+from mlflow.entities import LoggedModelOutput
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from medtune.data.cache import load_cache
 from medtune.engine.build import build_datamodule, task_spec
-from medtune.engine.evaluate import load_system, test_metrics, test_predictions
-from medtune.engine.repeats import Recipe, full_budget, headline
-from medtune.scoring.bootstrap import SeedScore, seed_scores
+from medtune.engine.evaluate import test_metrics, test_predictions
+from medtune.engine.recipe import Recipe
+from medtune.engine.repeats import full_budget, headline
+from medtune.publish.evaluation import log_cam_overlays, log_predictions, log_winner, over_seeds, saliency_ceiling
+from medtune.scoring.bootstrap import SeedScore
 from medtune.serving import trust as model_trust
 from medtune.serving.model import FACTS_FILE, ModelFacts, SegmenterRef, network_inputs, signature
 from medtune.tasks.base import BaseTask
@@ -125,68 +126,48 @@ def publish_best(
     client: MlflowClient,
     *,
     parent_run_id: str,
-    task: str,
+    recipe: Recipe,
     best: BestTrial,
-    caches: dict[str, str],
-    pred_masks: dict[str, str] | None,
-    num_classes: int,
-    epochs: int,
-    metric: str,
-    mode: str,
     register_as: str | None = None,
     version_tags: dict[str, str] | None = None,
     lineage: Lineage = Lineage(),
-    seed: int = 0,
     repeats: int = 1,
-    precision: str = "32-true",
 ) -> Published:
     """Evaluate ``best`` on the test split and record it on the parent run (and registry).
 
-    A single-label classifier with ``repeats`` > 1 is first retrained ``repeats - 1`` more times
-    (``medtune.engine.repeats``, seeds ``seed + 1`` ...; ``seed`` is the one the trials used, ``precision``
-    theirs), and seed ``seed`` too when ASHA stopped the winner early; every seed's test probabilities
-    are saved and scored (``test_seeds/*``), and the parent run's ``test/<metric>`` is their mean
-    (``repeats.headline``). The winner's own test scores are on its trial run.
+    ``recipe`` is how the search trained ``best`` (its configuration, caches at its image size, the
+    launch's seed and precision). A single-label classifier with ``repeats`` > 1 is first retrained
+    ``repeats - 1`` more times (``medtune.engine.repeats``, seeds ``recipe.seed + 1`` ...), and seed
+    ``recipe.seed`` too when ASHA stopped the winner early; every seed's test probabilities are saved and
+    scored (``test_seeds/*``), and the parent run's ``test/<metric>`` is their mean (``repeats.headline``).
+    The winner's own test scores are on its trial run.
     """
-    system = load_system(
-        task, best.config, best.checkpoint_file, num_classes=num_classes, epochs=epochs, train_cache=caches["train"]
-    )
-    test = test_metrics(system, best.config, caches=caches, pred_masks=pred_masks)
-    arrays = test_predictions(system, best.config, caches=caches, pred_masks=pred_masks)
+    system = recipe.load(best.checkpoint_file)
+    config, caches, pred_masks = recipe.config, recipe.caches, recipe.pred_masks
+    test = test_metrics(system, config, caches=caches, pred_masks=pred_masks)
+    arrays = test_predictions(system, config, caches=caches, pred_masks=pred_masks)
     test.update(saliency_ceiling(client, parent_run_id, arrays))
-    recipe = Recipe(task, best.config, caches, pred_masks, num_classes, epochs, metric, mode, precision)
     full = full_budget(retrying(lambda: client.get_run(best.run_id)).data.tags)
-    scores = _over_seeds(client, parent_run_id, recipe, arrays, seed=seed, repeats=repeats, full=full)
+    scores = over_seeds(client, parent_run_id, recipe, arrays, repeats=repeats, full=full)
     log_predictions(client, parent_run_id, arrays)
     if system.has_cam:
         log_cam_overlays(client, parent_run_id, arrays)
     shown = headline(test, scores)  # with R > 1 seeds: the mean over them, what the interval is about
-    log_winner(client, parent_run_id, best, metric, shown, test)
-    size = int(best.config["data.image_size"])
-    facts = model_facts(task, best.config, system, lineage)
+    log_winner(client, parent_run_id, best, recipe.metric, shown, test)
+    facts = model_facts(recipe.task, config, system, lineage)
     info = log_model(parent_run_id, system, facts, load_cache(caches["test"])["images"])
     if register_as is None:
         return Published(shown, info.model_uri, seeds=scores, facts=facts)
     tags = {
         "val_score": repr(best.val_score),
-        "metric": metric,
-        "image_size": str(size),
+        "metric": recipe.metric,
+        "image_size": str(int(config["data.image_size"])),
         "run_id": best.run_id,
         "selection": SELECTION_DEFAULT,
     }
-    version, promoted = register(client, parent_run_id, register_as, info, {**tags, **(version_tags or {})}, best, mode)
+    tags.update(version_tags or {})
+    version, promoted = register(client, parent_run_id, register_as, info, tags, best, recipe.mode)
     return Published(shown, info.model_uri, f"{register_as}/{version}", promoted, scores, facts)
-
-
-def log_winner(
-    client: MlflowClient, run_id: str, best: BestTrial, metric: str, shown: dict[str, float], test: dict[str, float]
-) -> None:
-    """The winner's test scores on the parent run (``shown``) and on its own trial run (``test``), and which it is."""
-    retrying(lambda: client.log_batch(run_id, metrics=[metric_entry(k, v) for k, v in shown.items()]))
-    retrying(lambda: client.log_metric(run_id, f"best_{metric}", best.val_score))
-    retrying(lambda: client.set_tag(run_id, "best_run_id", best.run_id))
-    retrying(lambda: client.set_tag(best.run_id, "best", "true"))
-    retrying(lambda: client.log_batch(best.run_id, metrics=[metric_entry(k, v) for k, v in test.items()]))
 
 
 def register(
@@ -202,50 +183,6 @@ def register(
     retrying(lambda: client.set_tag(run_id, "registered_model", f"{name}/{version}"))
     retrying(lambda: client.set_tag(run_id, "promoted_to_champion", str(promoted).lower()))
     return version, promoted
-
-
-def _over_seeds(
-    client: MlflowClient,
-    run_id: str,
-    recipe: Recipe,
-    arrays: dict[str, np.ndarray],
-    *,
-    seed: int,
-    repeats: int,
-    full: bool = True,
-) -> dict[str, SeedScore] | None:
-    """The winner's test scores over ``repeats`` seeds, for a single-label classifier (else None).
-
-    With ``repeats`` > 1 adds ``probs_seeds`` [R, N, K] and ``seeds`` [R] to ``arrays`` (the retrains
-    of ``medtune.engine.repeats``; seed 0 is the winner when it ran its ``full`` budget, else retrained too,
-    said by the tag ``seed0``). Logs the param ``repeats`` (the seeds the test score rests on: 1 for other
-    tasks, which are not retrained) and, for a single-label classifier, ``test_seeds/*``
-    (``log_seed_scores``); with one seed that is the bootstrap over test images alone.
-    """
-    single = task_spec(recipe.task).single_label
-    retrain = repeats > 1 and single
-    retrying(lambda: client.log_param(run_id, "repeats", repeats if retrain else 1))
-    if not single:
-        return None
-    if retrain:
-        seed0 = "search winner" if full else "retrained: ASHA stopped the winner early"
-        retrying(lambda: client.set_tag(run_id, "seed0", seed0))
-        arrays.update(recipe.seed_predictions(arrays["probs"] if full else None, seed=seed, repeats=repeats))
-    return log_seed_scores(client, run_id, arrays["labels"], arrays.get("probs_seeds", arrays["probs"][None]))
-
-
-def log_seed_scores(
-    client: MlflowClient, run_id: str, labels: np.ndarray, probs_seeds: np.ndarray
-) -> dict[str, SeedScore]:
-    """``test_seeds/<metric>_{mean,sd,low,high}`` of a single-label classifier's test probabilities [R, N, K].
-
-    The interval every reader of the run quotes (the terminal, the model card): the two-level
-    bootstrap of ``medtune.scoring.bootstrap`` over the N test images and the R seeds.
-    """
-    scores = seed_scores(labels.astype(int), probs_seeds)
-    metrics = [metric_entry(key, value) for name, score in scores.items() for key, value in score.metrics(name).items()]
-    retrying(lambda: client.log_batch(run_id, metrics=metrics))
-    return scores
 
 
 def log_model(
@@ -304,46 +241,6 @@ def logged_model_id(client: MlflowClient, run_id: str, name: str) -> str:
     model = retrying(lambda: client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id))
     retrying(lambda: client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=0)]))
     return model.model_id
-
-
-def saliency_ceiling(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    """``test/saliency_iou_ceiling`` (mean over test images with a lesion) and the ``cam_grid`` tag.
-
-    Logged beside ``test/saliency_iou`` so a reader sees how far from what the CAM's resolution
-    allows the model's saliency is (``medtune.saliency.cam_ceiling``).
-    """
-    if "saliency_ceiling" not in arrays or np.isnan(arrays["saliency_ceiling"]).all():
-        return {}
-    h, w = (int(v) for v in arrays["cam_grid"][0])
-    retrying(lambda: client.set_tag(run_id, "cam_grid", f"{h}x{w}"))
-    return {"test/saliency_iou_ceiling": float(np.nanmean(arrays["saliency_ceiling"]))}
-
-
-def log_predictions(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
-    """Log ``test_predictions.npz`` and, for a single-label classifier, the test confusion matrix."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "test_predictions.npz"
-        np.savez_compressed(path, **arrays)
-        retrying(lambda: client.log_artifact(run_id, str(path)))
-    if str(arrays["report_kind"]) == "classification":  # rows = truth
-        k = arrays["probs"].shape[1]
-        matrix = np.zeros((k, k), dtype=int)
-        np.add.at(matrix, (arrays["labels"].astype(int), arrays["probs"].argmax(1)), 1)
-        table = {"rows": "true class", "columns": "predicted class", "matrix": matrix.tolist()}
-        retrying(lambda: client.log_dict(run_id, table, "confusion_matrix.json"))
-
-
-def log_cam_overlays(client: MlflowClient, run_id: str, arrays: dict[str, np.ndarray]) -> None:
-    """HiResCAM overlays of the test images saved in the predictions (what the classifier looks at)."""
-    from medtune.overlays import save_cam_overlays
-
-    with tempfile.TemporaryDirectory() as folder:
-        save_cam_overlays(arrays, Path(folder), n=8)
-        retrying(lambda: client.log_artifacts(run_id, folder, "cam_overlays"))
-
-
-def metric_entry(key: str, value: float) -> Metric:
-    return Metric(key, value, int(time.time() * 1000), 0)
 
 
 def champion_summary(client: MlflowClient, name: str) -> str:

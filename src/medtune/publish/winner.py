@@ -22,7 +22,7 @@ from medtune.data.check import check_coco
 from medtune.data.coco import SPLITS, Dataset, load_records
 from medtune.data.folds import FoldPlan
 from medtune.engine.build import build_datamodule
-from medtune.engine.crossval import FoldRecipe
+from medtune.engine.recipe import Recipe
 from medtune.prepare.inputs import Prepared
 from medtune.prepare.segmenter_choice import Segmenter
 from medtune.publish import model_card
@@ -45,8 +45,7 @@ def publish_winner(
     a store that goes away midway leaves a launch that ``--resume`` publishes again, reusing the model logged on
     the run, its registered version and its promotion (``publish.single.register``).
     """
-    space, size_caches = prepared.space, prepared.caches
-    size = int(best.config["data.image_size"])
+    space = prepared.space
     dataset, seg = prepared.dataset, prepared.segmenter
     name = registered_name(space.name, space.task, dataset.name, dataset.fingerprint) if options.register else None
     version_tags = portable_tags(dataset)
@@ -57,31 +56,29 @@ def publish_winner(
         segmenter=SegmenterRef(seg.name, seg.version, seg.image_size) if seg else None,
         dataset_fingerprint=dataset.fingerprint,
     )
+    recipe = winner_recipe(prepared, options, best)
     if prepared.folds:
-        recipe = FoldRecipe(
-            task=space.task,
-            config=best.config,
-            caches=size_caches[size],
-            pred_masks=(prepared.pred_masks or {}).get(size),
-            num_classes=prepared.dataset.num_classes,
-            epochs=space.budget["max_epochs"],
-            plan=prepared.folds,
-            seed=options.seed,
-            precision=options.precision,
-        )
         published = publish_folds(
             client,
             parent_run_id=parent_run_id,
             recipe=recipe,
+            plan=prepared.folds,
             best=best,
-            metric=space.metric,
-            mode=space.mode,
             register_as=name,
             version_tags=version_tags,
             lineage=lineage,
         )
     else:
-        published = _publish(client, prepared, options, parent_run_id, best, name, version_tags, lineage)
+        published = publish_best(
+            client,
+            parent_run_id=parent_run_id,
+            recipe=recipe,
+            best=best,
+            register_as=name,
+            version_tags=version_tags,
+            lineage=lineage,
+            repeats=space.budget["repeats"],
+        )
     log_best_params(client, parent_run_id, best.config)
     if published.registered:
         card = card_input(client, prepared, options, parent_run_id, best, published)
@@ -90,34 +87,20 @@ def publish_winner(
     _print_result(client, prepared, best, published, name, parent_run_id)
 
 
-def _publish(
-    client: MlflowClient,
-    prepared: Prepared,
-    options: LaunchOptions,
-    parent_run_id: str,
-    best: BestTrial,
-    name: str | None,
-    version_tags: dict[str, str],
-    lineage: Lineage,
-) -> Published:
-    """The winner of a search without folds: tested, retrained with more seeds, logged (registered)."""
+def winner_recipe(prepared: Prepared, options: LaunchOptions, best: BestTrial) -> Recipe:
+    """How the search trained ``best``: the trials' recipe (``trainables.driver``) with its configuration and
+    the caches at its image size (``pool`` and ``test`` under cross-validation)."""
     space, size = prepared.space, int(best.config["data.image_size"])
-    return publish_best(
-        client,
-        parent_run_id=parent_run_id,
+    return Recipe(
         task=space.task,
-        best=best,
+        config=best.config,
         caches=prepared.caches[size],
         pred_masks=(prepared.pred_masks or {}).get(size),
         num_classes=prepared.dataset.num_classes,
-        epochs=space.budget["max_epochs"],
+        max_epochs=space.budget["max_epochs"],
         metric=space.metric,
         mode=space.mode,
-        register_as=name,
-        version_tags=version_tags,
-        lineage=lineage,
         seed=options.seed,
-        repeats=space.budget["repeats"],
         precision=options.precision,
     )
 

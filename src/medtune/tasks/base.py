@@ -41,7 +41,7 @@ class BaseTask(pl.LightningModule):
 
     * ``report_kind``: ``segmentation``, ``classification`` or ``multilabel``; saved in
       ``test_predictions.npz`` so the report knows how to draw the arrays of ``predictions``;
-    * ``platform_args``: the constructor arguments the platform provides (``epochs``,
+    * ``platform_args``: the constructor arguments the platform provides (``max_epochs``,
       ``num_classes``, ``cam_layer``, ...; see ``medtune.engine.build.platform_args``), never searched;
     * ``activation``: ``softmax`` or ``sigmoid``, what turns the network's logits into the
       probabilities its metrics and predictions use (``medtune.engine.ensemble`` averages those).
@@ -54,13 +54,13 @@ class BaseTask(pl.LightningModule):
         weight_decay: decoupled (adamw) or L2 (adam, sgd) weight decay.
         momentum: SGD momentum (ignored by adam/adamw).
         scheduler: a name from ``medtune.optim.SCHEDULERS``.
-        epochs: the epoch budget the scheduler spans.
+        max_epochs: the epoch budget the scheduler spans.
         patience: stop after this many epochs without a lower ``val/loss`` (0: never). The trial
-            then ends before ``epochs`` and is recorded as ``early_stopped``, not as stopped by ASHA.
+            then ends before ``max_epochs`` and is recorded as ``early_stopped``, not as stopped by ASHA.
     """
 
     report_kind: ClassVar[str] = ""
-    platform_args: ClassVar[tuple[str, ...]] = ("epochs",)
+    platform_args: ClassVar[tuple[str, ...]] = ("max_epochs",)
     activation: ClassVar[str] = ""
 
     def __init__(
@@ -73,13 +73,13 @@ class BaseTask(pl.LightningModule):
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
         scheduler: str = "cosine",
-        epochs: int = 10,
+        max_epochs: int = 10,
         patience: int = 0,
     ) -> None:
         super().__init__()
         self.model, self.loss = model, loss
         self.optimizer, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
-        self.scheduler, self.epochs, self.patience = scheduler, epochs, patience
+        self.scheduler, self.max_epochs, self.patience = scheduler, max_epochs, patience
         self.metrics = nn.ModuleDict({"val": self.make_metrics("val/"), "test": self.make_metrics("test/")})
 
     def make_metrics(self, prefix: str) -> MetricCollection:
@@ -172,6 +172,6 @@ class BaseTask(pl.LightningModule):
             weight_decay=self.weight_decay,
             momentum=self.momentum,
             scheduler=self.scheduler,
-            epochs=self.epochs,
+            epochs=self.max_epochs,
             steps_per_epoch=int(steps),
         )

@@ -57,7 +57,7 @@ class ClassificationTask(BaseTask):
 
     report_kind = "classification"
     activation = "softmax"
-    platform_args = ("epochs", "num_classes", "cam_layer", "cam_reshape")
+    platform_args = ("max_epochs", "num_classes", "cam_layer", "cam_reshape")
 
     def __init__(
         self,

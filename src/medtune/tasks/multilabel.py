@@ -61,7 +61,7 @@ class MultiLabelTask(BaseTask):
 
     report_kind = "multilabel"
     activation = "sigmoid"
-    platform_args = ("epochs", "num_classes")
+    platform_args = ("max_epochs", "num_classes")
 
     def __init__(
         self, model: nn.Module, loss: nn.Module, *, num_classes: int, threshold: float = 0.5, **train_args
