@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from medtune.engine.recipe import Recipe
 from medtune.engine.repeats import BestWeights, full_budget, headline, seed_predictions
 from medtune.engine.trainer import make_trainer
-from medtune.report.compare import Entry, compare, format_text, write_page
+from medtune.report.compare import Entry, compare
+from medtune.report.compare_page import format_text, write_page
 from medtune.report.load import load_predictions
 from medtune.report.verdicts import verdict
 from medtune.scoring.bootstrap import METRICS, Interval, seed_bootstrap, seed_scores

@@ -18,7 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtune.report import cli as analyze
-from medtune.report.compare import Entry, compare, format_text, open_entries
+from medtune.report.compare import Entry, compare, open_entries
+from medtune.report.compare_page import format_text
 from medtune.report.cv import OPTIMISM, FoldComparison, FoldScores, FoldSizes, corrected_t, pair
 from medtune.report.load import PREDICTIONS, SPACE_FILE, Launch, latest, open_launch
 from medtune.report.verdicts import fold_verdicts, verdicts

@@ -162,7 +162,8 @@ def report_launch(client: MlflowClient, args: argparse.Namespace) -> int:
 
 def compare_experiments(client: MlflowClient, args: argparse.Namespace) -> int:
     """Print and write the comparison of the experiments' best trials on their common test split."""
-    from medtune.report.compare import compare, format_text, open_entries, write_page
+    from medtune.report.compare import compare, open_entries
+    from medtune.report.compare_page import format_text, write_page
     from medtune.report.shortcut import shortcut_lines
 
     result = compare(open_entries(client, args.compare))
