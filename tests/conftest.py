@@ -6,13 +6,25 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import CLS_ARGS, OTHER_ARGS, SEG_ARGS, SharedLaunch, Workspace, tail
+from tests.helpers import (
+    CLS_ARGS,
+    OTHER_ARGS,
+    SEG_ARGS,
+    SharedLaunch,
+    Workspace,
+    free_port,
+    stop_processes_of,
+    tail,
+)
+from trainables.ray_env import LOOPBACK
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # One intra-op thread per test process: two xdist processes and the launches they start share 2 cores, and
@@ -70,10 +82,41 @@ def task_caches(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"caches": files, "pred_masks": preds, "num_classes": dataset.num_classes}
 
 
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[str]:
+    """The address of a Ray head node of this test process's own, for the launches that join it (``--address``).
+
+    A launch that starts its own local cluster pays Ray's start and stop each time: about 4 s of CPU and
+    5 s of wall time on 2 cores, of the 27 s of CPU a one-trial launch costs (2026-12-07: 21.5 s wall and
+    23 s of CPU joined, against 26.7 s and 27 s alone). The session's shared launches and the modules
+    marked ``shared_ray`` join this head; the others (the pipeline test, resume, faults, closed doors,
+    several nodes, the wheel) start their own cluster as a user's launch does. Two CPUs, no GPU, on
+    loopback, without token authentication (like every test cluster: ``RAY_AUTH_MODE`` above), in a
+    short temporary folder (Ray's socket paths must stay under 108 characters). Ended with its own
+    processes only (``stop_processes_of``), never ``ray stop``.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="medtune-ray-", dir="/tmp"))
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **LOOPBACK}
+    ray = str(Path(sys.executable).parent / "ray")
+    cmd = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0"]
+    cmd += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={folder}"]
+    cmd += ["--object-store-memory=300000000"]
+    try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_processes_of(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    """A store of the module's own (its tests may depend on their order in the module)."""
-    ws = Workspace(tmp_path_factory.mktemp("workspace"))
+def workspace(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Workspace]:
+    """A store of the module's own (its tests may depend on their order in the module); its launches join
+    the process's Ray head when the module is marked ``shared_ray``."""
+    joined = request.node.get_closest_marker("shared_ray") is not None
+    ws = Workspace(tmp_path_factory.mktemp("workspace"), request.getfixturevalue("ray_head") if joined else None)
     yield ws
     shutil.rmtree(ws.root / "mlruns", ignore_errors=True)  # logged models, beside mlflow.db
 
@@ -94,13 +137,13 @@ def _drop_ray_results(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+def shared_workspace(tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> Iterator[Workspace]:
     """One store for the session's shared launches on ``synth_dir`` (see ``seg_launch`` and the others).
 
     Tests that read these launches must not change them; a test that needs its own runs uses another
     experiment name in this store, or the module's ``workspace``.
     """
-    ws = Workspace(tmp_path_factory.mktemp("shared"))
+    ws = Workspace(tmp_path_factory.mktemp("shared"), ray_head)
     yield ws
     shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
 

@@ -3,10 +3,13 @@ runner for the real ``launch.py`` / ``analyze.py`` in a temporary store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from medtune.engine.build import build_datamodule, build_system
 from medtune.tasks import TASKS
 from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG
+from trainables.ray_env import LOOPBACK
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BASE = {"data.image_size": 32, "data.batch_size": 4, "train.lr": 1e-3}
@@ -78,6 +82,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_processes_of(folder: Path, timeout: float = 5.0) -> int:
+    """End the processes whose command line names ``folder`` and all their descendants (a Ray head's
+    gcs_server, raylet, dashboard, monitors, and the agents and workers they started): SIGTERM, then
+    SIGKILL what is left after ``timeout`` seconds. Only those: never ``ray stop``, which ends every
+    Ray process of the user. Returns how many were signalled."""
+    parents, roots = {}, []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if int(entry.name) == os.getpid():
+                continue
+            if str(folder) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                roots.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+    family, grown = set(roots), True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grown = bool(more)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(_alive(pid) for pid in family):
+            time.sleep(0.2)
+    return len(family)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def tail(result: subprocess.CompletedProcess, chars: int = 3000) -> str:
     """The end of a CLI's stdout and stderr, for an assert's message."""
     return result.stdout[-chars:] + result.stderr[-chars:]
@@ -94,9 +138,11 @@ class SharedLaunch(subprocess.CompletedProcess):
 class Workspace:
     """A temporary MLflow store, Ray storage and cache, and a way to run the real CLIs in it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ray_address: str | None = None) -> None:
         self.root = root
         self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+        # A running Ray head the launches join (``--address``; conftest ``ray_head``), else each starts its own.
+        self.ray_address = ray_address
 
     def launch(self, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return self._run(["launch.py", *args, *self._common()], timeout, env)
@@ -130,13 +176,15 @@ class Workspace:
             str(self.root / "runs"),
             "--cache-dir",
             str(self.root / "cache"),
+            *(["--address", self.ray_address] if self.ray_address else []),
         ]
 
-    @staticmethod
-    def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         # One torch thread in the launch's driver unless the caller says otherwise (tests/conftest.py says why);
         # the trials set their own (--cpus-per-trial).
         env = {"OMP_NUM_THREADS": "1", **os.environ}
+        if self.ray_address:  # the head runs on loopback (conftest ``ray_head``): so must the joining driver's node
+            env.update(LOOPBACK)
         return {**env, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(extra or {})}
 
     def _run(self, argv: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from medtune.config.spaces import available, load_space
 from tests.helpers import PROJECT_DIR, Workspace, runs_of, tail
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.shared_ray]  # launches join the Ray head (conftest)
 SHARED = {"segmentation": "seg_launch", "masked_cls": "masked_launch", "whole_cls": "cls_launch"}
 
 

@@ -29,7 +29,7 @@ from medtune.report.cli import main as analyze_main
 from medtune.tracking.store import LAUNCH_TAG, PARENT_TAG, read_artifact
 from tests.helpers import tail
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.shared_ray]  # launches join the Ray head (conftest)
 
 # A tiny classifier and one searched key: the test is about the nesting, not the model.
 SPACE = """# nested test space

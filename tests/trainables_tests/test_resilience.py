@@ -19,7 +19,10 @@ from medtune.engine.evaluate import load_system
 from medtune.tracking.store import PARENT_TAG, TRIAL_TAG
 from tests.helpers import Workspace, free_port, runs_of
 
-pytestmark = pytest.mark.e2e  # launches, Ray or a real server: run by ./test.sh, skipped by -m 'not e2e'
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.shared_ray,
+]  # launches, Ray or a real server (workspace launches join the Ray head)
 
 FAILING_GRID = """
 task: classification
