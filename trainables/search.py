@@ -23,6 +23,7 @@ from medtune.config.spaces import SearchSpace
 from trainables.cleanup import CheckpointPruner
 from trainables.optuna_search import AshaAwareOptunaSearch
 from trainables.sampling import DefineByRun, grid_param_space
+from trainables.state_copy import StateCopy
 from trainables.trial import TrialContext, run_trial
 
 
@@ -196,7 +197,9 @@ def make_tuner(
     run_config = RunConfig(
         name=name,
         storage_path=str(storage_path),
-        callbacks=callbacks + ([CheckpointPruner(metric=space.metric, mode=space.mode)] if prune else []),
+        callbacks=callbacks
+        + ([CheckpointPruner(metric=space.metric, mode=space.mode)] if prune else [])
+        + ([StateCopy(str(Path(storage_path) / name))] if "://" not in str(storage_path) else []),
         verbose=1 if verbose else 0,
         checkpoint_config=CheckpointConfig(
             num_to_keep=policy.keep_checkpoints,

@@ -109,7 +109,11 @@ def test_a_join_keeps_rays_own_authentication(monkeypatch: pytest.MonkeyPatch) -
     from trainables.ray_env import local_cluster_env
 
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that monkeypatch restores the variable's absence too: local_cluster_env sets these in
+        # os.environ, and a leaked RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 made a later test's worker node refuse to
+        # join its head ("Multi-node Ray clusters are not supported", seen in the suite)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     local_cluster_env("10.0.0.5:6379")
     # Joining a cluster: nothing forced (no RAY_AUTH_MODE=disabled), so a cluster with a token can be joined
     # with RAY_AUTH_MODE=token and the user's RAY_AUTH_TOKEN or ~/.ray/auth_token.

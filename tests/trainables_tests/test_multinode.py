@@ -30,6 +30,7 @@ from medtune.tracking.store import TrackingError
 from tests.helpers import PROJECT_DIR, Workspace, free_port, runs_of
 from trainables import launch
 from trainables.cleanup import drop_checkpoints
+from trainables.ray_env import LOOPBACK
 from trainables.storage import check_reachable, join, location
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -166,7 +167,8 @@ def comm(pid: int) -> str:
 def two_node_cluster(tmp_path: Path, bystander: subprocess.Popen) -> Iterator[str]:
     port = free_port()
     temp_dirs = [Path("/tmp") / f"ray-mt-{port}{node}" for node in ("h", "w")]  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **CREDENTIALS}  # the trials write to the bucket
+    env = {k: v for k, v in os.environ.items() if k not in LOOPBACK}  # several nodes: not single-machine mode
+    env = {**env, "RAY_AUTH_MODE": "disabled", **CREDENTIALS}  # the trials write to the bucket
     elsewhere = tmp_path / "elsewhere"  # the worker node's working directory: not the project's
     elsewhere.mkdir()
     nodes: list[subprocess.Popen] = []

@@ -163,9 +163,9 @@ def _wait_for_a_logged_epoch(client: MlflowClient, launch: subprocess.Popen, log
 
 @pytest.mark.slow
 def test_a_tracking_server_away_mid_search_costs_nothing_and_sees_no_secret(
-    mlflow_server: TrackingServer, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_server: TrackingServer, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_head: str
 ) -> None:
-    workspace, url = Workspace(tmp_path), mlflow_server.url
+    workspace, url = Workspace(tmp_path, ray_head), mlflow_server.url
     # The launch reaches the server through a URI with a password (basic auth, which this server ignores):
     # it must be used, never shown or stored.
     workspace.tracking_uri = url.replace("http://", f"http://medtune:{SECRET}@")
