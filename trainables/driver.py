@@ -21,7 +21,6 @@ from ray.tune import ExperimentAnalysis, ResultGrid, Tuner
 from medtune.config.options import LaunchOptions
 from medtune.data.coco import SPLITS
 from medtune.engine.quiet import quiet_driver
-from medtune.engine.recipe import Recipe
 from medtune.prepare.inputs import Prepared, prepare
 from medtune.tracking.provenance import standard_tags
 from medtune.tracking.redact import redact_uri
@@ -56,21 +55,8 @@ def _context(prepared: Prepared, options: LaunchOptions, scratch: Path) -> Trial
     caches, size = hand_over(prepared.caches, splits)
     pred_masks, more = hand_over(prepared.pred_masks, splits)
     print(f"[launch] caches handed to Ray's object store for the trials: {(size + more) / 2**20:.1f} MiB")
-    space = prepared.space
-    recipe = Recipe(
-        task=space.task,
-        config={},
-        caches={},
-        pred_masks=None,
-        num_classes=prepared.dataset.num_classes,
-        max_epochs=space.budget["max_epochs"],
-        metric=space.metric,
-        mode=space.mode,
-        seed=options.seed,
-        precision=options.precision,
-    )
     return TrialContext(
-        recipe=recipe,
+        recipe=prepared.recipe(options),
         caches=caches,
         pred_masks=pred_masks,
         threads=max(1, int(options.cpus_per_trial)),

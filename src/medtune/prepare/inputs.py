@@ -26,6 +26,7 @@ from medtune.data.cache import build_cache
 from medtune.data.coco import SPLITS, DataError, Dataset, load_records, resolve_dataset, single_labels
 from medtune.data.folds import FoldPlan, plan_folds, pool_cache
 from medtune.engine import build
+from medtune.engine.recipe import Recipe
 from medtune.prepare.segmenter_choice import Segmenter, concat_masks, mask_caches, resolve_segmenter
 from medtune.tracking.provenance import code_version, dataset_inputs, describe_experiment, standard_tags
 from medtune.tracking.store import LAUNCH_TAG, TrackingError, default_tracking_uri, experiment_id, open_client
@@ -48,6 +49,23 @@ class Prepared:
     folds: FoldPlan | None = None  # cross-validation: caches and pred_masks also hold "pool"
     # split -> image_ids and, per image, the fold model that drew its mask (-1: the registered model)
     mask_sources: dict[str, dict[str, list[int]]] | None = None
+
+    def recipe(self, options: LaunchOptions) -> Recipe:
+        """The launch-wide training recipe: no configuration and no caches yet (a trial, the winner's
+        publishing and its retrains each derive theirs with ``dataclasses.replace``)."""
+        space = self.space
+        return Recipe(
+            task=space.task,
+            config={},
+            caches={},
+            pred_masks=None,
+            num_classes=self.dataset.num_classes,
+            max_epochs=space.budget["max_epochs"],
+            metric=space.metric,
+            mode=space.mode,
+            seed=options.seed,
+            precision=options.precision,
+        )
 
 
 def load_and_override(options: LaunchOptions) -> SearchSpace:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 from mlflow.entities import Param, Run
 from mlflow.tracking import MlflowClient
@@ -90,19 +91,9 @@ def publish_winner(
 def winner_recipe(prepared: Prepared, options: LaunchOptions, best: BestTrial) -> Recipe:
     """How the search trained ``best``: the trials' recipe (``trainables.driver``) with its configuration and
     the caches at its image size (``pool`` and ``test`` under cross-validation)."""
-    space, size = prepared.space, int(best.config["data.image_size"])
-    return Recipe(
-        task=space.task,
-        config=best.config,
-        caches=prepared.caches[size],
-        pred_masks=(prepared.pred_masks or {}).get(size),
-        num_classes=prepared.dataset.num_classes,
-        max_epochs=space.budget["max_epochs"],
-        metric=space.metric,
-        mode=space.mode,
-        seed=options.seed,
-        precision=options.precision,
-    )
+    size = int(best.config["data.image_size"])
+    caches, pred_masks = prepared.caches[size], (prepared.pred_masks or {}).get(size)
+    return replace(prepared.recipe(options), config=best.config, caches=caches, pred_masks=pred_masks)
 
 
 def _print_result(
