@@ -90,7 +90,9 @@ def ray_head() -> Iterator[str]:
     5 s of wall time on 2 cores, of the 27 s of CPU a one-trial launch costs (2026-12-07: 21.5 s wall and
     23 s of CPU joined, against 26.7 s and 27 s alone). The session's shared launches and the modules
     marked ``shared_ray`` join this head; the others (the pipeline test, resume, faults, closed doors,
-    several nodes, the wheel) start their own cluster as a user's launch does. Two CPUs, no GPU, on
+    several nodes, the wheel) start their own cluster as a user's launch does. Four logical CPUs (the
+    session's three first launches, started together, each had a 2-CPU cluster of its own before: with two
+    their trials queued, and their set-up took 91 s instead of 69 s), no GPU, on
     loopback, without token authentication (like every test cluster: ``RAY_AUTH_MODE`` above), in a
     short temporary folder (Ray's socket paths must stay under 108 characters). Ended with its own
     processes only (``stop_processes_of``), never ``ray stop``.
@@ -99,7 +101,7 @@ def ray_head() -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", **LOOPBACK}
     ray = str(Path(sys.executable).parent / "ray")
-    cmd = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0"]
+    cmd = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4", "--num-gpus=0"]
     cmd += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={folder}"]
     cmd += ["--object-store-memory=300000000"]
     try:
