@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite (CPU, 2 processes; measured 12 min 37 s on 2 cores on 2026-12-07, a fresh
+# Set up .venv and run the whole test suite (CPU, 2 processes; measured 12 min 03 s on 2 cores on 2026-12-07, a fresh
 # clone on a quiet machine, plus about 4 min for a first setup).
 set -euo pipefail
 cd "$(dirname "$0")"
