@@ -95,7 +95,7 @@ def image_sets(n: int) -> dict[str, list[Image.Image]]:
 def busi_scenes(names: list[str], label: np.ndarray) -> np.ndarray:
     """``label`` with every group of ``busi_same_scene.json`` (file names) joined into one original."""
     index = {name: i for i, name in enumerate(names)}
-    pairs = [(i, j) for i, j in zip(*np.triu_indices(len(label), 1)) if label[i] == label[j]]
+    pairs = [(int(label[i]), i) for i in range(len(label)) if label[i] != i]  # each image to its group's label
     for group in json.loads(SAME_SCENE.read_text())["groups"]:
         present = [index[name] for name in group if name in index]
         pairs += [(present[0], other) for other in present[1:]]

@@ -41,7 +41,7 @@ from trainables.ray_session import ray_session
 from trainables.search import Resources, SearchPolicy, make_tuner, restore_tuner
 from trainables.spool import PendingWrites, pending_writes, spool_file
 from trainables.state_copy import restore_cut_state
-from trainables.storage import Location, check_reachable, storage_root
+from trainables.storage import Location, check_reachable, is_remote, storage_root
 from trainables.trial import TrialContext, hand_over
 from trainables.winner import finish
 
@@ -130,7 +130,7 @@ def _search(
     away) starts no Ray: it sends the trial writes kept in the spool, then publishes from Ray's results
     and checkpoints, kept for it.
     """
-    if options.resume and "://" not in str(loc.ray):  # a local folder: Tune's state may have been cut by a kill
+    if options.resume and not is_remote(loc.ray):  # a local folder: Tune's state may have been cut by a kill
         for name in restore_cut_state(Path(loc.ray)):
             print(
                 f"[launch] --resume: {name} was cut (killed while written); its last complete copy is used",

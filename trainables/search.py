@@ -24,6 +24,7 @@ from trainables.cleanup import CheckpointPruner
 from trainables.optuna_search import AshaAwareOptunaSearch
 from trainables.sampling import DefineByRun, grid_param_space
 from trainables.state_copy import StateCopy
+from trainables.storage import is_remote
 from trainables.trial import TrialContext, run_trial
 
 
@@ -199,7 +200,7 @@ def make_tuner(
         storage_path=str(storage_path),
         callbacks=callbacks
         + ([CheckpointPruner(metric=space.metric, mode=space.mode)] if prune else [])
-        + ([StateCopy(str(Path(storage_path) / name))] if "://" not in str(storage_path) else []),
+        + ([] if is_remote(str(storage_path)) else [StateCopy(str(Path(storage_path) / name))]),
         verbose=1 if verbose else 0,
         checkpoint_config=CheckpointConfig(
             num_to_keep=policy.keep_checkpoints,
