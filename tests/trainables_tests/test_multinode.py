@@ -35,8 +35,9 @@ from trainables.storage import check_reachable, join, location
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 RAY = str(Path(sys.executable).parent / "ray")
-# Four 4-epoch trials at 64 px, all started at once by the grid (TPE's one-at-a-time smoke trials
-# are so short that one reused actor can run them all before a second worker has started).
+# Four 2-epoch trials at 64 px, all started at once by the grid (TPE's one-at-a-time smoke trials
+# are so short that one reused actor can run them all before a second worker has started). The test
+# waits for each trial's first checkpoint, so one epoch after it is enough.
 SPACE = """
 task: classification
 metric: val/balanced_acc
@@ -45,7 +46,7 @@ search: grid
 fixed: {data.image_size: 64, data.batch_size: 8, loss.name: ce, model.name: resnet18, train.saliency_metric: false}
 params:
   train.lr: {choice: [0.001, 0.002, 0.003, 0.004]}
-budget: {max_epochs: 4}
+budget: {max_epochs: 2}
 """
 STARTED = "Ray runtime started"  # what ``ray start`` prints once its node is up
 BUCKET = "medtune-results"
