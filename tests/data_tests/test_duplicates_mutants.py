@@ -1,6 +1,6 @@
-"""``medtune.data.duplicates`` pinned down: the setting's flags and words, the hash stage against brute
-force, the bounds of every rule (threshold, floor, coherence, tightness, group bound) met exactly, and
-the report lines (mutation testing: ``benchmarks/mutation.sh``)."""
+"""``medtune.data.duplicates`` and ``dataset_duplicates`` pinned down: the setting's flags and words, the
+hash stage against brute force, the bounds of every rule (threshold, floor, coherence, tightness, group
+bound) met exactly, and the report lines (mutation testing: ``benchmarks/mutation.sh``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtune.data import cocoio, duplicates, similarity
+from medtune.data import cocoio, dataset_duplicates, duplicates, similarity
 from medtune.data.duplicates import Fingerprint, Setting
 
 RNG = np.random.default_rng(5)
@@ -26,7 +26,7 @@ def picture(seed: int, size: int = 48) -> Image.Image:
 
 def parser(off_flag: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tool")
-    duplicates.add_arguments(p, off_flag=off_flag, off_help="no duplicates")
+    dataset_duplicates.add_arguments(p, off_flag=off_flag, off_help="no duplicates")
     return p
 
 
@@ -38,14 +38,15 @@ def test_setting_words() -> None:
 
 
 def test_flags_default_to_the_default_setting_and_say_their_ranges() -> None:
-    assert duplicates.setting_from_args(parser().parse_args([])) == Setting()
+    assert dataset_duplicates.setting_from_args(parser().parse_args([])) == Setting()
     args = parser("--no-near").parse_args(
         ["--near-threshold", " 7 ", "--near-similarity", " 0.5 ", "--accept-groups", "--no-near"]
     )
-    assert duplicates.setting_from_args(args) == Setting(7, 0.5, True) and args.no_near is True
+    assert dataset_duplicates.setting_from_args(args) == Setting(7, 0.5, True) and args.no_near is True
     assert parser("--no-near").parse_args([]).no_near is False
     # a namespace without the accept flag (an older caller): large groups are not accepted
-    assert duplicates.setting_from_args(argparse.Namespace(near_threshold=0, near_similarity=1)) == Setting(0, 1.0)
+    older = argparse.Namespace(near_threshold=0, near_similarity=1)
+    assert dataset_duplicates.setting_from_args(older) == Setting(0, 1.0)
     text = " ".join(parser("--no-near").format_help().split())
     for words in (
         "--near-threshold BITS near duplicates: hash distance in bits that proposes a pair, 0-127 (default 36)",
@@ -58,7 +59,7 @@ def test_flags_default_to_the_default_setting_and_say_their_ranges() -> None:
     assert "--no-near" not in " ".join(parser().format_help().split())
     # an opt-out flag given without help text has none
     bare = argparse.ArgumentParser(prog="tool")
-    duplicates.add_arguments(bare, off_flag="--no-near")
+    dataset_duplicates.add_arguments(bare, off_flag="--no-near")
     assert " ".join(bare.format_help().split()).endswith(
         "by default they are reported as suspicious and not used --no-near"
     )
@@ -67,22 +68,22 @@ def test_flags_default_to_the_default_setting_and_say_their_ranges() -> None:
 @pytest.mark.parametrize("value", ["0", "1", "0.0", "1.0", " 0.25"])
 def test_similarity_bounds_are_inclusive(value: str) -> None:
     args = argparse.Namespace(near_threshold="0", near_similarity=value)
-    assert duplicates.setting_from_args(args).min_similarity == float(value)
+    assert dataset_duplicates.setting_from_args(args).min_similarity == float(value)
 
 
 @pytest.mark.parametrize("value", ["-0.001", "1.001", "nan", "x", ""])
 def test_similarity_out_of_range_names_the_flag(value: str) -> None:
     with pytest.raises(cocoio.DataError) as refused:
-        duplicates.setting_from_args(argparse.Namespace(near_threshold="0", near_similarity=value))
+        dataset_duplicates.setting_from_args(argparse.Namespace(near_threshold="0", near_similarity=value))
     assert str(refused.value) == f"--near-similarity {value.strip()}: expected a correlation from 0 to 1"
 
 
 def test_threshold_bounds() -> None:
-    assert duplicates.check_threshold(0) == 0 and duplicates.check_threshold(" 127 ") == 127
-    assert duplicates.check_threshold("36") == 36
+    assert dataset_duplicates.check_threshold(0) == 0 and dataset_duplicates.check_threshold(" 127 ") == 127
+    assert dataset_duplicates.check_threshold("36") == 36
     for bad in (128, "-1", "1.5", True, "x"):
         with pytest.raises(cocoio.DataError) as refused:
-            duplicates.check_threshold(bad)
+            dataset_duplicates.check_threshold(bad)
         assert str(refused.value) == f"--near-threshold {bad}: expected an integer number of bits from 0 to 127"
 
 
@@ -287,7 +288,7 @@ def test_split_grouping_tags_entries_and_skips_what_it_cannot_read(tmp_path: Pat
         "val": write_split(tmp_path, "val", [1, 4], [0, 3]),
     }
     dirs = {s: tmp_path / "images" for s in files}
-    found = duplicates.split_grouping(files, dirs, Setting(0, 1.0))
+    found = dataset_duplicates.split_grouping(files, dirs, Setting(0, 1.0))
     # train 1 and val 1 show the same picture: one group across the splits, ids tagged with the split
     assert found.groups == [
         [
@@ -296,21 +297,21 @@ def test_split_grouping_tags_entries_and_skips_what_it_cannot_read(tmp_path: Pat
         ]
     ]
     assert found.suspicious == [] and found.unreadable == ["missing.png", "../outside.png"]
-    assert duplicates.split_groups(files, dirs, Setting(0, 1.0)) == found.groups
-    assert duplicates.straddling(found.groups) == found.groups
-    assert duplicates.straddling([[{"split": "val"}, {"split": "val"}]]) == []
+    assert dataset_duplicates.split_groups(files, dirs, Setting(0, 1.0)) == found.groups
+    assert dataset_duplicates.straddling(found.groups) == found.groups
+    assert dataset_duplicates.straddling([[{"split": "val"}, {"split": "val"}]]) == []
 
 
 def test_image_grouping_returns_entries(tmp_path: Path) -> None:
     path = write_split(tmp_path, "all", [1, 2, 3, 4], [0, 1, 0, 2], [{"id": 9, "file_name": "gone.png"}])
     images = json.loads(path.read_text())["images"]
-    found = duplicates.image_grouping(images, tmp_path / "images", Setting(0, 1.0))
+    found = dataset_duplicates.image_grouping(images, tmp_path / "images", Setting(0, 1.0))
     assert found == duplicates.Grouping([[images[0], images[2]]], [], ["gone.png"])
-    assert duplicates.image_groups(images, tmp_path / "images", Setting(0, 1.0)) == (
+    assert dataset_duplicates.image_groups(images, tmp_path / "images", Setting(0, 1.0)) == (
         [[images[0], images[2]]],
         ["gone.png"],
     )
-    prints, unreadable = duplicates.fingerprint_images(images, tmp_path / "images")
+    prints, unreadable = dataset_duplicates.fingerprint_images(images, tmp_path / "images")
     assert sorted(prints) == [1, 2, 3, 4] and unreadable == ["gone.png"]
 
 
@@ -320,23 +321,23 @@ def entries(n: int, start: int = 0) -> list[dict]:
 
 def test_group_lines() -> None:
     groups = [entries(2), entries(3, 10), entries(2, 20)]
-    assert duplicates.group_lines([], label="x") == []
-    assert duplicates.describe(entries(2)) == "id 0 (0.png), id 1 (1.png)"
-    assert duplicates.group_lines(groups, label="near", max_report=2) == [
+    assert dataset_duplicates.group_lines([], label="x") == []
+    assert dataset_duplicates.describe(entries(2)) == "id 0 (0.png), id 1 (1.png)"
+    assert dataset_duplicates.group_lines(groups, label="near", max_report=2) == [
         "near: 3 group(s), 7 images",
         "  group of 2: id 0 (0.png), id 1 (1.png)",
         "  group of 3: id 10 (10.png), id 11 (11.png), id 12 (12.png)",
         "  ... and 1 more groups",
     ]
     # 0: every group; the default shows up to 20
-    assert len(duplicates.group_lines(groups, label="near", max_report=0)) == 4
-    assert len(duplicates.group_lines(groups * 8, label="near")) == 1 + 20 + 1
-    assert duplicates.group_lines(groups, label="near", max_report=1)[2] == "  ... and 2 more groups"
+    assert len(dataset_duplicates.group_lines(groups, label="near", max_report=0)) == 4
+    assert len(dataset_duplicates.group_lines(groups * 8, label="near")) == 1 + 20 + 1
+    assert dataset_duplicates.group_lines(groups, label="near", max_report=1)[2] == "  ... and 2 more groups"
 
 
 def test_suspicious_lines() -> None:
     groups = [entries(12), entries(3, 20), entries(11, 40), entries(4, 60)]
-    lines = duplicates.suspicious_lines(groups, 600, max_report=2)
+    lines = dataset_duplicates.suspicious_lines(groups, 600, max_report=2)
     assert lines == [
         "suspicious near-duplicate group of 12 images (over 12 of 600; not used for splits or folds, "
         "--accept-groups uses it): 0.png, 1.png, 2.png, ...",
@@ -344,9 +345,9 @@ def test_suspicious_lines() -> None:
         "--accept-groups uses it): 20.png, 21.png, 22.png",
         "  ... and 2 more suspicious groups",
     ]
-    assert duplicates.suspicious_lines(groups, 600, max_report=0)[3].endswith("): 60.png, 61.png, 62.png, ...")
-    assert len(duplicates.suspicious_lines(groups * 6, 600)) == 20 + 1
-    assert duplicates.suspicious_lines(groups, 600, max_report=1)[1] == "  ... and 3 more suspicious groups"
+    assert dataset_duplicates.suspicious_lines(groups, 600, max_report=0)[3].endswith("): 60.png, 61.png, 62.png, ...")
+    assert len(dataset_duplicates.suspicious_lines(groups * 6, 600)) == 20 + 1
+    assert dataset_duplicates.suspicious_lines(groups, 600, max_report=1)[1] == "  ... and 3 more suspicious groups"
 
 
 def test_groups_grow_from_the_best_pairs_first() -> None:

@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import cocoio, duplicates, masks
+from medtune.data import cocoio, dataset_duplicates, duplicates, masks
 from medtune.data.imageio import read_image
 from medtune.data.problems import KINDS, Problem, Report, print_report
 from medtune.data.tools.fix import fix_coco, removed_path
@@ -55,7 +55,7 @@ def check_coco(
     known_categories = _check_categories(report)
     images = _check_images(report, fast=fast)
     if not fast:  # missing and unreadable files are skipped here (reported above)
-        found = duplicates.image_grouping(list(images.values()), report.images_dir, near)
+        found = dataset_duplicates.image_grouping(list(images.values()), report.images_dir, near)
         report.near_groups, report.suspicious_groups = found.groups, found.suspicious
     annotated = _check_annotations(report, images, known_categories)
     for i, img in enumerate(coco["images"]):
@@ -257,13 +257,13 @@ def check_split_folder(folder: Path, images_dir: Path | None, *, near: duplicate
     reports = {s: check_coco(path, images_dir, near=near) for s, path in files.items()}
     for report in reports.values():
         print_report(report, max_report=max_report)
-    found = duplicates.split_grouping(files, {s: r.images_dir for s, r in reports.items()}, near)
-    groups, across = found.groups, duplicates.straddling(found.groups)
+    found = dataset_duplicates.split_grouping(files, {s: r.images_dir for s, r in reports.items()}, near)
+    groups, across = found.groups, dataset_duplicates.straddling(found.groups)
     n_images = sum(len(r.coco["images"]) for r in reports.values())
-    for line in duplicates.suspicious_lines(found.suspicious, n_images, max_report=max_report):
+    for line in dataset_duplicates.suspicious_lines(found.suspicious, n_images, max_report=max_report):
         print(line)
     print(f"across splits: {len(groups)} duplicate group(s), {len(across)} straddling two or more splits")
-    for line in duplicates.group_lines(across, label="straddling_duplicates", max_report=max_report):
+    for line in dataset_duplicates.group_lines(across, label="straddling_duplicates", max_report=max_report):
         print(line)
     if across:
         print(f"  keep each group in one split: `python -m medtune.data split` does by default ({near.label})")
@@ -281,20 +281,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-report", type=int, default=20, metavar="N", help="problem lines printed per kind (0: all; default 20)"
     )
-    duplicates.add_arguments(parser)
+    dataset_duplicates.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.fix is not None and args.fix.resolve() == args.coco.resolve():
             raise cocoio.DataError(f"--fix {args.fix}: must differ from --coco (the input is kept)")
-        near = duplicates.setting_from_args(args)
+        near = dataset_duplicates.setting_from_args(args)
         if args.coco.is_dir():
             return check_split_folder(args.coco, args.images, near=near, max_report=args.max_report)
         report = check_coco(args.coco, args.images, near=near)
         print_report(report, max_report=args.max_report)
         n_images = len(report.coco["images"])
-        for line in duplicates.suspicious_lines(report.suspicious_groups, n_images, max_report=args.max_report):
+        for line in dataset_duplicates.suspicious_lines(report.suspicious_groups, n_images, max_report=args.max_report):
             print(line)
         if args.fix is not None:
             removed = fix_coco(report, args.fix)

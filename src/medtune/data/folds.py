@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtune.data import balance, cocoio, duplicates, split
+from medtune.data import balance, cocoio, dataset_duplicates, duplicates, split
 from medtune.data.cache import BATCH, build_cache, cache_ok, load_cache, save_tensors
 from medtune.data.coco import DataError, Dataset
 from medtune.data.streamed import Stream
@@ -156,7 +156,7 @@ def _plan(dataset: Dataset, folds: int, seed: int, near: duplicates.Setting, poo
     pool_ids = [img["id"] for img in pooled["images"]]
     units = split.units_of(where, pooled, group_by)
     files = {s: dataset.coco_files[s] for s in pool}
-    found = duplicates.split_grouping(files, {s: dataset.images_dirs[s] for s in pool}, near)
+    found = dataset_duplicates.split_grouping(files, {s: dataset.images_dirs[s] for s in pool}, near)
     groups = [[{**img, "id": int(str(img["id"]).split(":", 1)[1])} for img in group] for group in found.groups]
     units = split.merge_units(units, groups)
     if len(units) < folds:

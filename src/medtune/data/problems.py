@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import duplicates
+from medtune.data import dataset_duplicates, duplicates
 
 KINDS: dict[str, str] = {
     "malformed_entry": "entry missing a key or with a wrong type, or a mask pycocotools cannot decode",
@@ -87,7 +87,7 @@ def print_report(report: Report, *, max_report: int = 20) -> None:
             print(f"  {p.line()}")
         if len(by_kind[kind]) > len(shown):
             print(f"  {kind}: ... and {len(by_kind[kind]) - len(shown)} more")
-    for line in duplicates.group_lines(
+    for line in dataset_duplicates.group_lines(
         report.near_groups, label=f"near duplicates ({report.near.label})", max_report=max_report
     ):
         print(line)

@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import balance, cocoio, duplicates
+from medtune.data import balance, cocoio, dataset_duplicates, duplicates
 
 SPLITS = ("train", "val", "test")
 
@@ -68,7 +68,7 @@ def split_coco(
     units = units_of(coco_path, coco, group_by)
     groups, suspicious, unreadable = [], [], []
     if near is not None:
-        groups, suspicious, unreadable = duplicates.image_grouping(coco["images"], images_dir, near)
+        groups, suspicious, unreadable = dataset_duplicates.image_grouping(coco["images"], images_dir, near)
         units = merge_units(units, groups)
     shares = {"train": 1 - val - test, "val": val, "test": test}
     where = allocate(strata_of(units, keys), shares, random.Random(seed))
@@ -95,7 +95,7 @@ def split_coco(
         cocoio.write_json_atomic(Path(out_dir) / f"{split}.json", out)
     result = _summarise(coco, keys, image_ids, shares, images_dir)
     result.duplicate_groups = groups
-    result.warnings += duplicates.suspicious_lines(suspicious, len(coco["images"]))
+    result.warnings += dataset_duplicates.suspicious_lines(suspicious, len(coco["images"]))
     kinds = balance.unit_kinds(units, {img["id"] for g in groups for img in g}, group_by)
     result.unbalanced = balance.imbalance("images per split", shares, where, units, keys, kinds)
     if unreadable:
@@ -232,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group-by", metavar="FIELD", help="image field whose groups stay in one split, e.g. patient_id"
     )
-    duplicates.add_arguments(
+    dataset_duplicates.add_arguments(
         parser,
         off_flag="--ignore-duplicates",
         off_help="do not keep near-duplicate groups inside one split (the behaviour before duplicate grouping)",
@@ -241,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        near = None if args.ignore_duplicates else duplicates.setting_from_args(args)
+        near = None if args.ignore_duplicates else dataset_duplicates.setting_from_args(args)
         result = split_coco(
             args.coco,
             args.out,

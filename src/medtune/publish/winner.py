@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from medtune.config.options import LaunchOptions
 from medtune.config.spaces import Param as SpaceParam
-from medtune.data import duplicates
+from medtune.data import dataset_duplicates, duplicates
 from medtune.data.check import check_coco
 from medtune.data.coco import SPLITS, Dataset, load_records
 from medtune.data.folds import FoldPlan
@@ -187,7 +187,7 @@ def data_facts(dataset: Dataset, folds: FoldPlan | None) -> model_card.DataFacts
         classes[split] = {name: tally[k] for k, name in enumerate(dataset.categories)}
         lesion_free[split] = sum(not segmentations for segmentations in records.segmentations)
         problems[split] = check_coco(dataset.coco_files[split], dataset.images_dirs[split]).counts()
-    groups = duplicates.split_groups(dataset.coco_files, dataset.images_dirs, duplicates.Setting())
+    groups = dataset_duplicates.split_groups(dataset.coco_files, dataset.images_dirs, duplicates.Setting())
     return model_card.DataFacts(
         name=dataset.name,
         fingerprint=dataset.fingerprint,
@@ -197,7 +197,7 @@ def data_facts(dataset: Dataset, folds: FoldPlan | None) -> model_card.DataFacts
         lesion_free=lesion_free,
         problems=problems,
         near_groups=len(groups),
-        straddling=len(duplicates.straddling(groups)),
+        straddling=len(dataset_duplicates.straddling(groups)),
         folds=folds.describe() if folds else "",
     )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data import cocoio, duplicates, masks
+from medtune.data import cocoio, dataset_duplicates, duplicates, masks
 from medtune.data.imageio import image_size
 
 
@@ -62,7 +62,7 @@ def coco_stats(coco: dict, images_dir: Path | None = None, *, near: duplicates.S
 def _duplicate_groups(coco: dict, images_dir: Path | None, near: duplicates.Setting) -> dict:
     if images_dir is None:
         return {"groups": None}
-    groups, unreadable = duplicates.image_groups(coco["images"], images_dir, near)
+    groups, unreadable = dataset_duplicates.image_groups(coco["images"], images_dir, near)
     return {
         "threshold": near.threshold,
         "min_similarity": near.min_similarity,
@@ -158,13 +158,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", type=Path, help="image folder (default: info.images_dir, images/ beside FILE, FILE's folder)"
     )
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    duplicates.add_arguments(parser)
+    dataset_duplicates.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         coco = cocoio.require_keys(args.coco, cocoio.load_coco(args.coco))
-        near = duplicates.setting_from_args(args)
+        near = dataset_duplicates.setting_from_args(args)
         stats = coco_stats(coco, cocoio.images_dir_for(args.coco, coco, args.images), near=near)
     except cocoio.DataError as err:
         return cocoio.fail(err)
