@@ -13,7 +13,10 @@ function also returns ``valid`` (target non-empty) and saliency averages skip in
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the metric names' rules are read by processes that never load torch
+    from torch import Tensor
 
 # Logged metrics where lower is better, by the last part of their name (``val/loss``, ``cv/fold0/val/fail_rate``);
 # every other metric counts as higher-better. Spaces check their ``mode`` against it, reports compare with it.

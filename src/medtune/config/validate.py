@@ -10,9 +10,9 @@ required data keys. ``SpaceError`` is what they raise.
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from medtune.engine import build
 from medtune.metrics import lower_is_better
 
 if TYPE_CHECKING:  # types only: medtune.config.spaces imports this module to build its SearchSpace
@@ -29,6 +29,15 @@ SCALARS = (str, int, float, bool, type(None))
 
 class SpaceError(ValueError):
     """A search-space problem; the message is one line naming the file and key."""
+
+
+def _build() -> ModuleType:
+    """``medtune.engine.build``, imported when a space is checked, not when this module is: it pulls in
+    torch, torchvision and Lightning (several seconds), which a process that only holds spaces (a replayed
+    trial, a reader of stored runs) never needs."""
+    from medtune.engine import build
+
+    return build
 
 
 def check_top(path: Path, raw: Any) -> None:
@@ -58,8 +67,9 @@ def first(keys: set) -> str:
 def task(path: Path, raw: dict) -> str:
     """``task``: a name in ``medtune.engine.build.TASKS``."""
     name = raw.get("task")
-    if not isinstance(name, str) or name not in build.TASKS:
-        raise SpaceError(f"{path}: key 'task': expected one of {', '.join(build.TASKS)}, got {name!r}")
+    tasks = _build().TASKS
+    if not isinstance(name, str) or name not in tasks:
+        raise SpaceError(f"{path}: key 'task': expected one of {', '.join(tasks)}, got {name!r}")
     return name
 
 
@@ -166,13 +176,13 @@ def budget(path: Path, raw: dict) -> dict[str, int]:
 
 def check_keys(space: SearchSpace) -> None:
     """Every key must name a group and an argument its constructor accepts (for each possible name)."""
-    seen = set(space.fixed)
+    seen, groups = set(space.fixed), _build().GROUPS
     for key in list(space.fixed) + [p.name for p in space.params]:
         where = f"{space.path}: key '{key}'"
         found = next((p for p in space.params if p.name == key), None)
         group, _, arg = key.partition(".")
-        if group not in build.GROUPS or not arg:
-            raise SpaceError(f"{where}: expected <group>.<argument> with group one of {', '.join(build.GROUPS)}")
+        if group not in groups or not arg:
+            raise SpaceError(f"{where}: expected <group>.<argument> with group one of {', '.join(groups)}")
         if found:
             for ref in found.when:
                 if ref not in seen:
@@ -185,7 +195,7 @@ def check_keys(space: SearchSpace) -> None:
 
 def check_required_data(space: SearchSpace) -> None:
     """The task's required ``data.*`` keys are set (fixed or searched) to allowed values only."""
-    for arg, allowed in build.task_spec(space.task).required_data:
+    for arg, allowed in _build().task_spec(space.task).required_data:
         values = space.possible_values(f"data.{arg}")
         if not values:
             raise SpaceError(
@@ -209,7 +219,7 @@ def _check_arg(space: SearchSpace, where: str, group: str, arg: str, param: Para
             if not isinstance(name, str):
                 raise SpaceError(f"{space.path}: key '{group}.name': expected a {group} name, got {name!r}")
             try:
-                valid = build.accepted_args(space.task, group, name)
+                valid = _build().accepted_args(space.task, group, name)
             except ValueError as err:
                 raise SpaceError(f"{where}: {err}") from None
             if arg != "name" and arg not in valid:
@@ -217,6 +227,6 @@ def _check_arg(space: SearchSpace, where: str, group: str, arg: str, param: Para
                     f"{where}: {group} '{name}' takes no argument '{arg}'; valid: {', '.join(sorted(valid))}"
                 )
         return
-    valid = build.accepted_args(space.task, group)
+    valid = _build().accepted_args(space.task, group)
     if arg not in valid:
         raise SpaceError(f"{where}: unknown argument '{arg}' for {group}; valid: {', '.join(sorted(valid))}")
