@@ -1,7 +1,7 @@
 """Searchers compared on replayed learning curves (``benchmarks/curves``), many seeds, same budget.
 
     python benchmarks/search_replay.py --quick      # one LCBench task, 2 seeds, 6 trials
-    python benchmarks/search_replay.py --seeds 100  # every stored set, 100 seeds (hours under Ray's overhead)
+    python benchmarks/search_replay.py --seeds 100  # every stored set, 100 seeds (an hour or more)
 
 Each search is a real Ray Tune search through the platform's ``make_tuner`` whose trainable
 replays a stored curve (``trainables.replay``): the samplers and schedulers see what they would
@@ -18,7 +18,10 @@ Per method, with bootstrap 95% intervals over seeds: the share of B needed to re
 final best of the same seed (median; "never" when not reached within B) and the share of seeds
 that never reach it, and the mean regret (table's best minus best found) at 25%, 50%, 100% of B.
 Written to ``benchmarks/out/search_replay/`` (gitignored): ``results.json`` and
-``regret.png`` (``-quick`` in their names with ``--quick``). The last line is ``RATIO``: asha_tpe's median share on each set.
+``regret.png`` (``-quick``, or the ``--sets`` given, in their names). Searches run ``--jobs`` at a time,
+each in a process of its own joined to one Ray instance: a replayed search mostly waits on Ray Tune's
+round trips, so several at once use the cores (searches are independent; within one, trials run
+``--concurrent`` at a time as before). The last line is ``RATIO``: asha_tpe's median share on each set.
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ RANDOM_ARM_OFFSET = 10_000
 BOOTSTRAP = 2000
 
 
-def load_sets(names: list[str] | None) -> dict:
+def load_sets(names: list[str] | None, *, quiet: bool = False) -> dict:
     from trainables.replay import load_table
 
     tables = {p.stem: load_table(p) for p in sorted(CURVES.glob("*.npz"))}
-    if not any(name.startswith("busi") for name in tables):
+    if not quiet and not any(name.startswith("busi") for name in tables):
         print("own-domain set missing: benchmarks/curves/busi-whole_cls.npz not recorded yet (make_busi_curves.py)")
     if names:
         unknown = set(names) - set(tables)
@@ -265,22 +268,11 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one LCBench task, 2 seeds, 6 trials")
-    parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--trials", type=int, default=8, help="random's trials (B = trials x epochs)")
-    parser.add_argument("--sets", nargs="+", help="curve sets (file stems in benchmarks/curves) [all]")
-    parser.add_argument("--methods", nargs="+", default=[*PLATFORM, *EXTRA], help="methods [all]")
-    parser.add_argument("--concurrent", type=int, default=2, help="trials at once")
-    parser.add_argument("--seconds-per-epoch", type=float, default=0.0)
-    args = parser.parse_args()
-    if args.quick:
-        args.seeds, args.trials, args.sets = 2, 6, args.sets or ["lcbench-3945"]
-    if "bohb" in args.methods and not bohb_available():
-        print("bohb skipped: hpbandster and ConfigSpace are not installed (pip install hpbandster ConfigSpace)")
-        args.methods.remove("bohb")
-    sets = load_sets(args.sets)
+def start_ray(jobs: int, concurrent: int) -> str:
+    """Start this machine's Ray for the searches; its address, which the search processes join.
+
+    Every search's trials ask for ``2 / concurrent`` CPUs, so ``jobs`` searches at once need ``2 x jobs``
+    logical CPUs; a replayed trial only reads a table, so they share the real cores well."""
     import os
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -289,47 +281,113 @@ def main() -> None:
     import trainables
 
     start = time.perf_counter()
-    ray.init(
-        num_cpus=2,
+    context = ray.init(
+        num_cpus=2 * jobs,
         include_dashboard=False,
         log_to_driver=False,  # BOHB's trials log every checkpoint and restore
         logging_level="ERROR",
         runtime_env={"py_modules": [trainables]},
     )
+    print(f"ray.init {time.perf_counter() - start:.1f} s ({load()}); {jobs} searches at once")
+    return context.address_info["address"]
+
+
+def _join(address: str) -> None:
+    """A search process: join the benchmark's Ray (its own job, with the same code)."""
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    import trainables
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env={"py_modules": [trainables]})
     logging.getLogger("ray.tune").setLevel(logging.ERROR)  # "Remote file not found" of trials deleted with their search
-    print(f"ray.init {time.perf_counter() - start:.1f} s ({load()})")
+
+
+_TABLES: dict = {}  # a search process's tables, loaded once: name -> (table, grace, rf)
+
+
+def _one(set_name: str, method: str, seed: int, args: argparse.Namespace) -> tuple[list, float]:
+    """One search in a search process (tables loaded on first use)."""
+    if set_name not in _TABLES:
+        _TABLES.update(load_sets([set_name], quiet=True))
+    table, grace, rf = _TABLES[set_name]
+    return search(method, table, grace, rf, seed=seed, args=args)
+
+
+def run_all(sets: dict, args: argparse.Namespace, address: str) -> tuple[dict, dict]:
+    """Every (set, seed, method) search, ``args.jobs`` at once; (set -> method -> curves, method -> timings)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    keys = [(name, seed, method) for name in sets for seed in range(args.seeds) for method in args.methods]
+    pool = ProcessPoolExecutor(args.jobs, multiprocessing.get_context("spawn"), initializer=_join, initargs=(address,))
+    with pool:
+        futures = {key: pool.submit(_one, key[0], key[2], key[1], args) for key in keys}
+        done: dict = {}
+        for name, seed, method in keys:  # in order, so progress lines come per set and seed
+            done[name, seed, method] = futures[name, seed, method].result()
+            if method == args.methods[-1]:
+                cells = [
+                    f"{m} {done[name, seed, m][1]:.1f} s/{len(done[name, seed, m][0])} epochs" for m in args.methods
+                ]
+                print(f"{name} seed {seed}: " + ", ".join(cells), flush=True)
+    runs = {name: {m: [] for m in args.methods} for name in sets}
+    timing: dict = {}
+    for (name, _, method), (values, seconds) in done.items():
+        runs[name][method].append(best_so_far(values, sets[name][0].mode))
+        timing.setdefault(method, []).append((seconds, len(values)))
+    return runs, timing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one LCBench task, 2 seeds, 6 trials")
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--trials", type=int, default=8, help="random's trials (B = trials x epochs)")
+    parser.add_argument("--sets", nargs="+", help="curve sets (file stems in benchmarks/curves) [all]")
+    parser.add_argument("--methods", nargs="+", default=[*PLATFORM, *EXTRA], help="methods [all]")
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at once in a search")
+    parser.add_argument("--jobs", type=int, default=3, help="searches at once, each in a process of its own")
+    parser.add_argument("--seconds-per-epoch", type=float, default=0.0)
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.trials, args.sets = 2, 6, args.sets or ["lcbench-3945"]
+    if "bohb" in args.methods and not bohb_available():
+        print("bohb skipped: hpbandster and ConfigSpace are not installed (pip install hpbandster ConfigSpace)")
+        args.methods.remove("bohb")
+    sets = load_sets(args.sets)
+    address = start_ray(args.jobs, args.concurrent)
     OUT.mkdir(parents=True, exist_ok=True)
-    results, timing = {}, {}
-    for name, (table, grace, rf) in sets.items():
-        runs = {m: [] for m in args.methods}
-        for seed in range(args.seeds):
-            for method in args.methods:
-                values, seconds = search(method, table, grace, rf, seed=seed, args=args)
-                runs[method].append(best_so_far(values, table.mode))
-                timing.setdefault(method, []).append((seconds, len(values)))
-            print(
-                f"{name} seed {seed}: "
-                + ", ".join(f"{m} {timing[m][-1][0]:.1f} s/{timing[m][-1][1]} epochs" for m in args.methods),
-                flush=True,
-            )
-        summary = summarise(name, table, runs, args.seeds, args.trials)
+    start = time.perf_counter()
+    runs, timing = run_all(sets, args, address)
+    wall = time.perf_counter() - start
+    results = {}
+    for name, (table, _, _) in sets.items():
+        summary = summarise(name, table, runs[name], args.seeds, args.trials)
         results[name] = {
             "budget": args.trials * table.epochs,
             "optimum": table.best(),
             "sign": 1 if table.mode == "max" else -1,
-            "curves": {m: [c.tolist() for c in cs] for m, cs in runs.items()},
+            "curves": {m: [c.tolist() for c in cs] for m, cs in runs[name].items()},
             "summary": summary,
         }
+    import ray
+
     ray.shutdown()
     total = sum(s for t in timing.values() for s, _ in t)
-    print(f"\nRay Tune per search (mean wall s, replayed epochs per s), {load()}:")
+    print(f"\nRay Tune per search (mean wall s, replayed epochs per s; {args.jobs} at once), {load()}:")
     for method, t in timing.items():
         seconds, epochs = np.array(t).T
         print(f"  {method:12s} {seconds.mean():.1f} s, {epochs.sum() / seconds.sum():.0f} epochs/s")
-    tag = "-quick" if args.quick else ""  # a quick try does not overwrite a full run's report
+    # A quick try, or a run of some sets, does not overwrite a full run's report.
+    tag = "-quick" if args.quick else "".join(f"-{name}" for name in sorted(sets)) if args.sets else ""
     (OUT / f"results{tag}.json").write_text(json.dumps({"args": vars(args), "results": results, "timing": timing}))
     plot(results, OUT / f"regret{tag}.png")
-    print(f"searches took {total:.0f} s; {OUT / f'results{tag}.json'}, {OUT / f'regret{tag}.png'}")
+    searches = sum(len(t) for t in timing.values())
+    print(f"{searches} searches in {wall:.0f} s wall ({total:.0f} s summed over searches); ", end="")
+    print(f"{OUT / f'results{tag}.json'}, {OUT / f'regret{tag}.png'}")
     for name, res in results.items():
         if "asha_tpe" in res["summary"]:
             v, lo, hi = res["summary"]["asha_tpe"]["share"]
