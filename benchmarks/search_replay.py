@@ -268,11 +268,8 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def start_ray(jobs: int, concurrent: int) -> str:
-    """Start this machine's Ray for the searches; its address, which the search processes join.
-
-    Every search's trials ask for ``2 / concurrent`` CPUs, so ``jobs`` searches at once need ``2 x jobs``
-    logical CPUs; a replayed trial only reads a table, so they share the real cores well."""
+def _ray_init(**kwargs: object) -> object:
+    """``ray.init`` as every process of the benchmark calls it: quiet, with the ``trainables`` code."""
     import os
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -280,29 +277,26 @@ def start_ray(jobs: int, concurrent: int) -> str:
 
     import trainables
 
+    # log_to_driver off: BOHB's trials log every checkpoint and restore.
+    context = ray.init(log_to_driver=False, logging_level="ERROR", runtime_env={"py_modules": [trainables]}, **kwargs)
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # "Remote file not found" of trials deleted with their search
+    return context
+
+
+def start_ray(jobs: int) -> str:
+    """Start this machine's Ray for the searches; its address, which the search processes join.
+
+    Every search asks for 2 CPUs (its ``--concurrent`` trials share them), so ``jobs`` searches at once
+    need ``2 x jobs`` logical CPUs; a replayed trial only reads a table, so they share the real cores well."""
     start = time.perf_counter()
-    context = ray.init(
-        num_cpus=2 * jobs,
-        include_dashboard=False,
-        log_to_driver=False,  # BOHB's trials log every checkpoint and restore
-        logging_level="ERROR",
-        runtime_env={"py_modules": [trainables]},
-    )
+    context = _ray_init(num_cpus=2 * jobs, include_dashboard=False)
     print(f"ray.init {time.perf_counter() - start:.1f} s ({load()}); {jobs} searches at once")
     return context.address_info["address"]
 
 
 def _join(address: str) -> None:
-    """A search process: join the benchmark's Ray (its own job, with the same code)."""
-    import os
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
-
-    import trainables
-
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env={"py_modules": [trainables]})
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # "Remote file not found" of trials deleted with their search
+    """A search process: join the benchmark's Ray (a job of its own, with the same code)."""
+    _ray_init(address=address)
 
 
 _TABLES: dict = {}  # a search process's tables, loaded once: name -> (table, grace, rf)
@@ -358,7 +352,7 @@ def main() -> None:
         print("bohb skipped: hpbandster and ConfigSpace are not installed (pip install hpbandster ConfigSpace)")
         args.methods.remove("bohb")
     sets = load_sets(args.sets)
-    address = start_ray(args.jobs, args.concurrent)
+    address = start_ray(args.jobs)
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs, timing = run_all(sets, args, address)
