@@ -57,7 +57,6 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="the commit to compare with (e.g. the issue's day: fb66d3e)")
     parser.add_argument("--runs", type=int, default=3, help="launches of each, alternating")
     args = parser.parse_args()
-    sys.path.insert(0, str(PROJECT_DIR / "src"))
     from medtune.data.tools.synth import generate
 
     with tempfile.TemporaryDirectory(prefix="fixed-cost-") as tmp:

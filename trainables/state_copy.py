@@ -30,13 +30,18 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def _copy_whole(source: Path, target: Path, state: Path) -> None:
+    """Copy ``source`` over ``target`` through a temporary file beside ``state``: ``target`` is never cut."""
+    temporary = state.with_name(f".{state.name}.tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
 def keep_copies(folder: Path) -> None:
-    """Copy every complete experiment state file of ``folder`` to ``<name>.complete`` (temporary file, then rename)."""
+    """Copy every complete experiment state file of ``folder`` to ``<name>.complete``."""
     for state in folder.glob(STATE_GLOB):
         if _complete(state):
-            temporary = state.with_name(f".{state.name}.tmp")
-            shutil.copyfile(state, temporary)
-            os.replace(temporary, state.with_name(state.name + COPY_SUFFIX))
+            _copy_whole(state, state.with_name(state.name + COPY_SUFFIX), state)
 
 
 def restore_cut_state(folder: Path) -> list[str]:
@@ -46,9 +51,7 @@ def restore_cut_state(folder: Path) -> list[str]:
     for state in folder.glob(STATE_GLOB):
         copy = state.with_name(state.name + COPY_SUFFIX)
         if not _complete(state) and copy.is_file():
-            temporary = state.with_name(f".{state.name}.tmp")
-            shutil.copyfile(copy, temporary)
-            os.replace(temporary, state)
+            _copy_whole(copy, state, state)
             restored.append(state.name)
     return restored
 
