@@ -2,6 +2,7 @@
 
     python benchmarks/make_busi_curves.py                      # 300 configurations of whole_cls (hours)
     python benchmarks/make_busi_curves.py --rows 3 --out /tmp/busi-try.npz   # a try: three configurations
+    python benchmarks/make_busi_curves.py --space segmentation --rows 200   # the segmentation space
 
 Configurations are drawn from the shipped space (``--space``, default ``whole_cls``) with Optuna's
 ``RandomSampler`` through the platform's define-by-run space (``trainables.sampling.DefineByRun``,
@@ -11,10 +12,13 @@ for the space's ``max_epochs``; every epoch's value of the space's objective on 
 (NaN after the last epoch of a training the task's own patience stopped). No Ray: the curves are
 what a trial would report, without its overhead.
 
-Re-runnable: each finished configuration is appended to ``<out>.progress.jsonl`` (beside the
-output, the configuration and its curve), and a run with the same arguments skips those it finds
-there, so an interrupted run continues; the table is written when every row is done, and the
-progress file is then deleted.
+Re-runnable: each finished configuration is appended to ``<out>.progress.<K>.jsonl`` (beside the
+output: its row number, configuration and curve), and a run with the same arguments skips the rows
+it finds in any such file, so an interrupted run continues; the table is written by the run that
+finds every row done, and the progress files are then deleted. ``--shard K/N`` trains rows
+``K, K + N, ...`` only, so N processes of one thread each share the cores:
+
+    for k in 0 1; do python benchmarks/make_busi_curves.py --shard $k/2 & done; wait
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def train_curve(space, config: dict, caches: dict, num_classes: int, *, epochs: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default="whole_cls", help="a shipped search space (a classification one)")
+    parser.add_argument("--space", default="whole_cls", help="a shipped search space (whole_cls, segmentation, ...)")
     parser.add_argument("--rows", type=int, default=300, help="configurations to train")
     parser.add_argument("--size", type=int, default=64, help="image side in px")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
@@ -86,7 +90,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--data", type=Path, default=BUSI, help="BUSI's coco_all.json")
     parser.add_argument("--out", type=Path, help="the table [benchmarks/curves/busi-<space>.npz]")
+    parser.add_argument("--shard", default="0/1", help="K/N: train rows K, K + N, ... only [0/1]")
     args = parser.parse_args()
+    try:
+        shard, shards = (int(part) for part in args.shard.split("/"))
+        if not 0 <= shard < shards:
+            raise ValueError
+    except ValueError:
+        sys.exit(f"--shard {args.shard}: expected K/N with 0 <= K < N, e.g. 0/2")
     if not args.data.is_file():
         sys.exit(f"--data {args.data}: no such file (BUSI's coco_all.json, see ../shared/datasets/busi)")
 
@@ -103,26 +114,43 @@ def main() -> None:
     except SpaceError as err:
         sys.exit(str(err))
     out = args.out or CURVES_DIR / f"busi-{space.name}.npz"
-    progress = out.with_name(out.name + ".progress.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     epochs = space.budget["max_epochs"]
     space_fixed = {**space.fixed, "data.image_size": args.size}
     dataset = resolve_dataset(args.data, cache_root=CACHE, seed=0)
     caches = {split: str(build_cache(dataset, split, args.size, CACHE)) for split in ("train", "val", "test")}
-    done = [json.loads(line) for line in progress.read_text().splitlines()] if progress.is_file() else []
     wanted = [{**c, **space_fixed} for c in configurations(space, args.rows, args.seed)]
-    for i, config in enumerate(wanted):
-        if i < len(done):
-            if done[i]["config"] != json.loads(json.dumps(config)):
-                sys.exit(f"{progress}: row {i} was drawn with other arguments; delete it or use the same ones")
+    done = finished(out, wanted)
+    progress = out.with_name(f"{out.name}.progress.{shard}.jsonl")
+    for i in range(shard, args.rows, shards):
+        if i in done:
             continue
         start = time.perf_counter()
-        curve = train_curve(space, config, caches, dataset.num_classes, epochs=epochs, seed=args.train_seed)
+        curve = train_curve(space, wanted[i], caches, dataset.num_classes, epochs=epochs, seed=args.train_seed)
+        row = {"row": i, "config": wanted[i], "curve": curve, "seconds": time.perf_counter() - start}
         with progress.open("a") as file:
-            file.write(json.dumps({"config": config, "curve": curve, "seconds": time.perf_counter() - start}) + "\n")
-        print(f"row {i + 1}/{args.rows}: {time.perf_counter() - start:.0f} s, best {np.nanmax(curve):.3f}", flush=True)
-    save(out, space, [json.loads(line) for line in progress.read_text().splitlines()][: args.rows], args)
-    progress.unlink()
+            file.write(json.dumps(row) + "\n")
+        print(f"row {i + 1}/{args.rows}: {row['seconds']:.0f} s, best {np.nanmax(curve):.3f}", flush=True)
+    done = finished(out, wanted)
+    if len(done) < args.rows:
+        print(f"{len(done)} of {args.rows} rows done; the table is written by the run that finishes the last one")
+        return
+    save(out, space, [done[i] for i in range(args.rows)], args)
+    for file in out.parent.glob(f"{out.name}.progress.*.jsonl"):
+        file.unlink(missing_ok=True)
+
+
+def finished(out: Path, wanted: list[dict]) -> dict[int, dict]:
+    """Rows already recorded in any progress file beside ``out``, by row number; exits if one was drawn otherwise."""
+    done = {}
+    for file in sorted(out.parent.glob(f"{out.name}.progress.*.jsonl")):
+        for line in file.read_text().splitlines():
+            row = json.loads(line)
+            i = row["row"]
+            if i < len(wanted) and row["config"] != json.loads(json.dumps(wanted[i])):
+                sys.exit(f"{file}: row {i} was drawn with other arguments; delete it or use the same ones")
+            done[i] = row
+    return done
 
 
 def save(out: Path, space, rows: list[dict], args: argparse.Namespace) -> None:  # noqa: ANN001
