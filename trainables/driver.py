@@ -148,7 +148,9 @@ def _search(
         raise
     if unsent := pending_writes(spool_file(loc.driver)):  # the store stayed away: nothing to close or publish there
         raise TrackingError(_unreachable(prepared, f"({unsent} trial writes kept in {spool_file(loc.driver)})"))
-    if not _complete(grid, prepared.space.budget["num_samples"]) or (stopped is not None and stopped.is_set()):
+    samples = prepared.space.budget["num_samples"]
+    interrupted = stopped is not None and stopped.is_set()
+    if interrupted or not _complete(grid, samples) or not _complete(_saved_grid(prepared, loc), samples):
         _close_runs(client, parent_run_id, prepared, "KILLED")
         code = INTERRUPTED
     else:
@@ -171,7 +173,7 @@ def _finished_search(client: MlflowClient, prepared: Prepared, parent_run_id: st
     """The results of the launch's search when it had finished (read from Ray's folder, no Ray started),
     after sending the trial writes its spool kept; None when trials are left to run."""
     space = prepared.space
-    grid = ResultGrid(ExperimentAnalysis(str(loc.ray), default_metric=space.metric, default_mode=space.mode))
+    grid = _saved_grid(prepared, loc)
     if not _complete(grid, space.budget["num_samples"]):
         return None
     print("[launch] --resume: the search had finished; publishing its winner", file=sys.stderr)
@@ -206,6 +208,17 @@ def _clean_up(loc: Location, options: LaunchOptions, code: int, scratch: Path) -
 def _complete(grid: ResultGrid, num_samples: int) -> bool:
     """Whether every sampled trial ended (finished or failed) and every sample was drawn."""
     return grid.num_terminated + grid.num_errors == len(grid) and len(grid) >= num_samples
+
+
+def _saved_grid(prepared: Prepared, loc: Location) -> ResultGrid:
+    """The search as Tune's saved experiment state has it: what ``--resume`` reads.
+
+    After a stop signal (Ctrl-C or SIGUSR1, which Tune handles) ``Tuner.fit`` returns the trials it stopped as
+    terminated but saves them as running: with every sample drawn, its grid alone looks complete,
+    and a half-trained trial would be published (and its checkpoints deleted). The saved state does not.
+    """
+    space = prepared.space
+    return ResultGrid(ExperimentAnalysis(str(loc.ray), default_metric=space.metric, default_mode=space.mode))
 
 
 def _tuner(

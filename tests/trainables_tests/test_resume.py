@@ -42,14 +42,17 @@ params:
   train.lr: {loguniform: [3.0e-4, 3.0e-3]}
 budget: {num_samples: 3, max_epochs: 3, grace_period: 3, reduction_factor: 2}
 """
-# The same search cross-validated on 2 folds (each round trains both): 3 trials of 6 rounds. The
-# signal goes out once a running trial has logged its first round, leaving it 5 rounds and the third
-# trial to run: MLflow shows a trial's rounds only after Ray has them, and on a 2-core CI machine a
+# The same search cross-validated on 2 folds (each round trains both): 2 trials of 6 rounds. The
+# signal goes out once the second trial, the last of the search, has logged its first round, leaving
+# it 5 rounds: MLflow shows a trial's rounds only after Ray has them, and on a 2-core CI machine a
 # search of 2-round trials ended within the second the test used to wait (it exited 0, not 130).
+# The last trial: Tune returns the trials a stop signal ended as terminated, so with every sample
+# drawn the launch once took the search for finished and published the half-trained trial (exit 0).
 CV_ROUNDS = 6
+CV_SAMPLES = 2
 CV_SPACE = SPACE.replace(
     "num_samples: 3, max_epochs: 3, grace_period: 3",
-    f"num_samples: 3, max_epochs: {CV_ROUNDS}, grace_period: {CV_ROUNDS}",
+    f"num_samples: {CV_SAMPLES}, max_epochs: {CV_ROUNDS}, grace_period: {CV_ROUNDS}",
 )
 CV_SPACE += "cv: {folds: 2}\n"
 # The SIGKILL case waits for a running trial's second epoch and kills at once: 8 epochs leave it 6
@@ -130,7 +133,8 @@ def test_sigint_stops_cleanly_and_resumes_a_cross_validated_search(workspace, sy
     assert "--resume" in output
     parents, children = _runs(MlflowClient(workspace.tracking_uri), f"whole_cls_{int(signal.SIGINT)}")
     assert parents[0].info.status == "KILLED" and not [r for r in children if r.info.status == "RUNNING"]
-    after = resume_and_check(workspace, args, f"whole_cls_{int(signal.SIGINT)}")
+    assert len(children) == CV_SAMPLES and "promoted" not in output  # the last trial ran: nothing was published
+    after = resume_and_check(workspace, args, f"whole_cls_{int(signal.SIGINT)}", samples=CV_SAMPLES)
     client = MlflowClient(workspace.tracking_uri)
     for run in after:  # every round once per trial, with both folds' scores: none missing, none twice
         for key in ("epoch", "cv/fold0/val/balanced_acc", "cv/fold1/val/balanced_acc"):
