@@ -218,7 +218,9 @@ def _saved_grid(prepared: Prepared, loc: Location) -> ResultGrid:
     and a half-trained trial would be published (and its checkpoints deleted). The saved state does not.
     """
     space = prepared.space
-    return ResultGrid(ExperimentAnalysis(str(loc.ray), default_metric=space.metric, default_mode=space.mode))
+    fs, path = loc.filesystem()  # a bucket's URI keeps its options (endpoint, region) in this filesystem
+    analysis = ExperimentAnalysis(path, storage_filesystem=fs, default_metric=space.metric, default_mode=space.mode)
+    return ResultGrid(analysis)
 
 
 def _tuner(
