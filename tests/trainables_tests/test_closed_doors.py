@@ -76,9 +76,13 @@ with ray_session():
     me = psutil.Process()
     listening = []
     for proc in [me, *me.children(recursive=True)]:
-        for conn in proc.net_connections(kind="inet"):
+        try:
+            conns, name = proc.net_connections(kind="inet"), proc.name()
+        except psutil.NoSuchProcess:  # ended since it was listed (a short-lived helper of Ray's): listens nowhere
+            continue
+        for conn in conns:
             if conn.status == psutil.CONN_LISTEN:
-                listening.append([proc.name(), conn.laddr.ip, conn.laddr.port])
+                listening.append([name, conn.laddr.ip, conn.laddr.port])
     mode = os.environ.get("RAY_AUTH_MODE")
 print(json.dumps({"listening": listening, "auth_mode": mode}))
 """
