@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite (CPU, 2 processes; measured 11 min 02 s on 2 cores on 2026-12-07, a fresh
+# Set up .venv and run the whole test suite (CPU, 2 processes; measured 10 min 26 s on 2 cores on 2026-12-08, a fresh
 # clone on a quiet machine, plus about 2-4 min for a first setup).
 set -euo pipefail
 cd "$(dirname "$0")"
